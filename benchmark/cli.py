@@ -1,0 +1,51 @@
+"""``python -m benchmark {train,...}``: the command line of the suite.
+
+User mistakes (:class:`~benchmark.errors.UserError`) print one line on stderr and exit with
+code 2; anything else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from .errors import EXIT_USER_ERROR, UserError
+
+
+def _train(args: argparse.Namespace) -> int:
+    from .config import load_config
+    from .train import run
+
+    config = load_config(args.config, args.overrides)
+    metrics = run(config, args.out)
+    final = metrics["final"]
+    summary = f"{metrics['status']}: wall {metrics['wall_time_s']:.1f}s"
+    if final:
+        summary += (f", consensus acc {final['consensus_acc']:.2f}%, local acc "
+                    f"{final['local_acc_mean']:.2f} ± {final['local_acc_std']:.2f}%")
+    print(summary)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="benchmark", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    train = sub.add_parser("train", help="train one run and write metrics.json")
+    train.add_argument("--config", help="YAML file of run options (see config/)")
+    train.add_argument("--out", required=True, help="output folder for metrics.json")
+    train.add_argument("overrides", nargs="*", metavar="key=value", help="option overrides")
+    train.set_defaults(func=_train)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except UserError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_USER_ERROR
+
+
+if __name__ == "__main__":
+    sys.exit(main())

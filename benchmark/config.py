@@ -1,0 +1,190 @@
+"""One validated schema for every run option.
+
+A run is fully described by a :class:`RunConfig`: YAML file first, then ``key=value`` overrides
+from the command line. Every mistake becomes a :class:`~benchmark.errors.ConfigError` naming the
+field, the bad value and what is allowed (with the closest valid name for typos), so a grid fails
+in its first second rather than after an hour.
+"""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from .errors import ConfigError, UserError
+from .methods import METHODS, resolve_method
+
+
+class RunConfig(BaseModel):
+    """Everything that defines one training run (see METHOD.md section 5 for the paper's values)."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    # experiment family: the MLflow experiment and the results/ sub-folder
+    family: str = "default"
+    # data
+    dataset: str = "digits"
+    data_dir: str = "data"
+    download: bool = False
+    image_size: int | None = Field(None, gt=0)
+    synthetic: dict[str, Any] | None = None
+    val_fraction: float = Field(0.0, ge=0.0, le=0.5)
+    partition: Literal["lin", "raw", "iid"] = "lin"
+    alpha: float = Field(1.0, gt=0)
+    # model
+    model: str = "lenet5"
+    norm: str | None = None
+    # graph and gossip
+    topology: str = "ring"
+    n_agents: int = Field(16, ge=1)
+    torus_rows: int | None = None
+    degree: int = Field(3, ge=1)
+    mixing: Literal["uniform", "metropolis"] = "uniform"
+    gamma: float = Field(1.0, gt=0, le=1)
+    # method
+    method: str = "dsgdm-n"
+    lambda_m: float = Field(0.01, ge=0)
+    lambda_d: float = Field(0.01, ge=0)
+    qgm_variant: Literal["aketi", "lin"] = "aketi"
+    relay_tree: Literal["auto", "chain", "bfs", "double-binary"] = "auto"
+    relay_norm: Literal["counts", "world"] = "counts"
+    log_cross_features: bool | None = None
+    feature_distance: Literal["squared", "normalized"] = "squared"
+    # optimisation
+    batch_size: int = Field(32, ge=1)
+    epochs: int = Field(10, ge=1)
+    lr: float = Field(0.05, ge=0)
+    lr_milestones: list[float] = [0.5, 0.75]
+    lr_decay: float = Field(0.1, gt=0, le=1)
+    warmup_epochs: int = Field(0, ge=0)
+    momentum: float = Field(0.9, ge=0, lt=1)
+    weight_decay: float = Field(1e-4, ge=0)
+    wd_skip_norm: bool = False
+    # run
+    eval_every: int = Field(1, ge=1)
+    seed: int = Field(0, ge=0)
+    device: str = "auto"
+    threads: int | None = Field(None, ge=1)
+    tracking: bool = True
+    distributed: bool = False
+
+    @field_validator("dataset")
+    @classmethod
+    def _known_dataset(cls, v: str) -> str:
+        from .data import DATASETS
+
+        return _choice("dataset", v, DATASETS)
+
+    @field_validator("model")
+    @classmethod
+    def _known_model(cls, v: str) -> str:
+        from .models import MODELS
+
+        return _choice("model", v, MODELS)
+
+    @field_validator("topology")
+    @classmethod
+    def _known_topology(cls, v: str) -> str:
+        from .topology import TOPOLOGIES
+
+        return _choice("topology", v, TOPOLOGIES)
+
+    @field_validator("method")
+    @classmethod
+    def _known_method(cls, v: str) -> str:
+        return _choice("method", v, METHODS)
+
+    @field_validator("lr_milestones")
+    @classmethod
+    def _fractions(cls, v: list[float]) -> list[float]:
+        if any(not 0 < m < 1 for m in v):
+            raise ConfigError("lr_milestones", v, "fractions of the epochs strictly between 0 and 1")
+        return sorted(v)
+
+    # derived views -------------------------------------------------------------------------
+    @property
+    def algorithm(self) -> str:
+        return resolve_method(self.method, self.lambda_m, self.lambda_d)[0]
+
+    @property
+    def ccl(self) -> dict[str, float] | None:
+        return resolve_method(self.method, self.lambda_m, self.lambda_d)[1]
+
+    def lr_at(self, epoch: int) -> float:
+        """Learning rate of a 0-based epoch: linear warm-up, then x lr_decay at each milestone."""
+        if epoch < self.warmup_epochs:
+            return self.lr * (epoch + 1) / (self.warmup_epochs + 1)
+        passed = sum(epoch >= round(m * self.epochs) for m in self.lr_milestones)
+        return self.lr * self.lr_decay**passed
+
+
+def _choice(field: str, value: str, allowed) -> str:
+    if value not in allowed:
+        raise ConfigError(field, value, list(allowed))
+    return value
+
+
+def _raise_first(err: ValidationError, data: dict[str, Any]) -> None:
+    """Turn pydantic's report into one line naming the field, the value and what is allowed."""
+    first = err.errors()[0]
+    field = ".".join(str(p) for p in first["loc"]) or "config"
+    if first["type"] == "extra_forbidden":
+        close = difflib.get_close_matches(field, RunConfig.model_fields, n=1)
+        hint = f"did you mean '{close[0]}'?" if close else "see README for the options"
+        raise ConfigError(field, "(unknown key)", "a known config key", hint) from None
+    ctx_error = (first.get("ctx") or {}).get("error")
+    if isinstance(ctx_error, ConfigError):
+        raise ctx_error from None
+    msg = first["msg"].removeprefix("Value error, ")
+    raise ConfigError(field, data.get(field, first.get("input")), msg) from None
+
+
+def parse_overrides(pairs: list[str]) -> dict[str, Any]:
+    """``key=value`` strings -> dict; values are read as YAML (numbers, booleans, lists)."""
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        if not sep or not key:
+            raise UserError(f"override {pair!r}: expected key=value")
+        try:
+            out[key.strip()] = yaml.safe_load(raw) if raw != "" else None
+        except yaml.YAMLError:
+            out[key.strip()] = raw
+    return out
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    """A YAML mapping from a file, with a one-line error for a missing or malformed file."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"config: file not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        where = getattr(exc, "problem_mark", None)
+        line = f" at line {where.line + 1}, column {where.column + 1}" if where else ""
+        raise UserError(f"config: malformed YAML in {path}{line}: {getattr(exc, 'problem', exc)}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise UserError(f"config: {path} must hold a mapping of option: value, got {type(data).__name__}")
+    return data
+
+
+def build_config(data: dict[str, Any]) -> RunConfig:
+    try:
+        return RunConfig(**data)
+    except ValidationError as err:
+        _raise_first(err, data)
+        raise  # unreachable: _raise_first always raises
+
+
+def load_config(path: str | Path | None, overrides: list[str] | None = None) -> RunConfig:
+    """Config file (optional) + ``key=value`` overrides -> a validated :class:`RunConfig`."""
+    data = read_yaml(path) if path else {}
+    data.update(parse_overrides(overrides or []))
+    return build_config(data)
