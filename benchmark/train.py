@@ -26,6 +26,7 @@ from .io import atomic_write_json
 from .models import build_model
 from .swarm import Swarm, pick_device
 from .topology import Topology, build_topology
+from .tracking import track_run
 
 EpochCallback = Callable[[int, dict[str, Any]], None]
 
@@ -142,11 +143,22 @@ def run(
     """Train for ``config.epochs`` and (when ``out_dir`` is given) write ``metrics.json``."""
     started = time.time()
     exp = build_experiment(config)
+    with track_run(config, out_dir) as tracker:
+        history, final, status = _train_loop(exp, eval_split, on_epoch, tracker)
+        metrics = _metrics(exp, history, final, status, time.time() - started)
+        if out_dir is not None:
+            atomic_write_json(Path(out_dir) / "metrics.json", metrics)
+        tracker.log_result(metrics)
+    return metrics
+
+
+def _train_loop(exp: Experiment, eval_split: str, on_epoch: EpochCallback | None, tracker):
+    config = exp.config
     history: list[dict[str, Any]] = []
     status, final = "completed", {}
     interactive = sys.stderr.isatty()
-    iters = exp.batches.iterations_per_epoch
-    bar = tqdm(total=config.epochs * iters, disable=not interactive, desc=config.method)
+    bar = tqdm(total=config.epochs * exp.batches.iterations_per_epoch, disable=not interactive,
+               desc=config.method)
     for epoch in range(config.epochs):
         t0 = time.time()
         record: dict[str, Any] = {"epoch": epoch + 1, **train_epoch(exp, epoch, bar)}
@@ -160,15 +172,13 @@ def run(
             record.update(final)
         record["time_s"] = time.time() - t0
         history.append(record)
+        tracker.log_epoch(epoch + 1, record)
         if not interactive:
             print(_epoch_line(record, config.epochs), flush=True)
         if on_epoch is not None:
             on_epoch(epoch + 1, record)
     bar.close()
-    metrics = _metrics(exp, history, final, status, time.time() - started)
-    if out_dir is not None:
-        atomic_write_json(Path(out_dir) / "metrics.json", metrics)
-    return metrics
+    return history, final, status
 
 
 def _epoch_line(record: dict[str, Any], epochs: int) -> str:
