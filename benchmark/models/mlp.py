@@ -1,0 +1,27 @@
+"""A tiny MLP: what tests and digits smoke runs use when speed matters more than accuracy."""
+
+from __future__ import annotations
+
+from torch import Tensor, nn
+
+FEATURE_DIM = 32
+
+
+class MLP(nn.Module):
+    """flatten -> fc64 -> ReLU -> fc32 -> ReLU (features, D=32) -> fc to logits."""
+
+    def __init__(self, num_classes: int, in_channels: int = 1, image_size: int = 8) -> None:
+        super().__init__()
+        self.features_net = nn.Sequential(
+            nn.Flatten(),
+            nn.Linear(in_channels * image_size * image_size, 64),
+            nn.ReLU(),
+            nn.Linear(64, FEATURE_DIM),
+            nn.ReLU(),
+        )
+        self.feature_dim = FEATURE_DIM
+        self.classifier = nn.Linear(FEATURE_DIM, num_classes)
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        features = self.features_net(x)
+        return features, self.classifier(features)
