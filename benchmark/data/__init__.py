@@ -1,0 +1,21 @@
+"""Datasets, Dirichlet partitions and per-agent batch loaders (see METHOD.md section 6).
+
+``load_dataset`` gives uint8 tensors in memory (or a lazy split for ImageNet),
+``dirichlet_partition`` splits the training indices over agents, and ``AgentBatches`` turns the
+two into stacked, augmented, normalised ``[n_agents, B, C, H, W]`` batches on the device.
+"""
+
+from benchmark.data.loader import AgentBatches, eval_batches
+from benchmark.data.partition import class_histogram, dirichlet_partition
+from benchmark.data.registry import DATASETS, DatasetBundle, Split, load_dataset
+
+__all__ = [
+    "DATASETS",
+    "AgentBatches",
+    "DatasetBundle",
+    "Split",
+    "class_histogram",
+    "dirichlet_partition",
+    "eval_batches",
+    "load_dataset",
+]

@@ -1,0 +1,428 @@
+"""Dataset registry: every dataset the suite knows, loaded once into uint8 tensors.
+
+Why uint8 tensors in memory rather than torchvision datasets with PIL transforms: a run simulates
+many agents in one process, and per-sample PIL decoding for ``n * B`` images per iteration would
+dominate the step time. CIFAR-10 is 150 MB as uint8, so the whole training set can live on the
+GPU and :mod:`benchmark.data.loader` builds every agent's batch with a few tensor operations.
+
+The exception is ImageNet (about 140 GB of JPEGs): its splits stay lazy, a :class:`Split` with a
+torchvision ``dataset`` and the labels only, and the loader reads it with a ``DataLoader``.
+
+Imagenette at 224 px (1.4 GB as uint8) is still held in memory; the resized tensors are cached
+under ``data_dir/imagenette_cache/`` after the first load so later runs skip the JPEG decoding.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import Dataset, Subset
+
+from benchmark.errors import ConfigError, DataMissingError
+
+DATASETS: tuple[str, ...] = (
+    "cifar10",
+    "cifar100",
+    "fmnist",
+    "imagenette",
+    "imagenet",
+    "digits",
+    "synthetic",
+)
+AUGMENTATIONS: tuple[str, ...] = ("cifar", "none", "imagenette")
+
+CIFAR10_STATS = ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616))
+CIFAR100_STATS = ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762))
+FMNIST_STATS = ((0.2860,), (0.3530,))
+IMAGENET_STATS = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+
+SYNTHETIC_DEFAULTS: dict[str, object] = {
+    "num_classes": 10,
+    "train_size": 512,
+    "test_size": 256,
+    "channels": 3,
+    "image_size": 32,
+    "noise": 0.25,
+    "seed": 0,
+    "augment": "none",
+}
+DIGITS_TEST_FRACTION = 0.2
+DIGITS_SPLIT_SEED = 0  # fixed, so every run seed is scored on the same digits test set
+
+
+@dataclass
+class Split:
+    """One split of a dataset: images ``x`` and labels ``y`` (``LongTensor [N]``).
+
+    ``x`` is ``uint8 [N, C, H, W]`` for image datasets held in memory (float is accepted too and
+    is then used as is, without the /255 scaling). For datasets too large for memory ``x`` is
+    ``None`` and ``dataset`` is a torchvision dataset whose items are ``(uint8 [C, H, W], label)``;
+    ``y`` is still filled so that partitions never touch the images.
+    """
+
+    x: torch.Tensor | None
+    y: torch.Tensor
+    dataset: Dataset | None = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.x is None and self.dataset is None:
+            raise ValueError("a Split needs either tensors x or a lazy dataset")
+        if self.x is not None and len(self.x) != len(self.y):
+            raise ValueError(f"x has {len(self.x)} samples but y has {len(self.y)}")
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    @property
+    def lazy(self) -> bool:
+        """True when images are read from disk on demand (``dataset``) instead of held in ``x``."""
+        return self.x is None
+
+    def subset(self, indices: np.ndarray | torch.Tensor) -> Split:
+        """The samples at ``indices``, in that order (lazy splits stay lazy)."""
+        index = torch.as_tensor(np.asarray(indices, dtype=np.int64))
+        if self.x is None:
+            return Split(None, self.y[index], Subset(self.dataset, index.tolist()))
+        return Split(self.x[index], self.y[index])
+
+
+@dataclass
+class DatasetBundle:
+    """A loaded dataset plus what models and loaders need to know about it."""
+
+    name: str
+    train: Split
+    val: Split | None
+    test: Split
+    num_classes: int
+    in_channels: int
+    image_size: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    augment: str  # "cifar" | "none" | "imagenette"
+
+
+def load_dataset(
+    name: str,
+    data_dir: str | os.PathLike[str] = "data",
+    download: bool = False,
+    val_fraction: float = 0.0,
+    seed: int = 0,
+    image_size: int | None = None,
+    synthetic: dict | None = None,
+) -> DatasetBundle:
+    """Load dataset ``name`` (one of :data:`DATASETS`) from ``data_dir``.
+
+    ``val_fraction`` > 0 carves a seeded, stratified validation split out of the training set
+    (tuning never sees the test set). ``image_size`` resizes the datasets that support it
+    (imagenette: 32 by default, 224 for the full-size setting; imagenet: 224; digits: 28;
+    synthetic). ``synthetic`` holds the options of the synthetic dataset.
+    """
+    if name not in DATASETS:
+        raise ConfigError("dataset", name, DATASETS)
+    if isinstance(val_fraction, bool) or not isinstance(val_fraction, int | float):
+        raise ConfigError("val_fraction", val_fraction, "a number in [0, 0.5]")
+    if not 0.0 <= val_fraction <= 0.5:
+        raise ConfigError("val_fraction", val_fraction, "a number in [0, 0.5]")
+    if image_size is not None and (isinstance(image_size, bool) or int(image_size) < 1):
+        raise ConfigError("image_size", image_size, "a positive integer")
+    if synthetic is not None and name != "synthetic":
+        raise ConfigError("synthetic", synthetic, "options only for dataset 'synthetic'")
+    root = Path(data_dir)
+
+    if name in ("cifar10", "cifar100", "fmnist"):
+        bundle = _load_torchvision_small(name, root, download, image_size)
+    elif name == "imagenette":
+        bundle = _load_imagenette(root, download, image_size or 32)
+    elif name == "imagenet":
+        bundle = _load_imagenet(root, image_size or 224)
+    elif name == "digits":
+        bundle = _load_digits(image_size or 28)
+    else:
+        bundle = _load_synthetic(synthetic or {}, image_size)
+
+    if val_fraction > 0:
+        bundle.train, bundle.val = _carve_validation(bundle.train, val_fraction, seed)
+    return bundle
+
+
+# ---------------------------------------------------------------------------------------------
+# validation split
+
+
+def _carve_validation(train: Split, fraction: float, seed: int) -> tuple[Split, Split]:
+    """Seeded stratified split of the training set: same seed -> same validation samples."""
+    from sklearn.model_selection import train_test_split
+
+    labels = train.y.numpy()
+    try:
+        keep, held = train_test_split(
+            np.arange(len(labels)), test_size=fraction, stratify=labels, random_state=seed
+        )
+    except ValueError as err:  # e.g. a class with a single sample cannot be stratified
+        raise ConfigError(
+            "val_fraction", fraction, f"a fraction this dataset allows ({err})"
+        ) from err
+    return train.subset(np.sort(keep)), train.subset(np.sort(held))
+
+
+# ---------------------------------------------------------------------------------------------
+# torchvision datasets
+
+
+def _missing(name: str, path: Path, how: str) -> DataMissingError:
+    return DataMissingError(f"dataset {name}: files not found (or corrupted) at {path}; {how}")
+
+
+_DOWNLOAD_HINT = "set download: true in the config (or pass download=True) to fetch them"
+
+_SMALL = {
+    # name: (torchvision class name, folder torchvision expects under data_dir, native size, stats)
+    "cifar10": ("CIFAR10", "cifar-10-batches-py", 32, CIFAR10_STATS, "cifar"),
+    "cifar100": ("CIFAR100", "cifar-100-python", 32, CIFAR100_STATS, "cifar"),
+    "fmnist": ("FashionMNIST", "FashionMNIST/raw", 28, FMNIST_STATS, "none"),
+}
+
+
+def _load_torchvision_small(
+    name: str, root: Path, download: bool, image_size: int | None
+) -> DatasetBundle:
+    import torchvision.datasets as tvd
+
+    class_name, folder, native, (mean, std), augment = _SMALL[name]
+    if image_size is not None and int(image_size) != native:
+        raise ConfigError("image_size", image_size, f"{native} for {name} (or leave it unset)")
+    dataset_class = getattr(tvd, class_name)
+    splits = []
+    for train in (True, False):
+        try:
+            ds = dataset_class(root=str(root), train=train, download=download)
+        except RuntimeError as err:
+            raise _missing(name, root / folder, _DOWNLOAD_HINT) from err
+        x = torch.as_tensor(np.asarray(ds.data))
+        x = x.unsqueeze(1) if x.ndim == 3 else x.permute(0, 3, 1, 2)  # -> [N, C, H, W]
+        y = torch.as_tensor(np.asarray(ds.targets), dtype=torch.long)
+        splits.append(Split(x.to(torch.uint8).contiguous(), y))
+    return DatasetBundle(
+        name=name,
+        train=splits[0],
+        val=None,
+        test=splits[1],
+        num_classes=10 if name != "cifar100" else 100,
+        in_channels=splits[0].x.shape[1],
+        image_size=native,
+        mean=mean,
+        std=std,
+        augment=augment,
+    )
+
+
+def _resize_transform(size: int, crop: int | None = None):
+    """PIL -> uint8 [C, crop, crop]: shorter side to ``size``, then a square centre crop."""
+    from torchvision import transforms
+
+    return transforms.Compose(
+        [
+            transforms.Resize(size, antialias=True),
+            transforms.CenterCrop(crop or size),
+            transforms.PILToTensor(),
+        ]
+    )
+
+
+def _load_imagenette(root: Path, download: bool, image_size: int) -> DatasetBundle:
+    """Imagenette resized once to ``image_size`` (32 in the paper) and cached as uint8 tensors.
+
+    The 160 px release is enough for sizes up to 160, the 320 px one is used above. Images are
+    resized on the shorter side and centre-cropped to a square; the training augmentation then
+    applies a random-resized crop on the GPU. The Imagenette validation set is the test set.
+    """
+    import torchvision.datasets as tvd
+    from torch.utils.data import DataLoader
+
+    source = "160px" if image_size <= 160 else "320px"
+    folder = root / f"imagenette2-{source[:3]}"
+    cache_dir = root / "imagenette_cache"
+    splits = []
+    for split in ("train", "val"):
+        cache = cache_dir / f"{split}_{image_size}px_from{source}.pt"
+        if cache.exists():
+            data = torch.load(cache, weights_only=True)
+            splits.append(Split(data["x"], data["y"]))
+            continue
+        try:
+            ds = tvd.Imagenette(
+                str(root),
+                split=split,
+                size=source,
+                download=download,
+                transform=_resize_transform(image_size),
+            )
+        except RuntimeError as err:
+            raise _missing("imagenette", folder, _DOWNLOAD_HINT) from err
+        xs, ys = [], []
+        workers = min(8, os.cpu_count() or 1)
+        for x, y in DataLoader(ds, batch_size=256, num_workers=workers):
+            xs.append(x)
+            ys.append(y)
+        x, y = torch.cat(xs).to(torch.uint8), torch.cat(ys).long()
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        tmp = cache.with_suffix(f".tmp{os.getpid()}")
+        torch.save({"x": x, "y": y}, tmp)
+        os.replace(tmp, cache)  # atomic: a concurrent or killed run never sees half a file
+        splits.append(Split(x, y))
+    mean, std = IMAGENET_STATS
+    return DatasetBundle(
+        name="imagenette",
+        train=splits[0],
+        val=None,
+        test=splits[1],
+        num_classes=10,
+        in_channels=3,
+        image_size=image_size,
+        mean=mean,
+        std=std,
+        augment="imagenette",
+    )
+
+
+def _load_imagenet(root: Path, image_size: int) -> DatasetBundle:
+    """ImageNet from ``data_dir/imagenet/{train,val}`` (one sub-folder per class), read lazily.
+
+    Training images are resized and centre-cropped to ``image_size`` and get a random-resized
+    crop + flip in the loader; test images follow the usual resize-to-256/224-then-crop protocol.
+    """
+    import torchvision.datasets as tvd
+
+    splits = []
+    for split, transform in (
+        ("train", _resize_transform(image_size)),
+        ("val", _resize_transform(round(image_size * 256 / 224), image_size)),
+    ):
+        path = root / "imagenet" / split
+        how = (
+            f"ImageNet is never downloaded: place the training images in {root / 'imagenet/train'}"
+            f" and the validation images in {root / 'imagenet/val'}, one sub-folder per class"
+            " (e.g. n01440764/*.JPEG)"
+        )
+        if not path.is_dir():
+            raise _missing("imagenet", path, how)
+        try:
+            ds = tvd.ImageFolder(str(path), transform=transform)
+        except (FileNotFoundError, RuntimeError) as err:
+            raise _missing("imagenet", path, how) from err
+        splits.append(Split(None, torch.as_tensor(ds.targets, dtype=torch.long), ds))
+    mean, std = IMAGENET_STATS
+    return DatasetBundle(
+        name="imagenet",
+        train=splits[0],
+        val=None,
+        test=splits[1],
+        num_classes=len(splits[0].dataset.classes),
+        in_channels=3,
+        image_size=image_size,
+        mean=mean,
+        std=std,
+        augment="imagenette",
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# offline datasets
+
+
+def _channel_stats(x: torch.Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel mean/std of uint8 images on the [0, 1] scale (for datasets without constants)."""
+    values = x.double().div(255).transpose(0, 1).reshape(x.shape[1], -1)
+    mean = tuple(round(float(m), 4) for m in values.mean(1))
+    std = tuple(max(round(float(s), 4), 1e-3) for s in values.std(1))
+    return mean, std
+
+
+def _load_digits(image_size: int) -> DatasetBundle:
+    """scikit-learn's 8x8 handwritten digits (offline), upsampled to ``image_size`` (28 px).
+
+    Digits has no official test set, so a fixed stratified 20% is held out (the same for every
+    run seed, so accuracies of different seeds are comparable).
+    """
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    digits = load_digits()
+    images = torch.as_tensor(digits.images, dtype=torch.float32).unsqueeze(1) / 16.0
+    images = F.interpolate(images, size=(image_size, image_size), mode="bilinear")
+    x = (images * 255).round().clamp(0, 255).to(torch.uint8)
+    y = torch.as_tensor(digits.target, dtype=torch.long)
+    train_idx, test_idx = train_test_split(
+        np.arange(len(y)),
+        test_size=DIGITS_TEST_FRACTION,
+        stratify=digits.target,
+        random_state=DIGITS_SPLIT_SEED,
+    )
+    train = Split(x, y).subset(np.sort(train_idx))
+    test = Split(x, y).subset(np.sort(test_idx))
+    mean, std = _channel_stats(train.x)
+    return DatasetBundle(
+        name="digits",
+        train=train,
+        val=None,
+        test=test,
+        num_classes=10,
+        in_channels=1,
+        image_size=image_size,
+        mean=mean,
+        std=std,
+        augment="none",
+    )
+
+
+def _load_synthetic(options: dict, image_size: int | None) -> DatasetBundle:
+    """Class-conditional random images for tests: a fixed random prototype per class + noise.
+
+    With the default noise the classes are linearly separable, so anything that trains at all
+    beats chance quickly; larger ``noise`` makes the task harder.
+    """
+    unknown = sorted(set(options) - set(SYNTHETIC_DEFAULTS))
+    if unknown:
+        raise ConfigError("synthetic", unknown[0], sorted(SYNTHETIC_DEFAULTS))
+    opts = {**SYNTHETIC_DEFAULTS, **({"image_size": image_size} if image_size else {}), **options}
+    for key in ("num_classes", "train_size", "test_size", "channels", "image_size"):
+        if isinstance(opts[key], bool) or not isinstance(opts[key], int) or opts[key] < 1:
+            raise ConfigError(f"synthetic.{key}", opts[key], "a positive integer")
+    if opts["augment"] not in AUGMENTATIONS:
+        raise ConfigError("synthetic.augment", opts["augment"], AUGMENTATIONS)
+    noise = opts["noise"]
+    if isinstance(noise, bool) or not isinstance(noise, int | float) or noise < 0:
+        raise ConfigError("synthetic.noise", noise, "a number >= 0")
+    k, c, s = opts["num_classes"], opts["channels"], opts["image_size"]
+
+    gen = torch.Generator().manual_seed(int(opts["seed"]))
+    prototypes = torch.rand(k, c, s, s, generator=gen)
+
+    def sample(size: int) -> Split:
+        # Labels cycle through the classes (then get shuffled): every class is present and the
+        # split is as balanced as the size allows.
+        y = torch.arange(size) % k
+        y = y[torch.randperm(size, generator=gen)]
+        x = prototypes[y] + float(noise) * torch.randn(size, c, s, s, generator=gen)
+        return Split((x.clamp(0, 1) * 255).round().to(torch.uint8), y.long())
+
+    train, test = sample(opts["train_size"]), sample(opts["test_size"])
+    mean, std = _channel_stats(train.x)
+    return DatasetBundle(
+        name="synthetic",
+        train=train,
+        val=None,
+        test=test,
+        num_classes=k,
+        in_channels=c,
+        image_size=s,
+        mean=mean,
+        std=std,
+        augment=str(opts["augment"]),
+    )
