@@ -38,6 +38,7 @@ class RunConfig(BaseModel):
     # model
     model: str = "lenet5"
     norm: str | None = None
+    evonorm_style: Literal["gate-all", "standard"] = "gate-all"
     # graph and gossip
     topology: str = "ring"
     n_agents: int = Field(16, ge=1)
@@ -186,5 +187,8 @@ def build_config(data: dict[str, Any]) -> RunConfig:
 def load_config(path: str | Path | None, overrides: list[str] | None = None) -> RunConfig:
     """Config file (optional) + ``key=value`` overrides -> a validated :class:`RunConfig`."""
     data = read_yaml(path) if path else {}
+    if isinstance(data.get("run"), dict) and "grid" in data:
+        # a family file (benchmark.grid): its run: section holds the base options of every job
+        data = {"family": Path(path).stem, **data["run"]}
     data.update(parse_overrides(overrides or []))
     return build_config(data)

@@ -11,6 +11,7 @@ import math
 import sys
 import time
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,11 +19,17 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
+from .checkpoint import Progress, RunDir
 from .config import RunConfig
-from .data import AgentBatches, DatasetBundle, class_histogram, dirichlet_partition, eval_batches
-from .data import load_dataset
+from .data import (
+    AgentBatches,
+    DatasetBundle,
+    class_histogram,
+    dirichlet_partition,
+    eval_batches,
+    load_dataset,
+)
 from .errors import ConfigError
-from .io import atomic_write_json
 from .models import build_model
 from .swarm import Swarm, pick_device
 from .topology import Topology, build_topology
@@ -69,7 +76,7 @@ def build_experiment(config: RunConfig) -> Experiment:
     torch.manual_seed(config.seed)
     model = build_model(
         config.model, num_classes=bundle.num_classes, in_channels=bundle.in_channels,
-        norm=config.norm, image_size=bundle.image_size,
+        norm=config.norm, image_size=bundle.image_size, evonorm_style=config.evonorm_style,
     )
     swarm = Swarm(
         model, topology, algorithm=config.algorithm, ccl=config.ccl, lr=config.lr_at(0),
@@ -127,10 +134,14 @@ def train_epoch(exp: Experiment, epoch: int, progress: tqdm | None = None) -> di
         count += 1
         if progress is not None:
             progress.update(1)
-        if not math.isfinite(sums["ce"]):
+        if not _all_finite(sums):
             break  # diverged: no point in finishing the epoch
     means = {("train_ce" if k == "ce" else k): v / count for k, v in sums.items()}
     means["lr"] = swarm.lr
+    # communication of the iterations actually run (a diverged epoch stops early), by kind
+    sent = swarm.bytes_sent()
+    means["bytes_per_agent"] = sum(sent.values()) * count
+    means.update({f"bytes_per_agent_{kind}": value * count for kind, value in sent.items()})
     return means
 
 
@@ -139,46 +150,86 @@ def run(
     out_dir: str | Path | None,
     eval_split: str = "test",
     on_epoch: EpochCallback | None = None,
+    restart: bool = False,
 ) -> dict[str, Any]:
-    """Train for ``config.epochs`` and (when ``out_dir`` is given) write ``metrics.json``."""
-    started = time.time()
+    """Train for ``config.epochs`` and (when ``out_dir`` is given) write ``metrics.json``.
+
+    With ``out_dir``, the run is crash-safe (:mod:`benchmark.checkpoint`): it checkpoints every
+    epoch, resumes from the checkpoint when restarted, and returns the existing metrics without
+    training when the folder already holds this config's finished run. ``restart`` discards
+    both and starts over. Every check happens before the first file is written.
+    """
+    store = RunDir(out_dir, config) if out_dir is not None else None
+    if store is not None and not restart:
+        done = store.finished()
+        if done is not None:
+            print(f"{store.metrics}: finished run ({done['status']}), nothing to do", flush=True)
+            return done
+    progress = Progress()
     exp = build_experiment(config)
-    with track_run(config, out_dir) as tracker:
-        history, final, status = _train_loop(exp, eval_split, on_epoch, tracker)
-        metrics = _metrics(exp, history, final, status, time.time() - started)
-        if out_dir is not None:
-            atomic_write_json(Path(out_dir) / "metrics.json", metrics)
+    resumed = store.load(exp.swarm) if store is not None and not restart else None
+    if resumed is not None:
+        resumed.started = progress.started
+        progress = resumed
+        print(f"resuming {store.path} after epoch {progress.epoch}/{config.epochs}", flush=True)
+    session = store.session(restart) if store is not None else nullcontext()
+    with session, track_run(config, out_dir) as tracker:
+        status = _train_loop(exp, eval_split, on_epoch, tracker, progress, store)
+        metrics = _metrics(exp, progress, status)
+        if store is not None:
+            store.finish(metrics)
         tracker.log_result(metrics)
     return metrics
 
 
-def _train_loop(exp: Experiment, eval_split: str, on_epoch: EpochCallback | None, tracker):
+def _train_loop(
+    exp: Experiment,
+    eval_split: str,
+    on_epoch: EpochCallback | None,
+    tracker,
+    progress: Progress,
+    store: RunDir | None = None,
+) -> str:
+    """Epochs ``progress.epoch + 1 .. epochs``; returns the status ("completed" or "diverged")."""
     config = exp.config
-    history: list[dict[str, Any]] = []
-    status, final = "completed", {}
     interactive = sys.stderr.isatty()
-    bar = tqdm(total=config.epochs * exp.batches.iterations_per_epoch, disable=not interactive,
-               desc=config.method)
-    for epoch in range(config.epochs):
+    per_epoch = exp.batches.iterations_per_epoch
+    bar = tqdm(total=config.epochs * per_epoch, initial=progress.epoch * per_epoch,
+               disable=not interactive, desc=config.method)
+    status = "completed"
+    for epoch in range(progress.epoch, config.epochs):
         t0 = time.time()
         record: dict[str, Any] = {"epoch": epoch + 1, **train_epoch(exp, epoch, bar)}
-        if not math.isfinite(record["train_ce"]):
-            status = "diverged"
-            record["time_s"] = time.time() - t0
-            history.append(record)
-            break
-        if (epoch + 1) % config.eval_every == 0 or epoch + 1 == config.epochs:
-            final = evaluate(exp.swarm, exp.bundle, eval_split)
-            record.update(final)
+        diverged = not _all_finite(record)
+        if not diverged and ((epoch + 1) % config.eval_every == 0 or epoch + 1 == config.epochs):
+            evaluation = evaluate(exp.swarm, exp.bundle, eval_split)
+            record.update(evaluation)
+            # finite losses but overflowing parameters (possible at the very last step)
+            diverged = not math.isfinite(evaluation["consensus_distance"])
+            if not diverged:
+                progress.final = evaluation
         record["time_s"] = time.time() - t0
-        history.append(record)
+        progress.history.append(record)
+        progress.epoch = epoch + 1
+        if diverged:
+            status = "diverged"
+            progress.final = {}  # no figures a table could average with the completed runs
+            if not interactive:
+                print(f"epoch {epoch + 1}/{config.epochs} | diverged (non-finite loss)", flush=True)
+            break
+        if store is not None and epoch + 1 < config.epochs:
+            store.save(exp.swarm, progress)  # before logging: a printed epoch is a saved epoch
         tracker.log_epoch(epoch + 1, record)
         if not interactive:
             print(_epoch_line(record, config.epochs), flush=True)
         if on_epoch is not None:
             on_epoch(epoch + 1, record)
     bar.close()
-    return history, final, status
+    return status
+
+
+def _all_finite(record: dict[str, Any]) -> bool:
+    return all(math.isfinite(v) for v in record.values() if isinstance(v, float))
 
 
 def _epoch_line(record: dict[str, Any], epochs: int) -> str:
@@ -194,8 +245,9 @@ def _epoch_line(record: dict[str, Any], epochs: int) -> str:
     return " | ".join(parts)
 
 
-def _metrics(exp: Experiment, history, final, status, wall) -> dict[str, Any]:
+def _metrics(exp: Experiment, progress: Progress, status: str) -> dict[str, Any]:
     config, swarm, topo = exp.config, exp.swarm, exp.topology
+    history, final = progress.history, progress.final
     hist = class_histogram(exp.bundle.train.y.numpy(), exp.parts, exp.bundle.num_classes)
     bytes_sent = swarm.bytes_sent()
     return {
@@ -216,8 +268,8 @@ def _metrics(exp: Experiment, history, final, status, wall) -> dict[str, Any]:
         "partition": {"sizes": [len(p) for p in exp.parts], "histogram": hist.tolist()},
         "communication": {
             "bytes_per_agent_per_iteration": bytes_sent,
-            "bytes_per_agent_total": sum(bytes_sent.values())
-            * exp.batches.iterations_per_epoch * len(history),
+            "bytes_per_agent_total": sum(r["bytes_per_agent"] for r in history),
         },
-        "wall_time_s": wall,
+        "wall_time_s": progress.wall_time(),
+        "resumed_after_epochs": progress.resumed_after,
     }

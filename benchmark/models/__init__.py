@@ -44,7 +44,7 @@ def build_model(
     in_channels: int = 3,
     norm: str | None = None,
     image_size: int = 32,
-    evonorm_style: str = "standard",
+    evonorm_style: str = "gate-all",
 ) -> nn.Module:
     """Build a freshly initialised model by name (seed torch beforehand for reproducibility).
 

@@ -72,7 +72,7 @@ class MobileNetV2(nn.Module):
         num_classes: int,
         in_channels: int = 3,
         norm: str = "evonorm",
-        evonorm_style: str = "standard",
+        evonorm_style: str = "gate-all",
     ) -> None:
         super().__init__()
         self.stem = nn.Sequential(
@@ -106,7 +106,7 @@ class MobileNetV2(nn.Module):
 
 
 def mobilenetv2(
-    num_classes: int, in_channels: int = 3, norm: str = "evonorm", evonorm_style: str = "standard"
+    num_classes: int, in_channels: int = 3, norm: str = "evonorm", evonorm_style: str = "gate-all"
 ) -> MobileNetV2:
     """MobileNet-V2 CIFAR variant; see :class:`MobileNetV2`."""
     return MobileNetV2(num_classes, in_channels, norm, evonorm_style)

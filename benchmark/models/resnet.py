@@ -92,7 +92,7 @@ def _init_weights(model: nn.Module) -> None:
 
 
 def resnet20(
-    num_classes: int, in_channels: int = 3, norm: str = "evonorm", evonorm_style: str = "standard"
+    num_classes: int, in_channels: int = 3, norm: str = "evonorm", evonorm_style: str = "gate-all"
 ) -> ResNet:
     """CIFAR ResNet-20: 3x3 stem, 16-32-64 channels, 3 blocks per stage, D=64."""
     stem = nn.Sequential(
@@ -102,7 +102,7 @@ def resnet20(
 
 
 def resnet18(
-    num_classes: int, in_channels: int = 3, norm: str = "batchnorm", evonorm_style: str = "standard"
+    num_classes: int, in_channels: int = 3, norm: str = "batchnorm", evonorm_style: str = "gate-all"
 ) -> ResNet:
     """ImageNet ResNet-18 (torchvision layout): 7x7/2 stem + 3x3/2 max-pool, 64..512, D=512.
 
