@@ -1,0 +1,296 @@
+"""A run's output folder as crash-safe state: checkpoint, exact resume, finished-run detection.
+
+A 200-epoch run that dies at epoch 180 must not cost 180 epochs, and a restarted run must not be
+*silently different*. So at the end of every epoch the run saves, atomically, everything its
+future depends on: the swarm state (all agents' parameters, optimiser and algorithm buffers,
+norm buffers, learning rates, iteration counter), the metrics history, the wall time so far and
+the RNG states. Batches are a pure function of ``(seed, epoch, iteration)`` (see
+:mod:`benchmark.data.loader`), so the data order needs no state of its own; the RNG states are
+cheap insurance for any code that draws from the global generators.
+
+The folder ``<out>/`` holds, over a run's life:
+
+- ``checkpoint.pt`` while the run is unfinished (``torch.save``; read back with
+  ``weights_only=True``, so loading a file never executes code);
+- ``metrics.json`` once it is finished (completed or diverged); the checkpoint is then deleted
+  because the result says everything and checkpoints of a large swarm are gigabytes;
+- ``.lock``, held (``flock``) while a process trains into the folder, so two processes never
+  interleave their checkpoints. The kernel drops the lock when a process dies, even by SIGKILL.
+
+Every saved state carries the *result-relevant* part of the config (:func:`fingerprint`). A
+checkpoint or ``metrics.json`` written by another config is never loaded or kept silently: it is
+a :class:`~benchmark.errors.CheckpointError` naming the differing fields and offering
+``--restart``.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import random
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .config import RunConfig
+from .errors import CheckpointError, ConfigError, UserError
+from .io import atomic_open, atomic_write_json
+
+CHECKPOINT = "checkpoint.pt"
+METRICS = "metrics.json"
+LOCK = ".lock"
+FORMAT = 1
+FINISHED = ("completed", "diverged")
+# Options that change how fast or where a run goes, or where its inputs live, but not one of its
+# numbers: a run may resume with other values (e.g. on a machine with more threads).
+NON_RESULT_FIELDS = frozenset({"family", "data_dir", "download", "device", "threads", "tracking"})
+RESTART_HINT = "run the same command with --restart to discard it and start over"
+
+
+def fingerprint(config: RunConfig) -> dict[str, Any]:
+    """The config fields that determine a run's numbers, as JSON-normal values."""
+    return json.loads(json.dumps(config.model_dump(exclude=set(NON_RESULT_FIELDS))))
+
+
+def config_difference(saved: dict[str, Any], config: RunConfig) -> list[str]:
+    """``["lr: 0.05 -> 0.1", ...]`` between a saved fingerprint and ``config``.
+
+    A field the saved state does not know (added to the schema later) counts as its default, so
+    adding an option does not invalidate every finished run of a grid.
+    """
+    current = fingerprint(config)
+    defaults = fingerprint(RunConfig.model_construct())
+    changes = []
+    for key in sorted(set(saved) | set(current)):
+        old = saved.get(key, defaults.get(key))
+        new = current.get(key, "(unknown option)")
+        if old != new:
+            changes.append(f"{key}: {old!r} -> {new!r}")
+    return changes
+
+
+@dataclass
+class Progress:
+    """Where a run stands: what a checkpoint saves and what a resumed run starts from."""
+
+    epoch: int = 0  # completed epochs
+    history: list[dict[str, Any]] = field(default_factory=list)
+    final: dict[str, float] = field(default_factory=dict)  # the latest evaluation
+    elapsed_before_s: float = 0.0  # wall time of earlier sessions of this run
+    resumed_after: list[int] = field(default_factory=list)  # epochs at which sessions restarted
+    started: float = field(default_factory=time.time)  # this session, not saved
+
+    def wall_time(self) -> float:
+        return self.elapsed_before_s + time.time() - self.started
+
+
+# -- RNG states ---------------------------------------------------------------------------------
+def capture_rng() -> dict[str, Any]:
+    """torch (CPU and CUDA), numpy and python generator states, as ``weights_only``-safe values."""
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, cached],
+        "python": random.getstate(),
+    }
+
+
+def restore_rng(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    cuda = state["cuda"]
+    if cuda and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(cuda)
+    kind, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+
+
+# -- the output folder -----------------------------------------------------------------------------
+class RunDir:
+    """The output folder of one run. Construction checks it is writable; it creates nothing.
+
+    Nothing is written before :meth:`session` is entered, which the run does only once the
+    config, the data and any checkpoint have been validated: a bad input leaves no file behind.
+    """
+
+    def __init__(self, out: str | Path, config: RunConfig) -> None:
+        self.path = Path(out)
+        self.config = config
+        self.checkpoint = self.path / CHECKPOINT
+        self.metrics = self.path / METRICS
+        _check_writable(self.path)
+
+    # -- reading (before any work) --------------------------------------------------------------
+    def finished(self) -> dict[str, Any] | None:
+        """The metrics of a finished run of this config, None if there is none.
+
+        Raises :class:`CheckpointError` when ``metrics.json`` is unreadable or belongs to a
+        different config: overwriting a result silently would be as bad as reusing it.
+        """
+        if not self.metrics.is_file():
+            return None
+        try:
+            metrics = json.loads(self.metrics.read_text())
+            saved, status = metrics["config"], metrics["status"]
+        except (OSError, ValueError, KeyError, TypeError) as err:
+            raise CheckpointError(
+                f"{self.metrics}: unreadable result ({type(err).__name__}: {err}); {RESTART_HINT}"
+            ) from None
+        if status not in FINISHED:
+            return None
+        changes = config_difference(_relevant(saved), self.config)
+        if changes:
+            raise CheckpointError(
+                f"{self.metrics}: a finished run of a different config ({'; '.join(changes)}); "
+                f"{RESTART_HINT}, or choose another --out"
+            )
+        return metrics
+
+    def load(self, swarm) -> Progress | None:
+        """Restore ``swarm`` and the RNGs from the checkpoint; None when there is none.
+
+        Any doubt (unreadable, truncated, other format, other config, shapes that do not fit
+        this model or algorithm) is a :class:`CheckpointError`: never load a state half-way.
+        """
+        if not self.checkpoint.is_file():
+            return None
+        where = f"checkpoint {self.checkpoint}"
+        try:
+            state = torch.load(self.checkpoint, map_location="cpu", weights_only=True)
+        except Exception as err:  # noqa: BLE001 - any failure means the file cannot be trusted
+            reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+            raise CheckpointError(
+                f"{where}: cannot be read, truncated or corrupted ({reason}); {RESTART_HINT}"
+            ) from None
+        if not isinstance(state, dict) or state.get("format") != FORMAT:
+            found = state.get("format") if isinstance(state, dict) else type(state).__name__
+            raise CheckpointError(
+                f"{where}: format {found!r}, this version reads format {FORMAT}; {RESTART_HINT}"
+            )
+        changes = config_difference(state["config"], self.config)
+        if changes:
+            raise CheckpointError(
+                f"{where}: written by a different config ({'; '.join(changes)}); "
+                f"{RESTART_HINT}, or choose another --out"
+            )
+        progress = state["progress"]
+        if not 0 < progress["epoch"] < self.config.epochs:
+            raise CheckpointError(
+                f"{where}: epoch {progress['epoch']} outside 1..{self.config.epochs - 1}; "
+                f"{RESTART_HINT}"
+            )
+        try:
+            swarm.load_state_dict(state["swarm"])
+        except (KeyError, RuntimeError, ValueError, TypeError) as err:
+            raise CheckpointError(
+                f"{where}: does not fit this model/algorithm ({type(err).__name__}: "
+                f"{str(err).splitlines()[0] if str(err) else ''}); {RESTART_HINT}"
+            ) from None
+        restore_rng(state["rng"])
+        return Progress(
+            epoch=progress["epoch"],
+            history=progress["history"],
+            final=progress["final"],
+            elapsed_before_s=progress["elapsed_s"],
+            resumed_after=[*progress["resumed_after"], progress["epoch"]],
+        )
+
+    # -- writing (inside a session) -------------------------------------------------------------
+    @contextmanager
+    def session(self, restart: bool = False) -> Iterator[RunDir]:
+        """Create the folder and hold its lock; with ``restart`` drop earlier state first."""
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+            lock = open(self.path / LOCK, "a")  # noqa: SIM115 - held for the whole session
+        except OSError as err:
+            raise ConfigError("out", str(self.path), "a writable directory", err.strerror) from None
+        try:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise UserError(
+                    f"out: {self.path} is in use by another running process; wait for it or "
+                    f"choose another --out"
+                ) from None
+            for stale in self.path.glob(f".{CHECKPOINT}.*.tmp"):  # a write killed mid-way
+                stale.unlink(missing_ok=True)
+            for stale in self.path.glob(f".{METRICS}.*.tmp"):
+                stale.unlink(missing_ok=True)
+            if restart:
+                self.checkpoint.unlink(missing_ok=True)
+                self.metrics.unlink(missing_ok=True)
+            yield self
+        finally:
+            lock.close()  # releases the flock
+
+    def save(self, swarm, progress: Progress) -> None:
+        """Checkpoint after ``progress.epoch`` completed epochs (temporary file + rename)."""
+        state = {
+            "format": FORMAT,
+            "config": fingerprint(self.config),
+            "progress": {
+                "epoch": progress.epoch,
+                "history": progress.history,
+                "final": progress.final,
+                "elapsed_s": progress.wall_time(),
+                "resumed_after": progress.resumed_after,
+            },
+            "swarm": swarm.state_dict(),
+            "rng": capture_rng(),
+        }
+        with _writing(self.checkpoint, "the previous checkpoint is intact"):
+            with atomic_open(self.checkpoint) as fh:
+                torch.save(state, fh)
+
+    def finish(self, metrics: dict[str, Any]) -> None:
+        """Write ``metrics.json`` atomically, then drop the checkpoint it supersedes."""
+        with _writing(self.metrics, "the checkpoint is intact"):
+            atomic_write_json(self.metrics, metrics)
+        self.checkpoint.unlink(missing_ok=True)
+
+
+def _relevant(config: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in config.items() if k not in NON_RESULT_FIELDS}
+
+
+def _check_writable(path: Path) -> None:
+    """Fail before any work when ``path`` cannot become a folder we can write into.
+
+    Probes the deepest existing ancestor with a temporary file (``os.access`` says yes to root
+    even on a read-only mount), so nothing is created where the run is going to fail anyway.
+    """
+    probe = path
+    while not probe.exists():
+        if probe.parent == probe:
+            break
+        probe = probe.parent
+    if not probe.is_dir():
+        raise ConfigError("out", str(path), "a writable directory", f"{probe} is not a directory")
+    try:
+        with tempfile.TemporaryFile(dir=probe):
+            pass
+    except OSError as err:
+        raise ConfigError(
+            "out", str(path), "a writable directory", f"cannot write in {probe}: {err.strerror}"
+        ) from None
+
+
+@contextmanager
+def _writing(path: Path, intact: str) -> Iterator[None]:
+    """A failed write (disk full, permissions changed mid-run) is one line, not a traceback."""
+    try:
+        yield
+    except OSError as err:
+        raise UserError(
+            f"cannot write {path}: {err.strerror or err}; {intact}: fix the cause and run the "
+            f"same command again to resume"
+        ) from None
