@@ -5,8 +5,10 @@ from __future__ import annotations
 from ..errors import ConfigError
 from .base import Algorithm
 from .dsgdm import DSGDm
+from .qgm import QGM
+from .relaysgd import RelaySGD
 
-ALGORITHMS: dict[str, type[Algorithm]] = {cls.name: cls for cls in (DSGDm,)}
+ALGORITHMS: dict[str, type[Algorithm]] = {cls.name: cls for cls in (DSGDm, QGM, RelaySGD)}
 
 
 def algorithm_class(name: str) -> type[Algorithm]:

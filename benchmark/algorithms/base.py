@@ -40,7 +40,7 @@ class Algorithm:
 
     # -- what CCL and the accounting need --------------------------------------------------------
     def cross_feature_neighbors(self) -> list[list[int]]:
-        """Whose models agent i receives (and so computes cross-features with): its graph neighbours."""
+        """Whose models agent i receives (and computes cross-features with): graph neighbours."""
         return [self.swarm.topology.neighbors(i) for i in range(self.swarm.n)]
 
     def bytes_sent(self) -> dict[str, float]:
