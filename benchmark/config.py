@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import difflib
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -103,7 +103,9 @@ class RunConfig(BaseModel):
     @classmethod
     def _fractions(cls, v: list[float]) -> list[float]:
         if any(not 0 < m < 1 for m in v):
-            raise ConfigError("lr_milestones", v, "fractions of the epochs strictly between 0 and 1")
+            raise ConfigError(
+                "lr_milestones", v, "fractions of the epochs strictly between 0 and 1"
+            )
         return sorted(v)
 
     # derived views -------------------------------------------------------------------------
@@ -140,8 +142,13 @@ def _raise_first(err: ValidationError, data: dict[str, Any]) -> None:
     ctx_error = (first.get("ctx") or {}).get("error")
     if isinstance(ctx_error, ConfigError):
         raise ctx_error from None
-    msg = first["msg"].removeprefix("Value error, ")
-    raise ConfigError(field, data.get(field, first.get("input")), msg) from None
+    value = data.get(field, first.get("input"))
+    if first["type"] == "literal_error" and field in RunConfig.model_fields:
+        choices = get_args(RunConfig.model_fields[field].annotation)
+        raise ConfigError(field, value, choices) from None  # with a did-you-mean
+    # "Input should be greater than 0" -> "allowed: greater than 0"
+    msg = first["msg"].removeprefix("Value error, ").removeprefix("Input should be ")
+    raise ConfigError(field, value, msg) from None
 
 
 def parse_overrides(pairs: list[str]) -> dict[str, Any]:
@@ -168,11 +175,14 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     except yaml.YAMLError as exc:
         where = getattr(exc, "problem_mark", None)
         line = f" at line {where.line + 1}, column {where.column + 1}" if where else ""
-        raise UserError(f"config: malformed YAML in {path}{line}: {getattr(exc, 'problem', exc)}") from None
+        problem = getattr(exc, "problem", exc)
+        raise UserError(f"config: malformed YAML in {path}{line}: {problem}") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
-        raise UserError(f"config: {path} must hold a mapping of option: value, got {type(data).__name__}")
+        raise UserError(
+            f"config: {path} must hold a mapping of option: value, got {type(data).__name__}"
+        )
     return data
 
 
