@@ -7,9 +7,13 @@ code 2; anything else is a bug and keeps its traceback.
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
+import threading
 
 from .errors import EXIT_USER_ERROR, UserError
+
+EXIT_INTERRUPTED = 130  # the shell's code for a process stopped by SIGINT
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -17,7 +21,7 @@ def _train(args: argparse.Namespace) -> int:
     from .train import run
 
     config = load_config(args.config, args.overrides)
-    metrics = run(config, args.out)
+    metrics = run(config, args.out, restart=args.restart)
     final = metrics["final"]
     summary = f"{metrics['status']}: wall {metrics['wall_time_s']:.1f}s"
     if final:
@@ -33,6 +37,9 @@ def build_parser() -> argparse.ArgumentParser:
     train = sub.add_parser("train", help="train one run and write metrics.json")
     train.add_argument("--config", help="YAML file of run options (see config/)")
     train.add_argument("--out", required=True, help="output folder for metrics.json")
+    train.add_argument("--restart", action="store_true",
+                       help="discard the checkpoint / metrics.json in --out and start over "
+                       "(default: resume from the checkpoint; a finished run is a no-op)")
     train.add_argument("overrides", nargs="*", metavar="key=value", help="option overrides")
     train.set_defaults(func=_train)
     return parser
@@ -40,11 +47,23 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if threading.current_thread() is threading.main_thread():
+        # Snakemake and schedulers stop jobs with SIGTERM: unwind like Ctrl-C, so context
+        # managers run (MLflow marks the run KILLED, the lock is released).
+        signal.signal(signal.SIGTERM, _interrupt)
     try:
         return args.func(args)
     except UserError as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        print("interrupted: run the same command again to resume from the last completed epoch",
+              file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
 
 
 if __name__ == "__main__":
