@@ -1,0 +1,194 @@
+"""Cross-feature Contrastive Loss on top of any base optimiser (METHOD.md section 4).
+
+Agent ``i`` pulls its features ``f_i`` (own mixed model, own batch) towards
+
+* ``L_mv``: the *model-variant* cross-features ``c_{j->i} = F(x_j^-; X_i)``, each neighbour's
+  pre-gossip model on ``i``'s batch (summed over neighbours), and
+* ``L_dv``: the *data-variant* class targets ``mu_i[c]``, class means of ``i``'s own detached
+  features pooled with the class sums that neighbours computed with ``i``'s model on *their*
+  batches (``C x D + C`` numbers per edge).
+
+Both terms share the same no-grad cross-feature passes: one extra forward per neighbour, no extra
+backward. The passes are grouped by model: model ``j`` runs once on the concatenated batches of
+every agent that receives it (same numbers, fewer, larger matmuls). Targets never carry a
+gradient, so the gradient reaches ``x_i`` only through ``f_i``.
+
+BatchNorm caveat: the spec runs a neighbour's parameters with the *receiver's* buffers in eval
+mode. For models with buffers the passes are therefore done per (receiver, sender) pair with the
+receiver's buffers loaded (exact, but not grouped); models without buffers (LeNet-5, MLP,
+EvoNorm nets) are grouped. Own features come from a train-mode forward, so on a BatchNorm model
+``L_mv`` is not exactly 0 even when models agree; prefer EvoNorm/GroupNorm.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import TYPE_CHECKING
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..errors import ConfigError
+from .base import BYTES_PER_FLOAT
+
+if TYPE_CHECKING:
+    from ..swarm import Swarm
+
+FEATURE_DISTANCES: tuple[str, ...] = ("squared", "normalized")
+
+
+def view_parameters(model: nn.Module, row: torch.Tensor) -> None:
+    """Make ``model``'s parameters read-only views into ``row`` (no copy, no gradient)."""
+    offset = 0
+    for p in model.parameters():
+        k = p.numel()
+        p.requires_grad_(False)
+        p.grad = None
+        p.data = row[offset : offset + k].view_as(p)
+        offset += k
+
+
+class CrossFeatureLoss:
+    """The CCL terms of one swarm: ``prepare`` once per iteration, then ``loss(i, ...)`` per agent.
+
+    ``feature_distance: normalized`` computes the same losses on L2-normalised features (a bounded
+    distance, METHOD.md section 8): **not the paper's**, offered because squared distances between
+    unbounded ReLU features can feed the momentum until the run diverges.
+    """
+
+    def __init__(
+        self,
+        swarm: Swarm,
+        lambda_m: float = 0.0,
+        lambda_d: float = 0.0,
+        feature_distance: str = "squared",
+        **_: object,
+    ) -> None:
+        if feature_distance not in FEATURE_DISTANCES:
+            raise ConfigError("feature_distance", feature_distance, FEATURE_DISTANCES)
+        self.swarm = swarm
+        self.lambda_m, self.lambda_d = float(lambda_m), float(lambda_d)
+        self.normalized = feature_distance == "normalized"
+        self.active = self.lambda_m > 0 or self.lambda_d > 0
+        heads = [m for m in swarm.models[0].modules() if isinstance(m, nn.Linear)]
+        # classifier = last linear layer: its input is the feature vector (models/__init__.py)
+        self.feature_dim = heads[-1].in_features if heads else None
+        self.num_classes = heads[-1].out_features if heads else None
+        self._models: list[nn.Module] | None = None
+        self._edges: tuple[torch.Tensor, torch.Tensor, list[int]] | None = None
+        self._mv_sum = self._dv_sum = torch.zeros((), device=swarm.device)
+
+    # -- one iteration -----------------------------------------------------------------------
+    @torch.no_grad()
+    def prepare(self, xs: torch.Tensor, ys: torch.Tensor) -> None:
+        """Cross-feature passes from ``X^-`` and the class statistics every agent receives."""
+        receivers, senders, offsets = self._edge_lists()
+        cross = self._cross_features(xs, receivers, senders)  # [E, B, D], edge e = (i <- j)
+        if self.normalized:
+            cross = F.normalize(cross, dim=-1)
+        onehot = F.one_hot(ys, self.num_classes).to(cross.dtype)  # [n, B, C]
+        # agent i sends neighbour j the class sums of j's model on i's batch, and its counts
+        sums = torch.bmm(onehot[receivers].transpose(1, 2), cross)  # [E, C, D]
+        n = self.swarm.n
+        self._received_sums = cross.new_zeros(n, *sums.shape[1:]).index_add_(0, senders, sums)
+        self._received_counts = cross.new_zeros(n, self.num_classes).index_add_(
+            0, senders, onehot.sum(dim=1)[receivers]
+        )
+        self._cross, self._offsets = cross, offsets
+        self._mv_sum = self._dv_sum = cross.new_zeros(())
+
+    def loss(self, i: int, features: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """``lambda_m L_mv,i + lambda_d L_dv,i`` with gradient through ``features`` only.
+
+        A term whose weight is 0 is computed on detached features (logged, not in the graph), so
+        a run with both weights 0 is bit-identical to its base optimiser.
+        """
+        f = F.normalize(features, dim=-1) if self.normalized else features
+        f_mv = f if self.lambda_m > 0 else f.detach()
+        f_dv = f if self.lambda_d > 0 else f.detach()
+        cross = self._cross[self._offsets[i] : self._offsets[i + 1]]  # [deg_i, B, D]
+        l_mv = (f_mv.unsqueeze(0) - cross).pow(2).mean(dim=(1, 2)).sum()
+        onehot = F.one_hot(y, self.num_classes).to(f.dtype)  # [B, C]
+        totals = onehot.T @ f.detach() + self._received_sums[i]
+        counts = onehot.sum(dim=0) + self._received_counts[i]
+        # classes absent from i's batch are never indexed; the clamp only avoids 0/0 there
+        targets = totals / counts.clamp_min(1)[:, None]
+        l_dv = (f_dv - targets[y]).pow(2).mean()
+        self._mv_sum = self._mv_sum + l_mv.detach()
+        self._dv_sum = self._dv_sum + l_dv.detach()
+        total = f.new_zeros(())
+        if self.lambda_m > 0:
+            total = total + self.lambda_m * l_mv
+        if self.lambda_d > 0:
+            total = total + self.lambda_d * l_dv
+        return total
+
+    def stats(self) -> dict[str, torch.Tensor]:
+        """Mean over agents of this iteration's ``L_mv`` and ``L_dv``: the heterogeneity measure."""
+        n = self.swarm.n
+        return {"l_mv": self._mv_sum / n, "l_dv": self._dv_sum / n}
+
+    def bytes_sent(self) -> dict[str, float]:
+        """Class sums and counts, ``C*D + C`` floats per neighbour, only when ``L_dv`` is used."""
+        if self.lambda_d == 0 or self.feature_dim is None or self.num_classes is None:
+            return {"class_statistics": 0.0}
+        edges = sum(len(nb) for nb in self.swarm.algorithm.cross_feature_neighbors())
+        per_edge = (self.num_classes * self.feature_dim + self.num_classes) * BYTES_PER_FLOAT
+        return {"class_statistics": edges * per_edge / self.swarm.n}
+
+    # -- internals -----------------------------------------------------------------------------
+    def _edge_lists(self) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
+        """Edges ``(receiver i, sender j)`` sorted by receiver, and each receiver's slice start."""
+        if self._edges is None:
+            neighbors = self.swarm.algorithm.cross_feature_neighbors()
+            pairs = [(i, j) for i, nb in enumerate(neighbors) for j in nb]
+            device = self.swarm.device
+            receivers = torch.tensor([i for i, _ in pairs], dtype=torch.long, device=device)
+            senders = torch.tensor([j for _, j in pairs], dtype=torch.long, device=device)
+            offsets = [0]
+            for nb in neighbors:
+                offsets.append(offsets[-1] + len(nb))
+            self._edges = (receivers, senders, offsets)
+        return self._edges
+
+    def _cross_models(self) -> list[nn.Module]:
+        """One eval-mode model per agent whose parameters view its row of ``X^-`` (built once)."""
+        if self._models is None:
+            models = []
+            for j in range(self.swarm.n):
+                model = copy.deepcopy(self.swarm.models[j])
+                view_parameters(model, self.swarm.pre_params[j])
+                models.append(model.eval())
+            self._models = models
+        return self._models
+
+    def _cross_features(
+        self, xs: torch.Tensor, receivers: torch.Tensor, senders: torch.Tensor
+    ) -> torch.Tensor:
+        """``c_{j->i} = F(x_j^-; X_i)`` for every edge, grouped by sender model where exact."""
+        models = self._cross_models()
+        cross: torch.Tensor | None = None
+        for j, model in enumerate(models):
+            edges = torch.nonzero(senders == j).flatten()
+            if len(edges) == 0:
+                continue
+            buffers = dict(model.named_buffers())
+            # with buffers (BatchNorm) each receiver's own buffers must be loaded: one pass per
+            # edge; without, one pass on every receiver's batch at once
+            groups = [edges[k : k + 1] for k in range(len(edges))] if buffers else [edges]
+            for group in groups:
+                if buffers:
+                    receiver = self.swarm.models[int(receivers[group[0]])]
+                    for name, buf in receiver.named_buffers():
+                        buffers[name].copy_(buf)
+                batch = xs[receivers[group]]  # [g, B, ...]
+                features, logits = model(batch.flatten(0, 1))
+                if cross is None:
+                    self.feature_dim, self.num_classes = features.shape[-1], logits.shape[-1]
+                    cross = features.new_empty(len(senders), xs.shape[1], features.shape[-1])
+                cross[group] = features.view(len(group), xs.shape[1], -1)
+        if cross is None:  # no edges at all (a single agent)
+            d = self.feature_dim or 0
+            cross = xs.new_empty(0, xs.shape[1], d)
+        return cross
