@@ -31,6 +31,26 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _tune(args: argparse.Namespace) -> int:
+    from .tuning import load_tuning, tune
+
+    config, spec = load_tuning(args.config, args.overrides)
+    result = tune(config, spec, args.study, trials=args.trials)
+    best = result.best
+    lambdas = ", ".join(f"{k}={best[k]:.4g}" for k in ("lambda_m", "lambda_d"))
+    print(f"{result.study.study_name}: {best['n_complete']} complete, {best['n_pruned']} pruned, "
+          f"{best['n_failed']} failed; best {lambdas}: validation consensus acc "
+          f"{best['value']:.2f}% -> {result.out_dir / 'best.json'}")
+    return 0
+
+
+def _tune_table(args: argparse.Namespace) -> int:
+    from .tuning import write_best_table
+
+    write_best_table(args.best, args.out)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="benchmark", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -42,6 +62,18 @@ def build_parser() -> argparse.ArgumentParser:
                        "(default: resume from the checkpoint; a finished run is a no-op)")
     train.add_argument("overrides", nargs="*", metavar="key=value", help="option overrides")
     train.set_defaults(func=_train)
+    tune = sub.add_parser("tune", help="Optuna study of lambda_m / lambda_d for one alpha")
+    tune.add_argument("--config", help="family file (run: + tuning:) or run options (YAML)")
+    tune.add_argument("--study", required=True,
+                      help="journal file, studies/<family>/alpha<a>.journal")
+    tune.add_argument("--trials", type=int, help="total trial budget (default: tuning.trials)")
+    tune.add_argument("overrides", nargs="*", metavar="key=value",
+                      help="run option or tuning.<key> overrides, e.g. alpha=0.1 tuning.epochs=5")
+    tune.set_defaults(func=_tune)
+    table = sub.add_parser("tune-table", help="table of best lambdas per alpha (best.json files)")
+    table.add_argument("best", nargs="+", help="studies/<family>/alpha<a>/best.json files")
+    table.add_argument("--out", required=True, help="output path without suffix (.csv and .md)")
+    table.set_defaults(func=_tune_table)
     return parser
 
 

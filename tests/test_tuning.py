@@ -1,0 +1,297 @@
+"""Optuna tuning of lambda_m / lambda_d: budget, resumption after SIGKILL, pruning, MLflow,
+and the guarantee that the objective never looks at the test split."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+import yaml
+from optuna.trial import TrialState
+
+from benchmark import train as train_module
+from benchmark import tuning
+from benchmark.cli import main
+from benchmark.errors import UserError
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+RUN = {
+    "family": "tiny",
+    "dataset": "synthetic",
+    "synthetic": {"train_size": 256, "test_size": 64, "image_size": 8, "channels": 1},
+    "model": "mlp",
+    "topology": "ring",
+    "n_agents": 4,
+    "alpha": 0.5,
+    "batch_size": 16,
+    "epochs": 5,
+    "lr": 0.05,
+    "threads": 1,
+    "tracking": False,
+}
+TUNING = {"method": "ccl-dsgdm", "epochs": 2, "pruner": "none", "trials": 3}
+
+
+def _config_file(tmp_path: Path, run: dict | None = None, **tuning_opts) -> Path:
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump({"run": {**RUN, **(run or {})},
+                                    "tuning": {**TUNING, **tuning_opts}}))
+    return path
+
+
+def _trials(journal: Path) -> list[optuna.trial.FrozenTrial]:
+    """The journal as a fresh process would read it."""
+    storage = tuning.storage(journal)
+    (summary,) = optuna.get_all_study_summaries(storage)
+    return optuna.load_study(study_name=summary.study_name, storage=storage).trials
+
+
+def _states(trials) -> list[str]:
+    return [t.state.name for t in trials]
+
+
+def test_tiny_study_writes_best_json_and_mlflow_runs(tmp_path, monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    cfg = _config_file(tmp_path, run={"tracking": True})
+    journal = tmp_path / "studies" / "tiny" / "alpha0.5.journal"
+
+    assert main(["tune", "--config", str(cfg), "--study", str(journal)]) == 0
+
+    trials = _trials(journal)
+    assert _states(trials) == ["COMPLETE"] * 3
+    assert trials[0].params == {"lambda_m": 0.1, "lambda_d": 0.1}  # the paper's point first
+    assert all(sorted(t.intermediate_values) == [1, 2] for t in trials)  # one report per epoch
+    best_trial = max(trials, key=lambda t: (t.value, -t.number))
+    best = json.loads((journal.with_suffix("") / "best.json").read_text())
+    assert best["lambda_m"] == best_trial.params["lambda_m"]
+    assert best["lambda_d"] == best_trial.params["lambda_d"]
+    assert best["value"] == best_trial.value
+    assert (best["n_complete"], best["n_pruned"], best["n_failed"]) == (3, 0, 0)
+    assert best["alpha"] == 0.5 and best["family"] == "tiny" and best["epochs"] == 2
+    assert best["paper_value"] == trials[0].value
+    for name in ("history.png", "sensitivity.png", "trials.csv"):
+        assert (journal.with_suffix("") / name).stat().st_size > 0
+
+    from mlflow import MlflowClient
+
+    client = MlflowClient()
+    experiment = client.get_experiment_by_name("tiny")
+    runs = client.search_runs([experiment.experiment_id])
+    parents = [r for r in runs if r.data.tags.get("kind") == "study"]
+    children = [r for r in runs if r.data.tags.get("kind") == "trial"]
+    assert len(parents) == 1 and len(children) == 3
+    parent = parents[0]
+    assert parent.info.status == "FINISHED"
+    assert parent.data.metrics["best_value"] == best["value"]
+    by_trial = {int(r.data.tags["trial"]): r for r in children}
+    for t in trials:
+        child = by_trial[t.number]
+        assert child.data.tags["mlflow.parentRunId"] == parent.info.run_id
+        assert child.data.tags["state"] == "complete" and child.info.status == "FINISHED"
+        assert float(child.data.params["lambda_m"]) == pytest.approx(t.params["lambda_m"])
+        history = client.get_metric_history(child.info.run_id, "val_consensus_acc")
+        assert {m.step: m.value for m in history} == pytest.approx(t.intermediate_values)
+
+
+def test_rerun_of_finished_study_adds_no_trial_and_budget_is_a_total(tmp_path, capsys):
+    cfg = _config_file(tmp_path, trials=2)
+    journal = tmp_path / "alpha0.5.journal"
+    args = ["tune", "--config", str(cfg), "--study", str(journal)]
+    assert main(args) == 0
+    first = _trials(journal)
+    best_before = (tmp_path / "alpha0.5" / "best.json").read_text()
+
+    assert main(args) == 0
+    assert [(t.number, t.state, t.params) for t in _trials(journal)] == \
+        [(t.number, t.state, t.params) for t in first]
+    assert (tmp_path / "alpha0.5" / "best.json").read_text() == best_before
+
+    assert main([*args, "--trials", "3"]) == 0  # a larger budget runs only the missing trial
+    assert _states(_trials(journal)) == ["COMPLETE"] * 3
+
+
+def test_killed_trial_is_failed_requeued_and_the_budget_completed(tmp_path):
+    # Trials long enough (a few hundred iterations) to be caught in the middle.
+    run = {"synthetic": {**RUN["synthetic"], "train_size": 4096}, "epochs": 3}
+    cfg = _config_file(tmp_path, run=run, trials=4, epochs=3)
+    journal = tmp_path / "alpha0.5.journal"
+    cmd = [sys.executable, "-m", "benchmark", "tune", "--config", str(cfg), "--study",
+           str(journal)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    victim = None
+    try:
+        deadline = time.monotonic() + 120
+        while victim is None and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.05)
+            if journal.exists() and journal.stat().st_size:
+                running = [t for t in _trials(journal) if t.state == TrialState.RUNNING
+                           and t.number >= 1 and len(t.params) == 2]
+                victim = running[0] if running else None
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    assert victim is not None, "the study finished before a trial could be killed"
+    assert next(t for t in _trials(journal) if t.number == victim.number).state == \
+        TrialState.RUNNING  # what a killed process leaves behind
+
+    rerun = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert rerun.returncode == 0, rerun.stderr
+
+    trials = _trials(journal)
+    assert _states(trials).count("COMPLETE") == 4
+    assert _states(trials).count("FAIL") == 1
+    failed = trials[victim.number]
+    assert failed.state == TrialState.FAIL
+    retries = [t for t in trials if t.user_attrs.get("retry_of") == victim.number]
+    assert len(retries) == 1 and retries[0].state == TrialState.COMPLETE
+    assert retries[0].params == victim.params
+    best = json.loads((tmp_path / "alpha0.5" / "best.json").read_text())
+    assert (best["n_complete"], best["n_failed"]) == (4, 1)
+
+
+def test_objective_never_touches_the_test_split(tmp_path, monkeypatch):
+    real_load = train_module.load_dataset
+    calls = []
+
+    class Poisoned:
+        def __getattr__(self, name):
+            raise AssertionError(f"tuning read the test split ({name})")
+
+        def __len__(self):
+            raise AssertionError("tuning read the test split (len)")
+
+    def load_without_test(*args, **kwargs):
+        bundle = real_load(*args, **kwargs)
+        calls.append(kwargs["val_fraction"])
+        assert bundle.val is not None and len(bundle.val) > 0
+        bundle.test = Poisoned()
+        return bundle
+
+    monkeypatch.setattr(train_module, "load_dataset", load_without_test)
+    config, spec = tuning.load_tuning(_config_file(tmp_path, trials=2))
+    assert config.val_fraction == 0.1  # carved for tuning although the run config has none
+    result = tuning.tune(config, spec, tmp_path / "alpha0.5.journal")
+    assert result.best["n_complete"] == 2 and calls == [0.1, 0.1]
+
+
+def _fake_run(config, out_dir, eval_split="test", on_epoch=None):
+    """Stands in for train.run: accuracy 100 * (1 - lambda_m) at every epoch, divergence at
+    epoch 1 above lambda_m = 0.8 (reports nothing, as the real loop does)."""
+    assert eval_split == "val" and config.val_fraction > 0 and not config.tracking
+    assert out_dir is None
+    if config.lambda_m > 0.8:
+        return {"status": "diverged", "diverged_epoch": 1, "final": {}}
+    acc = 100 * (1 - config.lambda_m)
+    for epoch in range(1, config.epochs + 1):
+        on_epoch(epoch, {"epoch": epoch, "consensus_acc": acc, "train_ce": 0.5})
+    return {"status": "completed", "diverged_epoch": None, "final": {"consensus_acc": acc}}
+
+
+def test_pruned_and_diverged_trials_count_towards_the_budget(tmp_path, monkeypatch):
+    monkeypatch.setattr(tuning, "run", _fake_run)
+    config, spec = tuning.load_tuning(
+        _config_file(tmp_path, pruner="median", startup_trials=1, warmup_epochs=0, trials=4))
+    journal = tmp_path / "alpha0.5.journal"
+    study = tuning.open_study(journal, config, spec)
+    for lm in (0.001, 0.9, 0.5):  # good, diverges, worse than the median -> pruned at epoch 1
+        study.enqueue_trial({"lambda_m": lm, "lambda_d": 0.01})
+
+    result = tuning.tune(config, spec, journal)  # then the paper's (0.1, 0.1): pruned as well
+
+    trials = _trials(journal)
+    assert _states(trials) == ["COMPLETE", "PRUNED", "PRUNED", "PRUNED"]
+    assert trials[1].user_attrs["diverged"] is True and trials[1].intermediate_values == {}
+    assert trials[2].intermediate_values == {1: pytest.approx(50.0)}  # stopped after epoch 1
+    assert trials[3].params == {"lambda_m": 0.1, "lambda_d": 0.1}
+    best = result.best
+    assert (best["lambda_m"], best["lambda_d"]) == (0.001, 0.01)
+    assert best["value"] == pytest.approx(99.9) and best["paper_value"] is None
+    assert (best["n_complete"], best["n_pruned"], best["n_diverged"]) == (1, 3, 1)
+
+
+def test_all_trials_diverged_is_a_user_error(tmp_path, monkeypatch):
+    monkeypatch.setattr(tuning, "run", _fake_run)
+    config, spec = tuning.load_tuning(_config_file(tmp_path, trials=2, enqueue_paper=False,
+                                                   lambda_m=[0.85, 1.0]))
+    with pytest.raises(UserError, match="no complete trial"):
+        tuning.tune(config, spec, tmp_path / "alpha0.5.journal")
+    assert not (tmp_path / "alpha0.5" / "best.json").exists()
+
+
+def test_resuming_with_other_settings_or_concurrently_is_refused(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(tuning, "run", _fake_run)
+    cfg = _config_file(tmp_path, trials=1)
+    journal = tmp_path / "alpha0.5.journal"
+    assert main(["tune", "--config", str(cfg), "--study", str(journal)]) == 0
+
+    assert main(["tune", "--config", str(cfg), "--study", str(journal), "alpha=0.1"]) == 2
+    assert "created with alpha=0.5, now alpha=0.1" in capsys.readouterr().err
+
+    import fcntl
+
+    with open(journal, "ab") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        assert main(["tune", "--config", str(cfg), "--study", str(journal)]) == 2
+    assert "being tuned by another process" in capsys.readouterr().err
+    assert len(_trials(journal)) == 1
+
+
+@pytest.mark.parametrize(("override", "field"), [
+    ("tuning.trails=3", "tuning.trails"),
+    ("tuning.lambda_m=[0, 1]", "tuning.lambda_m"),
+    ("tuning.method=qgm", "tuning.method"),
+    ("tuning.pruner=asha", "tuning.pruner"),
+])
+def test_bad_tuning_options_are_one_line_errors(tmp_path, capsys, override, field):
+    cfg = _config_file(tmp_path)
+    code = main(["tune", "--config", str(cfg), "--study", str(tmp_path / "a.journal"), override])
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith(f"error: {field}:") and err.count("\n") == 1
+    assert not (tmp_path / "a.journal").exists()
+
+
+def test_study_path_must_be_a_journal(tmp_path, capsys):
+    code = main(["tune", "--config", str(_config_file(tmp_path)), "--study",
+                 str(tmp_path / "study.db")])
+    assert code == 2 and "--study" in capsys.readouterr().err
+
+
+def test_torn_last_record_is_dropped(tmp_path):
+    journal = tmp_path / "alpha0.5.journal"
+    journal.write_bytes(b'{"op_code": 0}\n{"op_co')
+    with tuning._exclusive(journal):
+        pass
+    assert journal.read_bytes() == b'{"op_code": 0}\n'
+
+
+def test_best_table_sorts_by_alpha(tmp_path):
+    files = []
+    for alpha, lm in ((1.0, 0.02), (0.01, 0.3)):
+        path = tmp_path / f"alpha{alpha}" / "best.json"
+        path.parent.mkdir()
+        path.write_text(json.dumps({"family": "f", "alpha": alpha, "method": "ccl",
+                                    "lambda_m": lm, "lambda_d": 0.1, "value": 90.0,
+                                    "paper_value": 80.0, "n_complete": 5, "n_pruned": 1,
+                                    "n_failed": 0, "epochs": 3}))
+        files.append(str(path))
+    assert main(["tune-table", *files, "--out", str(tmp_path / "table")]) == 0
+    lines = (tmp_path / "table.csv").read_text().splitlines()
+    assert lines[0].startswith("family,alpha,method,lambda_m,lambda_d,value")
+    assert [line.split(",")[1] for line in lines[1:]] == ["0.01", "1.0"]
+    assert "| f " in (tmp_path / "table.md").read_text()
+
+
+@pytest.fixture(autouse=True)
+def _in_tmp(tmp_path, monkeypatch):
+    """Relative paths (mlflow.db, data/) land in the test's folder, never in the repository."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("PYTHONPATH", str(Path(__file__).resolve().parents[1]) + os.pathsep
+                       + os.environ.get("PYTHONPATH", ""))
