@@ -167,7 +167,7 @@ class RunDir:
         try:
             state = torch.load(self.checkpoint, map_location="cpu", weights_only=True)
         except Exception as err:  # noqa: BLE001 - any failure means the file cannot be trusted
-            reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+            reason = _first_sentence(err)
             raise CheckpointError(
                 f"{where}: cannot be read, truncated or corrupted ({reason}); {RESTART_HINT}"
             ) from None
@@ -192,8 +192,8 @@ class RunDir:
             swarm.load_state_dict(state["swarm"])
         except (KeyError, RuntimeError, ValueError, TypeError) as err:
             raise CheckpointError(
-                f"{where}: does not fit this model/algorithm ({type(err).__name__}: "
-                f"{str(err).splitlines()[0] if str(err) else ''}); {RESTART_HINT}"
+                f"{where}: does not fit this model/algorithm ({_first_sentence(err)}); "
+                f"{RESTART_HINT}"
             ) from None
         restore_rng(state["rng"])
         return Progress(
@@ -256,6 +256,12 @@ class RunDir:
         with _writing(self.metrics, "the checkpoint is intact"):
             atomic_write_json(self.metrics, metrics)
         self.checkpoint.unlink(missing_ok=True)
+
+
+def _first_sentence(err: BaseException) -> str:
+    """Keep one line: library errors (torch's zip reader) run to a paragraph."""
+    text = str(err).strip().splitlines()[0] if str(err).strip() else ""
+    return text.split(". ")[0] if text else type(err).__name__
 
 
 def _relevant(config: dict[str, Any]) -> dict[str, Any]:

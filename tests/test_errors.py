@@ -1,0 +1,205 @@
+"""Every bad input of issue 5, point 4, through the command line.
+
+Each case asserts: exit code 2, exactly one line on stderr naming the field, the bad value and
+what is allowed, and that no result or checkpoint appeared. The CLI runs in-process
+(``benchmark.cli.main`` returns the exit code), so these tests cost no subprocess start-up.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from benchmark.checkpoint import CHECKPOINT, LOCK, METRICS
+from benchmark.cli import main
+from benchmark.config import load_config
+from benchmark.train import run
+
+# 128 training images over 4 agents: 32 per agent, 4 iterations of 8 per epoch
+SYNTH = ["dataset=synthetic", "synthetic={train_size: 128, test_size: 64, image_size: 8}",
+         "model=mlp", "n_agents=4", "batch_size=8", "tracking=false", "threads=1"]
+
+
+def _fail(capsys, out: Path, *args: str, config: Path | None = None) -> str:
+    """Run ``train`` expecting a user error; return its one line (without 'error: ')."""
+    before = _files(out)
+    argv = ["train", "--out", str(out), *(["--config", str(config)] if config else []), *args]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("error: "), err
+    assert _files(out) == before, "a bad input must not write anything"
+    return err.removeprefix("error: ").strip()
+
+
+def _files(out: Path) -> dict[str, bytes]:
+    if not out.is_dir():
+        return {}
+    return {p.name: p.read_bytes() for p in out.iterdir() if p.is_file() and p.name != LOCK}
+
+
+def _assert_parts(line: str, *parts: str) -> None:
+    for part in parts:
+        assert part in line, f"{part!r} not in {line!r}"
+
+
+@pytest.mark.parametrize(
+    ("override", "field", "value", "suggestion"),
+    [
+        ("dataset=cifar", "dataset", "'cifar'", "did you mean 'cifar10'?"),
+        ("model=resnet21", "model", "'resnet21'", "did you mean 'resnet20'?"),
+        ("topology=rign", "topology", "'rign'", "did you mean 'ring'?"),
+        ("method=cll", "method", "'cll'", "did you mean 'ccl'?"),
+        ("partition=lni", "partition", "'lni'", "did you mean 'lin'?"),
+        ("alhpa=0.1", "alhpa", "unknown key", "did you mean 'alpha'?"),
+    ],
+)
+def test_unknown_names_suggest_the_closest(capsys, tmp_path, override, field, value, suggestion):
+    line = _fail(capsys, tmp_path / "run", *SYNTH, override)
+    _assert_parts(line, f"{field}:", value, "allowed:", suggestion)
+
+
+@pytest.mark.parametrize(
+    ("override", "field", "value", "allowed"),
+    [
+        ("alpha=0", "alpha", "0", "greater than 0"),
+        ("alpha=-1", "alpha", "-1", "greater than 0"),
+        ("lambda_m=-0.1", "lambda_m", "-0.1", "greater than or equal to 0"),
+        ("lambda_d=-1", "lambda_d", "-1", "greater than or equal to 0"),
+        ("lr=-0.5", "lr", "-0.5", "greater than or equal to 0"),
+        ("epochs=0", "epochs", "0", "greater than or equal to 1"),
+        ("epochs=-3", "epochs", "-3", "greater than or equal to 1"),
+    ],
+)
+def test_out_of_range_numbers(capsys, tmp_path, override, field, value, allowed):
+    line = _fail(capsys, tmp_path / "run", *SYNTH, override)
+    _assert_parts(line, f"{field}: invalid value {value};", f"allowed: {allowed}")
+
+
+def test_agent_count_the_topology_does_not_support(capsys, tmp_path):
+    line = _fail(capsys, tmp_path / "run", *SYNTH, "topology=dyck", "n_agents=16")
+    _assert_parts(line, "n_agents: invalid value 16", "exactly 32 for dyck")
+    line = _fail(capsys, tmp_path / "run", *SYNTH, "topology=torus", "n_agents=10")
+    _assert_parts(line, "n_agents: invalid value 10", "r x c", "nearest valid: 9 or 12")
+
+
+def test_batch_larger_than_the_shard(capsys, tmp_path):
+    line = _fail(capsys, tmp_path / "run", *SYNTH, "batch_size=64")
+    _assert_parts(line, "batch_size: invalid value 64", "at most the smallest shard size (32)")
+
+
+@pytest.mark.parametrize(("dataset", "folder"), [("cifar10", "cifar-10-batches-py"),
+                                                 ("fmnist", "FashionMNIST")])
+def test_data_dir_without_the_dataset(capsys, tmp_path, dataset, folder):
+    empty = tmp_path / "data"
+    empty.mkdir()
+    line = _fail(capsys, tmp_path / "run", f"dataset={dataset}", f"data_dir={empty}",
+                 "model=mlp", "tracking=false")
+    _assert_parts(line, f"dataset {dataset}", str(empty / folder), "download: true")
+
+
+def test_malformed_yaml(capsys, tmp_path):
+    config = tmp_path / "bad.yaml"
+    config.write_text("dataset: synthetic\nepochs: [1, 2\nlr: 0.1\n")
+    line = _fail(capsys, tmp_path / "run", config=config)
+    _assert_parts(line, "malformed YAML", str(config), "line 3")
+    config.write_text("- just\n- a list\n")
+    line = _fail(capsys, tmp_path / "run", config=config)
+    _assert_parts(line, str(config), "mapping of option: value", "got list")
+
+
+def test_unwritable_output_directory(capsys, tmp_path):
+    a_file = tmp_path / "results.txt"
+    a_file.write_text("not a folder")
+    line = _fail(capsys, a_file / "run", *SYNTH)
+    _assert_parts(line, "out: invalid value", str(a_file / "run"), "a writable directory",
+                  f"{a_file} is not a directory")
+    if Path("/proc/self").is_dir():  # a folder nobody can create files in, even root
+        line = _fail(capsys, Path("/proc/benchmark-test-run"), *SYNTH)
+        _assert_parts(line, "out: invalid value '/proc/benchmark-test-run'",
+                      "cannot write in /proc")
+
+
+def _checkpointed(out: Path, *overrides: str) -> None:
+    """A run folder left by a run that died after epoch 1 (checkpoint, no metrics.json)."""
+
+    class Died(Exception):
+        pass
+
+    def die(epoch: int, record: dict) -> None:
+        raise Died
+
+    with pytest.raises(Died):
+        run(load_config(None, [*SYNTH, "epochs=3", *overrides]), out, on_epoch=die)
+    assert (out / CHECKPOINT).is_file() and not (out / METRICS).exists()
+
+
+def test_mismatched_checkpoint_names_the_fields_and_offers_restart(capsys, tmp_path):
+    out = tmp_path / "run"
+    _checkpointed(out)
+    line = _fail(capsys, out, *SYNTH, "epochs=3", "lr=0.1", "alpha=0.5")
+    _assert_parts(line, f"checkpoint {out / CHECKPOINT}", "different config",
+                  "alpha: 1.0 -> 0.5", "lr: 0.05 -> 0.1", "--restart")
+    # offered way out: --restart discards the checkpoint and trains the new config
+    assert main(["train", "--out", str(out), "--restart", *SYNTH, "epochs=3", "lr=0.1"]) == 0
+    metrics = json.loads((out / METRICS).read_text())
+    assert metrics["config"]["lr"] == 0.1 and metrics["resumed_after_epochs"] == []
+    assert not (out / CHECKPOINT).exists()
+
+
+def test_fields_that_do_not_change_results_may_differ_on_resume(capsys, tmp_path):
+    out = tmp_path / "run"
+    _checkpointed(out)
+    assert main(["train", "--out", str(out), *SYNTH, "epochs=3", "threads=2", "family=x"]) == 0
+    assert json.loads((out / METRICS).read_text())["resumed_after_epochs"] == [1]
+
+
+@pytest.mark.parametrize("damage", ["garbage", "truncated", "empty"])
+def test_corrupted_checkpoint(capsys, tmp_path, damage):
+    out = tmp_path / "run"
+    _checkpointed(out)
+    path = out / CHECKPOINT
+    data = path.read_bytes()
+    path.write_bytes({"garbage": os.urandom(4096), "truncated": data[: len(data) // 2],
+                      "empty": b""}[damage])
+    line = _fail(capsys, out, *SYNTH, "epochs=3")
+    _assert_parts(line, f"checkpoint {path}", "cannot be read, truncated or corrupted",
+                  "--restart")
+
+
+def test_a_finished_run_of_another_config_is_not_overwritten(capsys, tmp_path):
+    out = tmp_path / "run"
+    assert main(["train", "--out", str(out), *SYNTH, "epochs=1"]) == 0
+    line = _fail(capsys, out, *SYNTH, "epochs=2")
+    _assert_parts(line, str(out / METRICS), "finished run of a different config",
+                  "epochs: 1 -> 2", "--restart")
+
+
+def test_a_folder_in_use_by_another_process(capsys, tmp_path):
+    out = tmp_path / "run"
+    out.mkdir()
+    with open(out / LOCK, "a") as held:  # flock conflicts across open files, even in-process
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        line = _fail(capsys, out, *SYNTH, "epochs=1")
+    _assert_parts(line, f"out: {out} is in use by another running process")
+
+
+def test_grid_config_with_an_empty_or_mistyped_axis(tmp_path):
+    grid = pytest.importorskip("benchmark.grid", reason="benchmark.grid (workflow issue) absent")
+    from benchmark.errors import ConfigError
+
+    family = tmp_path / "fam.yaml"
+    base = ("run: {family: fam, dataset: synthetic, model: mlp, epochs: 1}\n"
+            "grid:\n  topologies: [{topology: ring, n_agents: 4}]\n  seeds: [0]\n")
+    family.write_text(base + "  alpha: []\n  methods: [dsgdm-n]\n")
+    with pytest.raises(ConfigError, match=r"grid\.alpha: invalid value \[\]; allowed:.*at least 1"):
+        grid.load_family(family)
+    family.write_text(base + "  alpha: [0.1]\n  methods: dsgdm-n\n")
+    with pytest.raises(ConfigError, match=r"grid\.methods: invalid value 'dsgdm-n';.*list"):
+        grid.load_family(family)
+    family.write_text(base + "  alpha: [0.1]\n  methods: [dsgdm-m]\n")
+    with pytest.raises(ConfigError, match=r"grid\.methods: invalid value 'dsgdm-m'.*dsgdm-n"):
+        grid.load_family(family)
