@@ -1,0 +1,305 @@
+"""Experiment families: the schema of ``config/<family>.yaml`` and its expansion into runs.
+
+A family file holds a ``run:`` mapping (base options, keys of :class:`~benchmark.config.RunConfig`),
+a ``grid:`` mapping of axes and an optional ``tuning:`` section::
+
+    run:   {family: cifar10, dataset: cifar10, model: resnet20, epochs: 200, ...}
+    grid:
+      alpha: [0.01, 0.1, 1.0]
+      topologies: [{topology: ring, n_agents: 16}, {topology: paper-dyck, n_agents: 32, gamma: 0.9}]
+      methods: [dsgdm-n, qgm, ccl]
+      seeds: [0, 1, 2]
+      datasets: [{dataset: cifar10, model: resnet20}]     # optional; default: the run's pair
+    tuning: {lambdas: fixed}                              # optional; see the tuning issue
+
+The whole family is validated here, before any job starts: an empty or mistyped axis, an unknown
+method or topology, an impossible graph size, or any run option that :class:`RunConfig` rejects
+is one :class:`~benchmark.errors.ConfigError` naming the field (``grid.topologies[2].n_agents``).
+Nothing here reads data or imports Snakemake: the Snakefile imports this module to plan the DAG,
+so ``snakemake -n`` over the paper grid costs only this validation.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from .config import RunConfig, build_config, read_yaml
+from .errors import ConfigError, UserError
+from .methods import METHODS
+from .topology import TOPOLOGIES, build_topology
+
+# Where the workflow writes runs; a run's folder under it encodes every axis of the grid.
+RESULTS_ROOT = "results"
+RUN_PATH = "{family}/{dataset}/{model}/{topology}-n{n_agents}/alpha{alpha}/{method}/seed{seed}"
+
+
+class _Entry(BaseModel):
+    """An axis entry: its named keys plus any other run option that varies with it."""
+
+    model_config = ConfigDict(extra="allow")
+
+    @property
+    def options(self) -> dict[str, Any]:
+        """Every key of the entry as run options (named fields first, then the extras)."""
+        return self.model_dump(exclude_none=True)
+
+
+class TopologyEntry(_Entry):
+    """A graph and its size; per-topology settings (``gamma``, ``torus_rows``...) ride along."""
+
+    topology: str
+    n_agents: int = Field(ge=1)
+
+    @field_validator("topology")
+    @classmethod
+    def _known(cls, v: str) -> str:
+        if v not in TOPOLOGIES:
+            raise ConfigError("topology", v, TOPOLOGIES)
+        return v
+
+    @property
+    def label(self) -> str:
+        return f"{self.topology}-n{self.n_agents}"
+
+
+class DataEntry(_Entry):
+    """A dataset/model pair; dataset-specific options (``lr``, ``image_size``...) ride along."""
+
+    dataset: str
+    model: str
+
+
+class Grid(BaseModel):
+    """The axes of a family; the runs are their full product."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    alpha: list[float] = Field(min_length=1)
+    topologies: list[TopologyEntry] = Field(min_length=1)
+    methods: list[str] = Field(min_length=1)
+    seeds: list[int] = Field(min_length=1)
+    datasets: list[DataEntry] | None = Field(None, min_length=1)
+
+    @field_validator("alpha")
+    @classmethod
+    def _positive(cls, v: list[float]) -> list[float]:
+        bad = [a for a in v if not a > 0]
+        if bad:
+            raise ConfigError("grid.alpha", bad[0], "positive numbers")
+        return v
+
+    @field_validator("seeds")
+    @classmethod
+    def _seeds(cls, v: list[int]) -> list[int]:
+        bad = [s for s in v if s < 0]
+        if bad:
+            raise ConfigError("grid.seeds", bad[0], "integers >= 0")
+        return v
+
+    @field_validator("methods")
+    @classmethod
+    def _known_methods(cls, v: list[str]) -> list[str]:
+        for name in v:
+            if name not in METHODS:
+                raise ConfigError("grid.methods", name, list(METHODS))
+        return v
+
+
+class Tuning(BaseModel):
+    """How the CCL weights are chosen. ``fixed``: the ``run:`` lambdas; ``tuned``: Optuna's best.
+
+    Extra keys are allowed: the tuning issue owns this section and adds its own settings.
+    """
+
+    model_config = ConfigDict(extra="allow")
+
+    lambdas: Literal["fixed", "tuned"] = "fixed"
+
+
+class FamilyFile(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    run: dict[str, Any] = {}
+    grid: Grid
+    tuning: Tuning = Tuning()
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """One job of the grid: where it writes and which options it overrides on the family file."""
+
+    family: str
+    config_path: str
+    overrides: dict[str, Any]
+    config: RunConfig = field(repr=False, compare=False)
+
+    @property
+    def run_dir(self) -> str:
+        return f"{RESULTS_ROOT}/{run_path(self.config)}"
+
+    @property
+    def metrics_path(self) -> str:
+        return f"{self.run_dir}/metrics.json"
+
+    @property
+    def override_args(self) -> list[str]:
+        """``key=value`` arguments for ``python -m benchmark train`` (read back as YAML)."""
+        return [f"{k}={_yaml_scalar(v)}" for k, v in self.overrides.items()]
+
+    def train_command(self, python: str = "python", threads: int | None = None) -> str:
+        """The shell command the workflow runs for this job (without redirections)."""
+        args = [python, "-m", "benchmark", "train", "--config", self.config_path,
+                "--out", self.run_dir, *self.override_args]
+        if threads is not None:
+            args.append(f"threads={threads}")
+        return shlex.join(args)
+
+
+@dataclass
+class Family:
+    """A validated family file and its runs, in grid order (datasets, topologies, alpha, methods,
+    seeds), so tables and the job list read the same way as the YAML."""
+
+    name: str
+    path: str
+    spec: FamilyFile
+    runs: list[RunSpec]
+
+    @cached_property
+    def by_dir(self) -> dict[str, RunSpec]:
+        return {r.run_dir: r for r in self.runs}
+
+    @property
+    def base(self) -> RunConfig:
+        return build_config(self.spec.run)
+
+
+def format_float(x: float) -> str:
+    """The path form of a float: ``repr`` so that ``float(format_float(x)) == x`` exactly."""
+    return repr(float(x))
+
+
+def run_path(config: RunConfig) -> str:
+    """``<family>/<dataset>/<model>/<topology>-n<agents>/alpha<a>/<method>/seed<s>``."""
+    return RUN_PATH.format(
+        family=config.family, dataset=config.dataset, model=config.model,
+        topology=config.topology, n_agents=config.n_agents, alpha=format_float(config.alpha),
+        method=config.method, seed=config.seed,
+    )
+
+
+def load_family(path: str | Path) -> Family:
+    """Read, validate and expand one family file; every run's config is validated too."""
+    path = Path(path)
+    raw = read_yaml(path)
+    try:
+        spec = FamilyFile(**raw)
+    except ValidationError as err:
+        _raise_first(err, raw, path)
+        raise  # unreachable
+    run = dict(spec.run)
+    named = "family" in run  # if the file does not name its family, every job must say it
+    name = run.setdefault("family", path.stem)
+    if not isinstance(name, str) or not name or "/" in name:
+        raise ConfigError("run.family", name, "a non-empty name without '/'")
+    datasets = spec.grid.datasets or [None]
+    runs: list[RunSpec] = []
+    seen: dict[str, str] = {}
+    for d_idx, data in enumerate(datasets):
+        for t_idx, topo in enumerate(spec.grid.topologies):
+            where = f"grid.topologies[{t_idx}]"
+            _check_graph(topo, {**run, **(data.options if data else {})}, where)
+            for alpha in spec.grid.alpha:
+                for method in spec.grid.methods:
+                    for seed in spec.grid.seeds:
+                        overrides = {
+                            **({} if named else {"family": name}),
+                            **(data.options if data else {}), **topo.options,
+                            "alpha": alpha, "method": method, "seed": seed,
+                        }
+                        ctx = f"grid.datasets[{d_idx}] / {where}" if data else where
+                        config = _run_config({**run, **overrides}, ctx, path)
+                        spec_ = RunSpec(name, str(path), overrides, config)
+                        if spec_.run_dir in seen:
+                            raise ConfigError(
+                                where, topo.options, "entries that give distinct run paths",
+                                hint=f"{spec_.run_dir} already comes from {seen[spec_.run_dir]}",
+                            )
+                        seen[spec_.run_dir] = ctx
+                        runs.append(spec_)
+    return Family(name, str(path), spec, runs)
+
+
+def load_families(config_dir: str | Path = "config") -> dict[str, Family]:
+    """Every ``*.yaml`` family in a folder, by name; two files claiming one name is an error."""
+    config_dir = Path(config_dir)
+    files = sorted(config_dir.glob("*.yaml"))
+    if not files:
+        raise UserError(f"config: no family files (*.yaml) in {config_dir}/")
+    families: dict[str, Family] = {}
+    for file in files:
+        family = load_family(file)
+        if family.name in families:
+            raise ConfigError(
+                "run.family", family.name, "one file per family",
+                hint=f"both {families[family.name].path} and {file} use it",
+            )
+        families[family.name] = family
+    return families
+
+
+def _check_graph(topo: TopologyEntry, run: dict[str, Any], where: str) -> None:
+    """Build the graph now so an impossible size fails at planning time, not in a job."""
+    options = {**run, **topo.options}
+    try:
+        build_topology(
+            topo.topology, topo.n_agents, seed=0, rows=options.get("torus_rows"),
+            degree=options.get("degree", 3),
+        )
+    except ConfigError as err:
+        raise ConfigError(f"{where}.{err.field}", err.value, err.allowed) from None
+
+
+def _run_config(data: dict[str, Any], ctx: str, path: Path) -> RunConfig:
+    try:
+        return build_config(data)
+    except ConfigError as err:
+        raise UserError(f"{path}: {ctx}: {err}") from None
+
+
+def _raise_first(err: ValidationError, raw: dict[str, Any], path: Path) -> None:
+    """pydantic's first complaint as one line: ``<file>: <field>: <problem>``."""
+    first = err.errors()[0]
+    loc = first["loc"]
+    field_name = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in loc).lstrip(".")
+    ctx_error = (first.get("ctx") or {}).get("error")
+    if isinstance(ctx_error, ConfigError):
+        raise UserError(f"{path}: {field_name}: {ctx_error}") from None
+    if first["type"] == "extra_forbidden":
+        allowed = (list(Grid.model_fields) if loc[0] == "grid" else list(FamilyFile.model_fields))
+        raise ConfigError(f"{path}: {field_name}", "(unknown key)", allowed) from None
+    if first["type"] == "missing":
+        raise ConfigError(f"{path}: {field_name}", "(missing)", "a value is required") from None
+    raise ConfigError(
+        f"{path}: {field_name}", first.get("input"), first["msg"].removeprefix("Value error, ")
+    ) from None
+
+
+def _yaml_scalar(value: Any) -> str:
+    """A value as ``parse_overrides`` reads it back (YAML), floats exact."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        return format_float(value)
+    if value is None:
+        return "null"
+    if isinstance(value, list | dict):
+        return json.dumps(value)
+    return str(value)
