@@ -7,6 +7,7 @@ code 2; anything else is a bug and keeps its traceback.
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
 import threading
@@ -27,7 +28,8 @@ def _train(args: argparse.Namespace) -> int:
     if final:
         summary += (f", consensus acc {final['consensus_acc']:.2f}%, local acc "
                     f"{final['local_acc_mean']:.2f} ± {final['local_acc_std']:.2f}%")
-    print(summary)
+    if not config.distributed or os.environ.get("RANK", "0") == "0":  # torchrun: rank 0 speaks
+        print(summary)
     return 0
 
 

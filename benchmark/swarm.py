@@ -7,6 +7,12 @@ parameters that are *views* into its row, and gradients that are views into its 
 (autograd accumulates into an existing ``.grad`` in place), so the forward/backward is ordinary
 PyTorch while gossip is one ``[n, n] @ [n, P]`` product and every optimiser update is a handful
 of whole-tensor operations. Buffers (BatchNorm statistics) stay in each agent's module: local.
+
+Across processes (``distributed=true``, :mod:`benchmark.distributed`) each rank builds the same
+Swarm over its shard ``[lo, hi)`` of the agents: the tensors hold only those rows, gossip and CCL
+read remote neighbours' rows from a halo exchanged with the neighbouring ranks, and statistics,
+evaluation and checkpoints are reduced or gathered. With the default single-process communicator
+the halo is empty and every one of those hooks is the identity.
 """
 
 from __future__ import annotations
@@ -19,6 +25,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from .algorithms import algorithm_class
+from .distributed import SHARDABLE_ALGORITHMS, Communicator, Halo
+from .errors import ConfigError
 
 
 def pick_device(device: str | torch.device | None = "auto") -> torch.device:
@@ -57,11 +65,18 @@ class Swarm:
         mixing: str = "uniform",
         wd_skip_norm: bool = False,
         log_cross_features: bool | None = None,
+        comm: Communicator | None = None,
         **options: Any,
     ) -> None:
         self.device = pick_device(device)
         self.topology = topology
-        self.n = topology.n
+        self.n = topology.n  # agents of the whole run (all ranks)
+        # this process's agents: all of them, or one rank's shard (rows of every tensor below)
+        self.comm = comm if comm is not None else Communicator(self.n)
+        if self.comm.distributed and algorithm not in SHARDABLE_ALGORITHMS:
+            raise ConfigError("method", algorithm, f"one on {', '.join(SHARDABLE_ALGORITHMS)} "
+                              "with distributed=true (RelaySGD's tree messages are not sharded)")
+        self.agents = self.comm.agents
         self.seed = seed
         self.lr = self.prev_lr = float(lr)
         self.momentum_factor = float(momentum)
@@ -72,16 +87,19 @@ class Swarm:
         template = copy.deepcopy(model).to(self.device)
         self._template = template
         n_params = sum(p.numel() for p in template.parameters())
-        self.params = torch.empty(self.n, n_params, device=self.device)
+        self.params = torch.empty(len(self.agents), n_params, device=self.device)
         self.grads = torch.zeros_like(self.params)
         # every agent starts from the same parameters: one initialisation, copied (METHOD.md 1)
-        self.models = [copy.deepcopy(template) for _ in range(self.n)]
+        self.models = [copy.deepcopy(template) for _ in self.agents]
         for i, agent_model in enumerate(self.models):
             bind_to_rows(agent_model, self.params[i], self.grads[i])
             agent_model.train()
-        self.mixing = torch.as_tensor(
-            topology.mixing_matrix(mixing), dtype=self.params.dtype, device=self.device
-        )
+        mixing_matrix = topology.mixing_matrix(mixing)
+        # remote neighbours' rows (empty in one process); gossip mixes [own rows; halo rows]
+        self.halo = Halo(self.comm, [topology.neighbors(i) for i in range(self.n)], self.device)
+        if self.comm.distributed:
+            mixing_matrix = mixing_matrix[self.comm.lo : self.comm.hi][:, self.halo.agents]
+        self.mixing = torch.as_tensor(mixing_matrix, dtype=self.params.dtype, device=self.device)
         # wd_skip_norm: no decay on 1-d parameters (norm scales/shifts, biases)
         self._wd_mask = None
         if wd_skip_norm:
@@ -90,7 +108,12 @@ class Swarm:
             ).to(self.device)
 
         self.algorithm = algorithm_class(algorithm)(self, **options)
-        self.pre_params = torch.empty_like(self.params)  # X^-: what each agent sent this iteration
+        # X^-: what each agent sent this iteration; with remote neighbours, followed by their
+        # rows (``pre_params_ext``, filled once per iteration by ``fill_pre_halo``)
+        self.pre_params_ext = self.params.new_empty(self.halo.size, n_params)
+        self.pre_params = self.pre_params_ext[: len(self.agents)]
+        self._pre_halo_at: int | None = None  # iteration whose X^- halo is in pre_params_ext
+        self._params_are_pre = False  # params still equal X^- (before_gradients, before gossip)
         self.cross_features = None
         if log_cross_features is None:
             log_cross_features = bool(ccl)
@@ -110,18 +133,45 @@ class Swarm:
         self.lr = float(lr)
 
     def step(self, xs: torch.Tensor, ys: torch.Tensor) -> dict[str, torch.Tensor]:
-        """One synchronous iteration of every agent (METHOD.md 4.1); returns detached statistics."""
+        """One synchronous iteration of every agent (METHOD.md 4.1); returns detached statistics.
+
+        ``xs``/``ys`` hold every agent's batch (a rank keeps its own rows) or only this rank's.
+        """
+        if self.comm.distributed and xs.shape[0] == self.n:
+            xs, ys = xs[self.comm.lo : self.comm.hi], ys[self.comm.lo : self.comm.hi]
         self.pre_params.copy_(self.params)
+        self._params_are_pre = True
         self.algorithm.before_gradients()
+        self._params_are_pre = False
         stats = self._gradients(xs.to(self.device), ys.to(self.device))
         self.algorithm.apply_gradients()
         self.prev_lr = self.lr
         self.iteration += 1
+        if self.comm.distributed:  # partial sums over my agents / n -> means over all agents
+            values = self.comm.all_reduce_(torch.stack(list(stats.values())))
+            stats = dict(zip(stats, values, strict=True))
         return stats
+
+    def fill_pre_halo(self) -> torch.Tensor:
+        """``pre_params_ext``: X^- of my agents, then of remote neighbours (once per iteration)."""
+        if self.comm.distributed and self._pre_halo_at != self.iteration:
+            self.halo.fill(self.pre_params_ext)
+            self._pre_halo_at = self.iteration
+        return self.pre_params_ext
 
     def gossip(self, x: torch.Tensor) -> None:
         """``X <- X + gamma (W X - X)`` in place, every agent using the others' current rows."""
-        mixed = self.mixing @ x
+        if self.comm.distributed:
+            if x is self.params and self._params_are_pre:
+                ext = self.fill_pre_halo()  # the halo CCL needs too: exchanged once, not twice
+            else:
+                ext = x.new_empty(self.halo.size, x.shape[1])
+                ext[: len(self.agents)] = x
+                self.halo.fill(ext)
+            self._params_are_pre = False
+            mixed = self.mixing @ ext
+        else:
+            mixed = self.mixing @ x
         if self.gamma == 1.0:
             x.copy_(mixed)
         else:
@@ -138,17 +188,26 @@ class Swarm:
     def consensus_model(self) -> nn.Module:
         """A fresh model holding the average of all agents' parameters (and float buffers)."""
         model = copy.deepcopy(self._template)
-        mean = self.params.mean(dim=0)
+        mean = self._agent_mean(self.params)
         torch.nn.utils.vector_to_parameters(mean, model.parameters())
         for name, buf in model.named_buffers():
             if buf.is_floating_point():
                 agents = [dict(m.named_buffers())[name] for m in self.models]
-                buf.copy_(torch.stack(agents).mean(dim=0))
+                buf.copy_(self._agent_mean(torch.stack(agents)))
         return model
 
     def consensus_distance(self) -> float:
         """``mean_i ||x_i - xbar||^2``."""
-        return float((self.params - self.params.mean(dim=0)).pow(2).sum(dim=1).mean())
+        if not self.comm.distributed:
+            return float((self.params - self.params.mean(dim=0)).pow(2).sum(dim=1).mean())
+        spread = (self.params - self._agent_mean(self.params)).pow(2).sum()
+        return float(self.comm.all_reduce_(spread) / self.n)
+
+    def _agent_mean(self, rows: torch.Tensor) -> torch.Tensor:
+        """Mean over all agents of per-agent rows (reduced over ranks when sharded)."""
+        if not self.comm.distributed:
+            return rows.mean(dim=0)
+        return self.comm.all_reduce_(rows.sum(dim=0)) / self.n
 
     def bytes_sent(self) -> dict[str, float]:
         """Mean bytes one agent sends per iteration, by kind (parameters, class statistics, ...)."""
@@ -157,8 +216,9 @@ class Swarm:
             sent.update(self.cross_features.bytes_sent())
         return sent
 
-    def state_dict(self) -> dict[str, Any]:
-        return {
+    def state_dict(self) -> dict[str, Any] | None:
+        """The whole swarm's state. Sharded: a gather to rank 0 (collective), None elsewhere."""
+        state = {
             "params": self.params.clone(),
             "algorithm": {k: v.clone() for k, v in self.algorithm.state_dict().items()},
             "buffers": [{k: v.clone() for k, v in m.named_buffers()} for m in self.models],
@@ -166,8 +226,29 @@ class Swarm:
             "prev_lr": self.prev_lr,
             "iteration": self.iteration,
         }
+        if not self.comm.distributed:
+            return state
+        parts = self.comm.gather_objects(_to_cpu(state))
+        if parts is None:
+            return None
+        # shardable algorithms keep only rows of agents: stacking the ranks' rows is the state
+        return {
+            **state,
+            "params": torch.cat([p["params"] for p in parts]),
+            "algorithm": {k: torch.cat([p["algorithm"][k] for p in parts])
+                          for k in state["algorithm"]},
+            "buffers": [b for p in parts for b in p["buffers"]],
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore from a whole-swarm state (a sharded swarm takes its own agents' rows)."""
+        if self.comm.distributed:
+            rows = slice(self.comm.lo, self.comm.hi)
+            if len(state["params"]) != self.n:
+                raise ValueError(f"state of {len(state['params'])} agents, run of {self.n}")
+            state = {**state, "params": state["params"][rows],
+                     "algorithm": {k: v[rows] for k, v in state["algorithm"].items()},
+                     "buffers": state["buffers"][rows]}
         self.params.copy_(state["params"])
         self.algorithm.load_state_dict(state["algorithm"])
         for agent_model, buffers in zip(self.models, state["buffers"], strict=True):
@@ -190,7 +271,18 @@ class Swarm:
             loss = ce if cross is None else ce + cross.loss(i, features, ys[i])
             loss.backward()
             ce_sum += ce.detach()
-        stats = {"ce": ce_sum / self.n}
+        stats = {"ce": ce_sum / self.n}  # sharded: my agents' part, summed over ranks in step
         if cross is not None:
             stats.update(cross.stats())
         return stats
+
+
+def _to_cpu(value: Any) -> Any:
+    """Tensors of a nested state moved to the CPU (what goes through a gather)."""
+    if isinstance(value, torch.Tensor):
+        return value.cpu()
+    if isinstance(value, dict):
+        return {k: _to_cpu(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_to_cpu(v) for v in value]
+    return value

@@ -19,6 +19,7 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
+from . import distributed
 from .checkpoint import Progress, RunDir
 from .config import RunConfig
 from .data import (
@@ -55,6 +56,9 @@ def build_experiment(config: RunConfig) -> Experiment:
     if config.threads:
         torch.set_num_threads(config.threads)
     device = pick_device(config.device)
+    comm = None
+    if config.distributed:  # join torchrun's process group: this rank simulates a shard of agents
+        comm, device = distributed.setup(config.n_agents, config.device)
     topology = build_topology(
         config.topology, config.n_agents, seed=config.seed, rows=config.torus_rows,
         degree=config.degree,
@@ -84,7 +88,7 @@ def build_experiment(config: RunConfig) -> Experiment:
         seed=config.seed, device=device, mixing=config.mixing, wd_skip_norm=config.wd_skip_norm,
         log_cross_features=config.log_cross_features, qgm_variant=config.qgm_variant,
         relay_tree=config.relay_tree, relay_norm=config.relay_norm,
-        feature_distance=config.feature_distance,
+        feature_distance=config.feature_distance, comm=comm,
     )
     batches = AgentBatches(
         bundle.train, parts, config.batch_size, bundle.augment, bundle.mean, bundle.std,
@@ -112,7 +116,8 @@ def evaluate(swarm: Swarm, bundle: DatasetBundle, split: str = "test") -> dict[s
     for m in swarm.models:
         m.train()
     acc = (correct / total * 100).tolist()
-    local = torch.tensor(acc[:-1])
+    # sharded run: every rank's agents in agent order (each rank scores the consensus model too)
+    local = torch.tensor([a for part in swarm.comm.all_gather_objects(acc[:-1]) for a in part])
     return {
         "local_acc_mean": float(local.mean()),
         "local_acc_std": float(local.std(unbiased=False)),
@@ -172,11 +177,14 @@ def run(
         resumed.started = progress.started
         progress = resumed
         print(f"resuming {store.path} after epoch {progress.epoch}/{config.epochs}", flush=True)
-    session = store.session(restart) if store is not None else nullcontext()
-    with session, track_run(config, out_dir) as tracker:
+    # distributed: every rank trains its shard, rank 0 alone writes files and logs to MLflow
+    main = exp.swarm.comm.is_main
+    session = store.session(restart) if store is not None and main else nullcontext()
+    tracked = config if main else config.model_copy(update={"tracking": False})
+    with session, track_run(tracked, out_dir) as tracker:
         status = _train_loop(exp, eval_split, on_epoch, tracker, progress, store)
         metrics = _metrics(exp, progress, status)
-        if store is not None:
+        if store is not None and main:
             store.finish(metrics)
         tracker.log_result(metrics)
     return metrics
@@ -193,9 +201,10 @@ def _train_loop(
     """Epochs ``progress.epoch + 1 .. epochs``; returns the status ("completed" or "diverged")."""
     config = exp.config
     interactive = sys.stderr.isatty()
+    main = exp.swarm.comm.is_main
     per_epoch = exp.batches.iterations_per_epoch
     bar = tqdm(total=config.epochs * per_epoch, initial=progress.epoch * per_epoch,
-               disable=not interactive, desc=config.method)
+               disable=not interactive or not main, desc=config.method)
     status = "completed"
     for epoch in range(progress.epoch, config.epochs):
         t0 = time.time()
@@ -214,13 +223,16 @@ def _train_loop(
         if diverged:
             status = "diverged"
             progress.final = {}  # no figures a table could average with the completed runs
-            if not interactive:
+            if not interactive and main:
                 print(f"epoch {epoch + 1}/{config.epochs} | diverged (non-finite loss)", flush=True)
             break
         if store is not None and epoch + 1 < config.epochs:
-            store.save(exp.swarm, progress)  # before logging: a printed epoch is a saved epoch
+            if main:
+                store.save(exp.swarm, progress)  # before logging: a printed epoch is a saved epoch
+            else:
+                exp.swarm.state_dict()  # this rank's rows, gathered into rank 0's checkpoint
         tracker.log_epoch(epoch + 1, record)
-        if not interactive:
+        if not interactive and main:
             print(_epoch_line(record, config.epochs), flush=True)
         if on_epoch is not None:
             on_epoch(epoch + 1, record)
@@ -272,4 +284,14 @@ def _metrics(exp: Experiment, progress: Progress, status: str) -> dict[str, Any]
         },
         "wall_time_s": progress.wall_time(),
         "resumed_after_epochs": progress.resumed_after,
+        **_distributed_metrics(swarm),
     }
+
+
+def _distributed_metrics(swarm: Swarm) -> dict[str, Any]:
+    """A sharded run's layout and the bytes its halo messages moved between processes."""
+    comm = swarm.comm
+    if not comm.distributed:
+        return {}
+    sent = comm.all_reduce_(torch.tensor(float(comm.bytes_sent), device=swarm.device))
+    return {"distributed": {**comm.describe(), "bytes_between_processes": float(sent)}}

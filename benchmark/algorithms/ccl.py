@@ -83,6 +83,7 @@ class CrossFeatureLoss:
     @torch.no_grad()
     def prepare(self, xs: torch.Tensor, ys: torch.Tensor) -> None:
         """Cross-feature passes from ``X^-`` and the class statistics every agent receives."""
+        self.swarm.fill_pre_halo()  # sharded run: remote neighbours' X^- (no-op in one process)
         receivers, senders, offsets = self._edge_lists()
         cross = self._cross_features(xs, receivers, senders)  # [E, B, D], edge e = (i <- j)
         if self.normalized:
@@ -90,11 +91,15 @@ class CrossFeatureLoss:
         onehot = F.one_hot(ys, self.num_classes).to(cross.dtype)  # [n, B, C]
         # agent i sends neighbour j the class sums of j's model on i's batch, and its counts
         sums = torch.bmm(onehot[receivers].transpose(1, 2), cross)  # [E, C, D]
-        n = self.swarm.n
+        n = self.swarm.halo.size  # senders' rows: all agents (one process) or mine + halo
         self._received_sums = cross.new_zeros(n, *sums.shape[1:]).index_add_(0, senders, sums)
         self._received_counts = cross.new_zeros(n, self.num_classes).index_add_(
             0, senders, onehot.sum(dim=1)[receivers]
         )
+        if self.swarm.comm.distributed:  # statistics for remote senders travel to their owners
+            packed = torch.cat([self._received_sums, self._received_counts.unsqueeze(-1)], -1)
+            packed = self.swarm.halo.reduce(packed)
+            self._received_sums, self._received_counts = packed[..., :-1], packed[..., -1]
         self._cross, self._offsets = cross, offsets
         self._mv_sum = self._dv_sum = cross.new_zeros(())
 
@@ -141,14 +146,17 @@ class CrossFeatureLoss:
     def _edge_lists(self) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
         """Edges ``(receiver i, sender j)`` sorted by receiver, and each receiver's slice start."""
         if self._edges is None:
-            neighbors = self.swarm.algorithm.cross_feature_neighbors()
-            pairs = [(i, j) for i, nb in enumerate(neighbors) for j in nb]
+            swarm = self.swarm
+            neighbors = swarm.algorithm.cross_feature_neighbors()  # every agent, global ids
+            # receivers: my rows; senders: rows of X^- extended by the halo (ids in one process)
+            row, lo = swarm.halo.row, swarm.comm.lo
+            pairs = [(i - lo, row[j]) for i in swarm.agents for j in neighbors[i]]
             device = self.swarm.device
             receivers = torch.tensor([i for i, _ in pairs], dtype=torch.long, device=device)
             senders = torch.tensor([j for _, j in pairs], dtype=torch.long, device=device)
             offsets = [0]
-            for nb in neighbors:
-                offsets.append(offsets[-1] + len(nb))
+            for i in swarm.agents:
+                offsets.append(offsets[-1] + len(neighbors[i]))
             self._edges = (receivers, senders, offsets)
         return self._edges
 
@@ -156,9 +164,10 @@ class CrossFeatureLoss:
         """One eval-mode model per agent whose parameters view its row of ``X^-`` (built once)."""
         if self._models is None:
             models = []
-            for j in range(self.swarm.n):
-                model = copy.deepcopy(self.swarm.models[j])
-                view_parameters(model, self.swarm.pre_params[j])
+            own = self.swarm.models
+            for j, row in enumerate(self.swarm.pre_params_ext):  # my agents, then the halo's
+                model = copy.deepcopy(own[j] if j < len(own) else own[0])
+                view_parameters(model, row)
                 models.append(model.eval())
             self._models = models
         return self._models
