@@ -22,6 +22,11 @@ def _train(args: argparse.Namespace) -> int:
     from .train import run
 
     config = load_config(args.config, args.overrides)
+    if args.tuned:  # the CCL weights found by the family's study at this alpha
+        from .config import build_config
+        from .grid import tuned_lambdas
+
+        config = build_config({**config.model_dump(), **tuned_lambdas(args.tuned, config)})
     metrics = run(config, args.out, restart=args.restart)
     final = metrics["final"]
     summary = f"{metrics['status']}: wall {metrics['wall_time_s']:.1f}s"
@@ -62,6 +67,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--restart", action="store_true",
                        help="discard the checkpoint / metrics.json in --out and start over "
                        "(default: resume from the checkpoint; a finished run is a no-op)")
+    train.add_argument("--tuned", metavar="BEST_JSON",
+                       help="lambda_m / lambda_d from a tuning study's best.json "
+                       "(studies/<family>/alpha<a>/best.json; must match the family and alpha)")
     train.add_argument("overrides", nargs="*", metavar="key=value", help="option overrides")
     train.set_defaults(func=_train)
     tune = sub.add_parser("tune", help="Optuna study of lambda_m / lambda_d for one alpha")

@@ -10,7 +10,7 @@ a ``grid:`` mapping of axes and an optional ``tuning:`` section::
       methods: [dsgdm-n, qgm, ccl]
       seeds: [0, 1, 2]
       datasets: [{dataset: cifar10, model: resnet20}]     # optional; default: the run's pair
-    tuning: {lambdas: fixed}                              # optional; see the tuning issue
+    tuning: {lambdas: tuned, trials: 20, epochs: 50}      # optional; see :class:`Tuning`
 
 The whole family is validated here, before any job starts: an empty or mistyped axis, an unknown
 method or topology, an impossible graph size, or any run option that :class:`RunConfig` rejects
@@ -28,7 +28,14 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from .config import RunConfig, build_config, read_yaml
 from .errors import ConfigError, UserError
@@ -38,6 +45,9 @@ from .topology import TOPOLOGIES, build_topology
 # Where the workflow writes runs; a run's folder under it encodes every axis of the grid.
 RESULTS_ROOT = "results"
 RUN_PATH = "{family}/{dataset}/{model}/{topology}-n{n_agents}/alpha{alpha}/{method}/seed{seed}"
+# One Optuna study per (family, alpha): its journal and, beside it, a folder of outputs.
+STUDIES_ROOT = "studies"
+STUDY_PATH = "{family}/alpha{alpha}"
 
 
 class _Entry(BaseModel):
@@ -113,14 +123,45 @@ class Grid(BaseModel):
 
 
 class Tuning(BaseModel):
-    """How the CCL weights are chosen. ``fixed``: the ``run:`` lambdas; ``tuned``: Optuna's best.
+    """How the CCL weights are chosen, and the Optuna study that tunes them (benchmark.tuning).
 
-    Extra keys are allowed: the tuning issue owns this section and adds its own settings.
+    ``lambdas: fixed``: CCL runs use the ``run:`` lambdas; ``tuned``: they use the best pair of
+    the family's study for their alpha (``studies/<family>/alpha<a>/best.json``). The other keys
+    describe that study; it trains with the family's ``run:`` options at ``epochs`` epochs.
     """
 
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="forbid")
 
     lambdas: Literal["fixed", "tuned"] = "fixed"
+    method: str = "ccl"  # the CCL preset whose weights are tuned
+    trials: int = Field(20, ge=1)  # total budget: COMPLETE + PRUNED trials
+    epochs: int | None = Field(None, ge=1)  # tuning budget per trial; None = the run's epochs
+    lambda_m: tuple[float, float] = (1e-3, 1.0)
+    lambda_d: tuple[float, float] = (1e-3, 1.0)
+    log: bool = True  # log-uniform search (weights span orders of magnitude)
+    val_fraction: float = Field(0.1, gt=0, le=0.5)  # used when the run config has none
+    pruner: Literal["median", "hyperband", "none"] = "median"
+    startup_trials: int = Field(3, ge=0)  # median pruner: trials that are never pruned
+    warmup_epochs: int = Field(1, ge=0)  # median pruner: epochs before a trial may be pruned
+    sampler_seed: int = Field(0, ge=0)
+    enqueue_paper: bool = True  # run the paper's (0.1, 0.1) as the first trial
+
+    @model_validator(mode="after")
+    def _check(self) -> Tuning:
+        if self.method not in METHODS or not METHODS[self.method].ccl_terms:
+            ccl = [name for name, m in METHODS.items() if m.ccl_terms]
+            raise ConfigError("tuning.method", self.method, ccl)
+        for name in ("lambda_m", "lambda_d"):
+            low, high = getattr(self, name)
+            if not 0 <= low < high or (self.log and low <= 0):
+                allowed = "[low, high] with 0 < low < high" if self.log else "0 <= low < high"
+                raise ConfigError(f"tuning.{name}", [low, high], allowed)
+        return self
+
+    @property
+    def terms(self) -> tuple[str, ...]:
+        """The lambdas the study searches (an ablation preset tunes only its own term)."""
+        return METHODS[self.method].ccl_terms
 
 
 class FamilyFile(BaseModel):
@@ -139,6 +180,7 @@ class RunSpec:
     config_path: str
     overrides: dict[str, Any]
     config: RunConfig = field(repr=False, compare=False)
+    tuned: str | None = None  # best.json whose lambdas this CCL run uses (lambdas: tuned)
 
     @property
     def run_dir(self) -> str:
@@ -157,6 +199,8 @@ class RunSpec:
         """The shell command the workflow runs for this job (without redirections)."""
         args = [python, "-m", "benchmark", "train", "--config", self.config_path,
                 "--out", self.run_dir, *self.override_args]
+        if self.tuned is not None:
+            args += ["--tuned", self.tuned]
         if threads is not None:
             args.append(f"threads={threads}")
         return shlex.join(args)
@@ -195,10 +239,43 @@ def run_path(config: RunConfig) -> str:
     )
 
 
-def load_family(path: str | Path) -> Family:
-    """Read, validate and expand one family file; every run's config is validated too."""
+def study_path(family: str, alpha: float, suffix: str = ".journal") -> str:
+    """``studies/<family>/alpha<a>.journal`` (or, with ``suffix="/best.json"``, its result)."""
+    return f"{STUDIES_ROOT}/" + STUDY_PATH.format(family=family, alpha=format_float(alpha)) + suffix
+
+
+def best_path(family: str, alpha: float) -> str:
+    return study_path(family, alpha, "/best.json")
+
+
+def tuned_lambdas(best_json: str | Path, config: RunConfig) -> dict[str, float]:
+    """``lambda_m`` / ``lambda_d`` from a study's ``best.json``, refusing a study of another
+    family or alpha (weights tuned for alpha 1 say nothing about alpha 0.01)."""
+    path = Path(best_json)
+    try:
+        best = json.loads(path.read_text())
+        lambdas = {k: float(best[k]) for k in ("lambda_m", "lambda_d")}
+        family, alpha = best["family"], float(best["alpha"])
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise UserError(f"--tuned {path}: not a readable tuning result "
+                        f"({type(err).__name__}: {err}); run `python -m benchmark tune` first"
+                        ) from None
+    if (family, alpha) != (config.family, config.alpha):
+        raise ConfigError("--tuned", str(path), f"a study of family {config.family!r} at alpha "
+                          f"{config.alpha:g}", hint=f"it is {family!r} at alpha {alpha:g}")
+    return lambdas
+
+
+def load_family(path: str | Path, lambdas: str | None = None) -> Family:
+    """Read, validate and expand one family file; every run's config is validated too.
+
+    ``lambdas`` (``fixed`` / ``tuned``) overrides the file's ``tuning.lambdas``: the workflow's
+    switch (``snakemake --config lambdas=tuned``) to tune without editing the file.
+    """
     path = Path(path)
     raw = read_yaml(path)
+    if lambdas is not None:
+        raw = {**raw, "tuning": {**(raw.get("tuning") or {}), "lambdas": lambdas}}
     try:
         spec = FamilyFile(**raw)
     except ValidationError as err:
@@ -226,7 +303,9 @@ def load_family(path: str | Path) -> Family:
                         }
                         ctx = f"grid.datasets[{d_idx}] / {where}" if data else where
                         config = _run_config({**run, **overrides}, ctx, path)
-                        spec_ = RunSpec(name, str(path), overrides, config)
+                        tuned = (best_path(name, alpha) if spec.tuning.lambdas == "tuned"
+                                 and METHODS[method].ccl_terms else None)
+                        spec_ = RunSpec(name, str(path), overrides, config, tuned)
                         if spec_.run_dir in seen:
                             raise ConfigError(
                                 where, topo.options, "entries that give distinct run paths",
@@ -237,7 +316,8 @@ def load_family(path: str | Path) -> Family:
     return Family(name, str(path), spec, runs)
 
 
-def load_families(config_dir: str | Path = "config") -> dict[str, Family]:
+def load_families(config_dir: str | Path = "config", lambdas: str | None = None
+                  ) -> dict[str, Family]:
     """Every ``*.yaml`` family in a folder, by name; two files claiming one name is an error."""
     config_dir = Path(config_dir)
     files = sorted(config_dir.glob("*.yaml"))
@@ -245,7 +325,7 @@ def load_families(config_dir: str | Path = "config") -> dict[str, Family]:
         raise UserError(f"config: no family files (*.yaml) in {config_dir}/")
     families: dict[str, Family] = {}
     for file in files:
-        family = load_family(file)
+        family = load_family(file, lambdas)
         if family.name in families:
             raise ConfigError(
                 "run.family", family.name, "one file per family",
@@ -283,7 +363,9 @@ def _raise_first(err: ValidationError, raw: dict[str, Any], path: Path) -> None:
     if isinstance(ctx_error, ConfigError):
         raise UserError(f"{path}: {field_name}: {ctx_error}") from None
     if first["type"] == "extra_forbidden":
-        allowed = (list(Grid.model_fields) if loc[0] == "grid" else list(FamilyFile.model_fields))
+        sections = {"grid": Grid, "tuning": Tuning}
+        allowed = list(sections.get(str(loc[0]), FamilyFile).model_fields) if len(loc) > 1 \
+            else list(FamilyFile.model_fields)
         raise ConfigError(f"{path}: {field_name}", "(unknown key)", allowed) from None
     if first["type"] == "missing":
         raise ConfigError(f"{path}: {field_name}", "(missing)", "a value is required") from None

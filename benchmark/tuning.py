@@ -32,65 +32,30 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import ValidationError
 
 from .config import RunConfig, build_config, parse_overrides, read_yaml
 from .errors import ConfigError, UserError
+from .grid import Tuning
 from .io import atomic_write_json, atomic_write_text
-from .methods import METHODS
 from .train import run
 
 PAPER_LAMBDAS = {"lambda_m": 0.1, "lambda_d": 0.1}
 # Settings that change how fast a trial runs or where it logs, not what it measures: a study may
 # be resumed with different values of these (and with a larger trial budget).
 _NOT_FINGERPRINTED = {"threads", "device", "tracking", "data_dir", "download", "distributed",
-                      "trials"}
+                      "trials", "lambdas"}
 
 
-class TuningSpec(BaseModel):
-    """The ``tuning:`` section of a family file (all optional; defaults are the issue's)."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    method: str = "ccl"  # the CCL preset whose weights are tuned
-    trials: int = Field(20, ge=1)  # total budget: COMPLETE + PRUNED trials
-    epochs: int | None = Field(None, ge=1)  # tuning budget per trial; None = the run's epochs
-    lambda_m: tuple[float, float] = (1e-3, 1.0)
-    lambda_d: tuple[float, float] = (1e-3, 1.0)
-    log: bool = True  # log-uniform search (weights span orders of magnitude)
-    val_fraction: float = Field(0.1, gt=0, le=0.5)  # used when the run config has none
-    pruner: Literal["median", "hyperband", "none"] = "median"
-    startup_trials: int = Field(3, ge=0)  # median pruner: trials that are never pruned
-    warmup_epochs: int = Field(1, ge=0)  # median pruner: epochs before a trial may be pruned
-    sampler_seed: int = Field(0, ge=0)
-    enqueue_paper: bool = True  # run the paper's (0.1, 0.1) as the first trial
-
-    @model_validator(mode="after")
-    def _check(self) -> TuningSpec:
-        if self.method not in METHODS or not METHODS[self.method].ccl_terms:
-            ccl = [name for name, m in METHODS.items() if m.ccl_terms]
-            raise ConfigError("tuning.method", self.method, ccl)
-        for name in ("lambda_m", "lambda_d"):
-            low, high = getattr(self, name)
-            if not 0 <= low < high or (self.log and low <= 0):
-                allowed = "[low, high] with 0 < low < high" if self.log else "0 <= low < high"
-                raise ConfigError(f"tuning.{name}", [low, high], allowed)
-        return self
-
-    @property
-    def terms(self) -> tuple[str, ...]:
-        """The lambdas this study searches (an ablation preset tunes only its own term)."""
-        return METHODS[self.method].ccl_terms
-
-
-def build_spec(data: dict[str, Any]) -> TuningSpec:
-    """A validated :class:`TuningSpec`; mistakes become one-line ``ConfigError`` s."""
+def build_spec(data: dict[str, Any]) -> Tuning:
+    """A validated ``tuning:`` section (schema: :class:`benchmark.grid.Tuning`); mistakes become
+    one-line ``ConfigError`` s."""
     try:
-        return TuningSpec(**data)
+        return Tuning(**data)
     except ValidationError as err:
         first = err.errors()[0]
         ctx_error = (first.get("ctx") or {}).get("error")
@@ -99,13 +64,13 @@ def build_spec(data: dict[str, Any]) -> TuningSpec:
         field = ".".join(str(p) for p in first["loc"]) or "tuning"
         if first["type"] == "extra_forbidden":
             raise ConfigError(f"tuning.{field}", "(unknown key)",
-                              sorted(TuningSpec.model_fields)) from None
+                              sorted(Tuning.model_fields)) from None
         value = data.get(field, first.get("input"))
         raise ConfigError(f"tuning.{field}", value, first["msg"]) from None
 
 
 def load_tuning(path: str | Path | None, overrides: list[str] | None = None
-                ) -> tuple[RunConfig, TuningSpec]:
+                ) -> tuple[RunConfig, Tuning]:
     """A config file + ``key=value`` overrides -> (base run config of a trial, tuning spec).
 
     The file is either a family file (``run:`` options, ``grid:`` axes, ``tuning:`` section) or
@@ -156,7 +121,7 @@ def study_dir(journal: str | Path) -> Path:
     return journal.with_suffix("")
 
 
-def tune(config: RunConfig, spec: TuningSpec, journal: str | Path,
+def tune(config: RunConfig, spec: Tuning, journal: str | Path,
          trials: int | None = None) -> StudyResult:
     """Run the missing trials of a study, then write ``best.json``, ``trials.csv`` and plots."""
     out_dir = study_dir(journal)
@@ -185,7 +150,7 @@ def storage(journal: str | Path) -> optuna.storages.JournalStorage:
     return optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(journal)))
 
 
-def open_study(journal: str | Path, config: RunConfig, spec: TuningSpec) -> optuna.Study:
+def open_study(journal: str | Path, config: RunConfig, spec: Tuning) -> optuna.Study:
     """Create or load the study of a journal; refuse one created for another setting.
 
     Resuming with a different alpha, model or search space would silently mix two searches in
@@ -231,7 +196,7 @@ def finished_trials(study: optuna.Study) -> list[FrozenTrial]:
     return study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED))
 
 
-def _fingerprint(config: RunConfig, spec: TuningSpec) -> dict[str, Any]:
+def _fingerprint(config: RunConfig, spec: Tuning) -> dict[str, Any]:
     data = {**config.model_dump(mode="json"), **{f"tuning.{k}": v for k, v in
                                                  spec.model_dump(mode="json").items()}}
     for key in ("lambda_m", "lambda_d"):
@@ -239,7 +204,7 @@ def _fingerprint(config: RunConfig, spec: TuningSpec) -> dict[str, Any]:
     return {k: v for k, v in data.items() if k.removeprefix("tuning.") not in _NOT_FINGERPRINTED}
 
 
-def _in_space(spec: TuningSpec, name: str, value: float) -> bool:
+def _in_space(spec: Tuning, name: str, value: float) -> bool:
     low, high = getattr(spec, name)
     return low <= value <= high
 
@@ -290,7 +255,7 @@ def _recover_killed(study: optuna.Study, tracker: StudyTracker) -> None:
 class _Objective:
     """One trial: train with the suggested lambdas, report validation accuracy per epoch."""
 
-    def __init__(self, config: RunConfig, spec: TuningSpec, tracker: StudyTracker) -> None:
+    def __init__(self, config: RunConfig, spec: Tuning, tracker: StudyTracker) -> None:
         self.config, self.spec, self.tracker = config, spec, tracker
 
     def __call__(self, trial: optuna.Trial) -> float:
@@ -331,7 +296,7 @@ class _Objective:
 # outputs
 
 
-def best_summary(study: optuna.Study, config: RunConfig, spec: TuningSpec, journal: Path,
+def best_summary(study: optuna.Study, config: RunConfig, spec: Tuning, journal: Path,
                  budget: int) -> dict[str, Any]:
     """The content of ``best.json``: best lambdas, their validation accuracy, trial counts."""
     complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
@@ -363,7 +328,7 @@ def best_summary(study: optuna.Study, config: RunConfig, spec: TuningSpec, journ
     }
 
 
-def _paper_value(complete: list[FrozenTrial], spec: TuningSpec) -> float | None:
+def _paper_value(complete: list[FrozenTrial], spec: Tuning) -> float | None:
     """Validation accuracy of the paper's (0.1, 0.1), when it completed: the point to beat."""
     for t in complete:
         if all(math.isclose(t.params.get(k, math.nan), PAPER_LAMBDAS[k]) for k in spec.terms):
@@ -371,7 +336,7 @@ def _paper_value(complete: list[FrozenTrial], spec: TuningSpec) -> float | None:
     return None
 
 
-def write_outputs(study: optuna.Study, spec: TuningSpec, best: dict[str, Any], out_dir: Path
+def write_outputs(study: optuna.Study, spec: Tuning, best: dict[str, Any], out_dir: Path
                   ) -> None:
     """``best.json`` (what the grid reads), ``trials.csv`` and the two plots, all atomic."""
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -411,7 +376,7 @@ def plot_history(study: optuna.Study, path: Path) -> None:
     _save(fig, path)
 
 
-def plot_sensitivity(study: optuna.Study, spec: TuningSpec, path: Path) -> None:
+def plot_sensitivity(study: optuna.Study, spec: Tuning, path: Path) -> None:
     """lambda_m x lambda_d over the whole search space, every trial coloured by its value;
     pruned/diverged/failed trials as hollow markers, the paper's point as a cross."""
     import matplotlib
@@ -492,7 +457,7 @@ class StudyTracker:
     ``tracking: false``. The parent run id lives in the study, so a resumed study keeps
     logging its trials under the same parent."""
 
-    def __init__(self, study: optuna.Study, config: RunConfig, spec: TuningSpec) -> None:
+    def __init__(self, study: optuna.Study, config: RunConfig, spec: Tuning) -> None:
         self.study = study
         self.client = None
         if not config.tracking:

@@ -295,3 +295,53 @@ def _in_tmp(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("PYTHONPATH", str(Path(__file__).resolve().parents[1]) + os.pathsep
                        + os.environ.get("PYTHONPATH", ""))
+
+
+def _family_file(tmp_path: Path, lambdas: str = "tuned", **tuning_opts) -> Path:
+    path = tmp_path / "fam.yaml"
+    grid = {"alpha": [0.1, 1.0], "topologies": [{"topology": "ring", "n_agents": 4}],
+            "methods": ["dsgdm-n", "ccl-dsgdm"], "seeds": [0]}
+    path.write_text(yaml.safe_dump({"run": {**RUN, "family": "fam", "epochs": 1}, "grid": grid,
+                                    "tuning": {**TUNING, "lambdas": lambdas, **tuning_opts}}))
+    return path
+
+
+def test_tuned_family_makes_its_ccl_runs_read_best_json(tmp_path):
+    from benchmark.grid import load_family
+
+    family = load_family(_family_file(tmp_path))
+    tuned = {(r.config.method, r.config.alpha): r.tuned for r in family.runs}
+    assert tuned == {("dsgdm-n", 0.1): None, ("dsgdm-n", 1.0): None,
+                     ("ccl-dsgdm", 0.1): "studies/fam/alpha0.1/best.json",
+                     ("ccl-dsgdm", 1.0): "studies/fam/alpha1.0/best.json"}
+    ccl = next(r for r in family.runs if r.tuned)
+    assert ccl.train_command().endswith(f"--tuned {ccl.tuned}")
+    # the workflow's switch turns tuning on (or off) without editing the file
+    fixed = load_family(_family_file(tmp_path, lambdas="tuned"), lambdas="fixed")
+    assert all(r.tuned is None for r in fixed.runs)
+    assert any(r.tuned for r in load_family(_family_file(tmp_path, "fixed"), lambdas="tuned").runs)
+
+
+def test_family_file_tuning_typo_is_one_line_error(tmp_path):
+    from benchmark.grid import load_family
+
+    with pytest.raises(UserError, match=r"tuning\.trails.*trials"):
+        load_family(_family_file(tmp_path, trails=3))
+
+
+def test_train_takes_the_tuned_lambdas_of_its_alpha(tmp_path, capsys):
+    best = tmp_path / "studies" / "fam" / "alpha0.1" / "best.json"
+    best.parent.mkdir(parents=True)
+    best.write_text(json.dumps({"family": "fam", "alpha": 0.1, "lambda_m": 0.037,
+                                "lambda_d": 0.0042}))
+    cfg = str(_family_file(tmp_path))
+    out = tmp_path / "run"
+    assert main(["train", "--config", cfg, "--out", str(out), "--tuned", str(best),
+                 "alpha=0.1", "method=ccl-dsgdm"]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["ccl"] == {"lambda_m": 0.037, "lambda_d": 0.0042}
+
+    capsys.readouterr()
+    assert main(["train", "--config", cfg, "--out", str(tmp_path / "other"), "--tuned",
+                 str(best), "alpha=1.0", "method=ccl-dsgdm"]) == 2
+    assert "--tuned" in capsys.readouterr().err and not (tmp_path / "other").exists()
