@@ -21,7 +21,7 @@ from benchmark.train import run
 
 # 128 training images over 4 agents: 32 per agent, 4 iterations of 8 per epoch
 SYNTH = ["dataset=synthetic", "synthetic={train_size: 128, test_size: 64, image_size: 8}",
-         "model=mlp", "n_agents=4", "batch_size=8", "tracking=false", "threads=1"]
+         "model=mlp", "n_agents=4", "batch_size=8", "tracking=false", "threads=1", "device=cpu"]
 
 
 def _fail(capsys, out: Path, *args: str, config: Path | None = None) -> str:

@@ -23,13 +23,14 @@ from benchmark.algorithms import ALGORITHMS
 from benchmark.checkpoint import CHECKPOINT, METRICS
 from benchmark.cli import main
 from benchmark.config import load_config
+from benchmark.methods import METHODS as PRESETS
 from benchmark.train import run
 
 EPOCHS = 4
 ITERATIONS_PER_EPOCH = 4  # 128 training images / 4 agents / batch 8
 KILL_AT = 2 * ITERATIONS_PER_EPOCH + 2  # mid-epoch 3, after the checkpoints of epochs 1 and 2
 ARGS = ["dataset=synthetic", "synthetic={train_size: 128, test_size: 64, image_size: 8}",
-        "model=mlp", "n_agents=4", "batch_size=8", "tracking=false", "threads=1",
+        "model=mlp", "n_agents=4", "batch_size=8", "tracking=false", "threads=1", "device=cpu",
         f"epochs={EPOCHS}", "lambda_m=0.1", "lambda_d=0.1"]
 METHODS = ["dsgdm-n", "qgm", "relaysgd", "ccl"]
 
@@ -186,7 +187,7 @@ def test_absurd_learning_rate_diverges_cleanly_and_the_report_counts_it(tmp_path
     assert row["consensus_acc_mean"] == _read(good)["final"]["consensus_acc"]
 
 
-@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("method", list(PRESETS))
 def test_same_config_and_seed_give_identical_metrics(tmp_path, method):
     _skip_unless_available(method)
     config = load_config(None, [*ARGS, f"method={method}", "epochs=2"])

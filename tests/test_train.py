@@ -30,8 +30,8 @@ def result(tmp_path_factory):
     config = load_config(DIGITS_YAML, [
         "dataset=digits", "model=lenet5", "topology=ring", "mixing=uniform", "gamma=1.0",
         "partition=lin", "image_size=28", f"n_agents={AGENTS}", f"epochs={EPOCHS}",
-        f"batch_size={BATCH}", "alpha=10", "lr=0.1",
-        "lr_milestones=[0.5]", "method=dsgdm-n", "tracking=false", "threads=1", "seed=0",
+        f"batch_size={BATCH}", "alpha=10", "lr=0.1", "lr_milestones=[0.5]", "method=dsgdm-n",
+        "tracking=false", "threads=1", "seed=0", "device=cpu",
     ])
     metrics = run(config, out)
     return out, metrics
