@@ -58,6 +58,14 @@ def _tune_table(args: argparse.Namespace) -> int:
     return 0
 
 
+def _report(args: argparse.Namespace) -> int:
+    from .report import build_report
+
+    written = build_report(args.metrics, args.out, family=args.family)
+    print(f"wrote {len(written)} files: {written['table_md']} and the rest under {args.out}/")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="benchmark", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -84,6 +92,12 @@ def build_parser() -> argparse.ArgumentParser:
     table.add_argument("best", nargs="+", help="studies/<family>/alpha<a>/best.json files")
     table.add_argument("--out", required=True, help="output path without suffix (.csv and .md)")
     table.set_defaults(func=_tune_table)
+    report = sub.add_parser("report", help="tables and figures of a family from metrics.json files")
+    report.add_argument("metrics", nargs="+", help="metrics.json files or folders holding them")
+    report.add_argument("--family", help="name used in the output file names "
+                        "(default: the family of the results)")
+    report.add_argument("--out", default="reports", help="output folder (default: reports)")
+    report.set_defaults(func=_report)
     return parser
 
 

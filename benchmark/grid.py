@@ -21,6 +21,7 @@ so ``snakemake -n`` over the paper grid costs only this validation.
 
 from __future__ import annotations
 
+import difflib
 import json
 import shlex
 from dataclasses import dataclass, field
@@ -355,8 +356,12 @@ def _run_config(data: dict[str, Any], ctx: str, path: Path) -> RunConfig:
 
 
 def _raise_first(err: ValidationError, raw: dict[str, Any], path: Path) -> None:
-    """pydantic's first complaint as one line: ``<file>: <field>: <problem>``."""
-    first = err.errors()[0]
+    """pydantic's first complaint as one line: ``<file>: <field>: <problem>``.
+
+    An unknown key comes first: a typo (``alphas:``) also makes the real key look missing, and
+    "did you mean 'alpha'?" is the useful message.
+    """
+    first = sorted(err.errors(), key=lambda e: e["type"] != "extra_forbidden")[0]
     loc = first["loc"]
     field_name = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in loc).lstrip(".")
     ctx_error = (first.get("ctx") or {}).get("error")
@@ -366,7 +371,9 @@ def _raise_first(err: ValidationError, raw: dict[str, Any], path: Path) -> None:
         sections = {"grid": Grid, "tuning": Tuning}
         allowed = list(sections.get(str(loc[0]), FamilyFile).model_fields) if len(loc) > 1 \
             else list(FamilyFile.model_fields)
-        raise ConfigError(f"{path}: {field_name}", "(unknown key)", allowed) from None
+        close = difflib.get_close_matches(str(loc[-1]), allowed, n=1)
+        hint = f"did you mean '{close[0]}'?" if close else ""
+        raise ConfigError(f"{path}: {field_name}", "(unknown key)", allowed, hint) from None
     if first["type"] == "missing":
         raise ConfigError(f"{path}: {field_name}", "(missing)", "a value is required") from None
     raise ConfigError(

@@ -1,21 +1,162 @@
-"""MLflow logging of runs (placeholder interface; the workflow issue fills it in).
+"""MLflow logging of every run: params, tags, per-epoch metrics, artifacts, final status.
 
 ``train.run`` uses exactly this interface::
 
     with track_run(config, out_dir) as tracker:   # a no-op tracker when config.tracking is False
         tracker.log_epoch(epoch, record)          # per-epoch metrics, step=epoch
         tracker.log_result(metrics)               # final figures + artifacts (metrics.json, ...)
+
+Why the care around SQLite: the workflow runs many jobs at once against one ``mlflow.db``. SQLite
+takes one writer at a time; a writer that waits past the busy timeout gets "database is locked"
+and its transaction is rolled back, i.e. the run or metric point would be *lost*. So every write
+goes through :func:`_retry` (exponential backoff with jitter; a rolled-back write is safe to
+repeat), an epoch's metrics are one ``log_batch`` transaction, and the store's schema and the
+experiments are created once, before any job starts (:func:`prepare_store`), because MLflow
+runs its schema migrations in whichever process first opens an empty database. The database is
+switched to WAL journalling there, so the UI and readers never block the writers.
+
+Results never depend on MLflow: reports read ``metrics.json`` only.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import json
+import math
+import os
+import random
+import sqlite3
+import tempfile
+import time
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
+
+import yaml
+
+T = TypeVar("T")
+
+# The repository root (where the Snakefile lives) when the package is installed in editable mode;
+# otherwise the current directory, which is where the workflow runs.
+_PACKAGE_PARENT = Path(__file__).resolve().parent.parent
+_RETRIES = 12
+_BACKOFF_S = 0.2
+_BACKOFF_MAX_S = 10.0
+# Tags that make the UI browsable: one column per grid axis.
+TAG_KEYS = ("dataset", "model", "topology", "n_agents", "alpha", "method", "seed")
+
+
+def repo_root() -> Path:
+    return _PACKAGE_PARENT if (_PACKAGE_PARENT / "pyproject.toml").is_file() else Path.cwd()
+
+
+def tracking_uri() -> str:
+    """``MLFLOW_TRACKING_URI`` if set, else ``sqlite:///<repo root>/mlflow.db``."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{repo_root() / 'mlflow.db'}"
+
+
+def _sqlite_path(uri: str) -> Path | None:
+    return Path(uri.removeprefix("sqlite:///")) if uri.startswith("sqlite:///") else None
+
+
+def _is_lock_error(exc: BaseException) -> bool:
+    text = str(exc).lower()
+    return "database is locked" in text or "database table is locked" in text or "busy" in text
+
+
+def _retry(fn: Callable[[], T], what: str) -> T:
+    """Call ``fn`` until it stops failing on SQLite locking (other errors propagate at once)."""
+    for attempt in range(_RETRIES):
+        try:
+            return fn()
+        except Exception as exc:  # MLflow wraps the driver's error in its own exception types
+            if not _is_lock_error(exc) or attempt == _RETRIES - 1:
+                raise
+            delay = min(_BACKOFF_MAX_S, _BACKOFF_S * 2**attempt) * (0.5 + random.random())
+            time.sleep(delay)
+    raise AssertionError(f"unreachable: {what}")
+
+
+def _client(uri: str | None = None):
+    from mlflow.tracking import MlflowClient
+
+    uri = uri or tracking_uri()
+    return _retry(lambda: MlflowClient(tracking_uri=uri), "open the store")
+
+
+def _artifact_location(uri: str, name: str) -> str | None:
+    """Artifacts beside the database (``mlartifacts/<experiment>``), not under the cwd."""
+    db = _sqlite_path(uri)
+    return (db.resolve().parent / "mlartifacts" / name).as_uri() if db else None
+
+
+def experiment_id(client, name: str) -> str:
+    """Id of experiment ``name``, creating it if needed (a concurrent creation is not an error)."""
+    from mlflow.exceptions import MlflowException
+
+    def get_or_create() -> str:
+        found = client.get_experiment_by_name(name)
+        if found is not None:
+            return found.experiment_id
+        try:
+            return client.create_experiment(
+                name, artifact_location=_artifact_location(client.tracking_uri, name)
+            )
+        except MlflowException as exc:
+            if "already exists" in str(exc).lower() or "unique" in str(exc).lower():
+                return client.get_experiment_by_name(name).experiment_id
+            raise
+
+    return _retry(get_or_create, f"experiment {name}")
+
+
+def prepare_store(families: Iterable[str], uri: str | None = None) -> str:
+    """Create the store (schema, WAL mode) and one experiment per family; returns the URI.
+
+    Called once before any job starts (the workflow's ``onstart``), so that no two jobs race to
+    migrate an empty database or to create the same experiment.
+    """
+    uri = uri or tracking_uri()
+    db = _sqlite_path(uri)
+    if db is not None:
+        db.parent.mkdir(parents=True, exist_ok=True)
+        with sqlite3.connect(db, timeout=60) as con:  # persistent: every later connection is WAL
+            con.execute("PRAGMA journal_mode=WAL")
+    client = _client(uri)
+    for name in families:
+        experiment_id(client, name)
+    return uri
+
+
+def flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested mapping -> ``{"a.b": value}``; lists stay values (MLflow params are strings)."""
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out.update(flatten(value, f"{name}."))
+        else:
+            out[name] = value
+    return out
+
+
+def run_name(config) -> str:
+    """What the UI's run list shows: the axes that differ inside one experiment."""
+    return (f"{config.method} · {config.topology}-{config.n_agents} · alpha {config.alpha:g} · "
+            f"seed {config.seed} · {config.dataset}/{config.model}")
+
+
+def epoch_metrics(record: dict[str, Any]) -> dict[str, float]:
+    """The numeric entries of a history record (nested ones, e.g. phases, as ``phases.x``)."""
+    return {
+        k: float(v) for k, v in flatten(record).items()
+        if k != "epoch" and isinstance(v, int | float) and not isinstance(v, bool)
+    }
 
 
 class NullTracker:
+    """What ``track_run`` yields when tracking is off: every call is a no-op."""
+
     def log_epoch(self, epoch: int, record: dict[str, Any]) -> None:
         pass
 
@@ -23,6 +164,100 @@ class NullTracker:
         pass
 
 
+class MlflowTracker:
+    """One MLflow run; every database write is a retried, single transaction."""
+
+    def __init__(self, client, run_id: str, config) -> None:
+        self.client, self.run_id, self.config = client, run_id, config
+        self.logged: set[int] = set()
+
+    def _batch(self, metrics=(), params=(), tags=()) -> None:
+        from mlflow.entities import Metric, Param, RunTag
+
+        now = int(time.time() * 1000)
+        metrics = [Metric(k, v, now, step) for k, v, step in metrics]
+        params = [Param(k, str(v)) for k, v in params]
+        tags = [RunTag(k, str(v)) for k, v in tags]
+        # MLflow caps a batch at 1000 metrics / 100 params / 100 tags: chunk to stay valid
+        for i in range(0, max(len(metrics), len(params), len(tags), 1), 100):
+            chunk = (metrics[i:i + 100], params[i:i + 100], tags[i:i + 100])
+            if any(chunk):
+                _retry(lambda c=chunk: self.client.log_batch(self.run_id, *c), "log_batch")
+
+    def log_epoch(self, epoch: int, record: dict[str, Any]) -> None:
+        self._batch(metrics=[(k, v, epoch) for k, v in epoch_metrics(record).items()])
+        self.logged.add(epoch)
+
+    def log_result(self, metrics: dict[str, Any]) -> None:
+        # epochs this process did not log: those before a resume, and a diverged last epoch
+        for record in metrics.get("history", []):
+            if record.get("epoch") not in self.logged:
+                self.log_epoch(record["epoch"], record)
+        final = {f"final_{k}": v for k, v in (metrics.get("final") or {}).items()}
+        final["wall_time_s"] = metrics.get("wall_time_s", math.nan)
+        comm = metrics.get("communication", {})
+        if "bytes_per_agent_total" in comm:
+            final["bytes_per_agent_total"] = comm["bytes_per_agent_total"]
+        topo = metrics.get("topology", {})
+        if "spectral_gap" in topo:
+            final["spectral_gap"] = topo["spectral_gap"]
+        step = len(metrics.get("history", []))
+        epoch = metrics.get("diverged_epoch")
+        diverged = [("diverged_epoch", epoch)] if epoch else []
+        self._batch(
+            metrics=[(k, float(v), step) for k, v in final.items() if isinstance(v, int | float)],
+            tags=[("status", metrics.get("status", "unknown"))] + diverged,
+        )
+        self._log_artifacts(metrics)
+
+    def _log_artifacts(self, metrics: dict[str, Any]) -> None:
+        from .report import partition_figure, run_curves_figure
+
+        with tempfile.TemporaryDirectory() as tmp:
+            tmp = Path(tmp)
+            (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2, allow_nan=True))
+            resolved = yaml.safe_dump(self.config.model_dump(), sort_keys=False)
+            (tmp / "config.yaml").write_text(resolved)
+            figures = {"learning_curves.png": run_curves_figure(metrics.get("history", []))}
+            histogram = metrics.get("partition", {}).get("histogram")
+            if histogram:
+                figures["partition.png"] = partition_figure(histogram)
+            for name, fig in figures.items():
+                fig.savefig(tmp / name, dpi=110, bbox_inches="tight")
+            for file in sorted(tmp.iterdir()):
+                self.client.log_artifact(self.run_id, str(file))
+
+    def end(self, status: str, error: str | None = None) -> None:
+        if error:
+            self._batch(tags=[("error", error[:4000])])
+        _retry(lambda: self.client.set_terminated(self.run_id, status), "set_terminated")
+
+
 @contextmanager
-def track_run(config, out_dir: str | Path | None) -> Iterator[NullTracker]:
-    yield NullTracker()
+def track_run(config, out_dir: str | Path | None) -> Iterator[NullTracker | MlflowTracker]:
+    """An MLflow run for one training run, ended FINISHED / FAILED (exception) / KILLED."""
+    if not getattr(config, "tracking", True):
+        yield NullTracker()
+        return
+    client = _client()
+    exp_id = experiment_id(client, config.family)
+    tags = {k: getattr(config, k) for k in TAG_KEYS}
+    tags.update(family=config.family, algorithm=config.algorithm)
+    if out_dir is not None:
+        tags["results_dir"] = str(Path(out_dir).resolve())
+    run = _retry(
+        lambda: client.create_run(exp_id, run_name=run_name(config),
+                                  tags={k: str(v) for k, v in tags.items()}),
+        "create_run",
+    )
+    tracker = MlflowTracker(client, run.info.run_id, config)
+    tracker._batch(params=sorted(flatten(config.model_dump()).items()))
+    try:
+        yield tracker
+    except KeyboardInterrupt:  # Ctrl-C, or SIGTERM from Snakemake via the CLI's handler
+        tracker.end("KILLED", "interrupted")
+        raise
+    except BaseException as exc:
+        tracker.end("FAILED", f"{type(exc).__name__}: {exc}")
+        raise
+    tracker.end("FINISHED")

@@ -1,0 +1,185 @@
+"""MLflow tracking: what a run records, how it ends, and that concurrent writers lose nothing."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("mlflow")
+import mlflow  # noqa: E402
+from mlflow.tracking import MlflowClient  # noqa: E402
+
+from benchmark import tracking  # noqa: E402
+from benchmark.config import build_config  # noqa: E402
+from benchmark.tracking import NullTracker, prepare_store, track_run  # noqa: E402
+
+
+@pytest.fixture
+def store(tmp_path: Path, monkeypatch) -> str:
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    return uri
+
+
+def _config(**kw):
+    base = {"family": "fam", "dataset": "synthetic", "model": "mlp", "n_agents": 4, "alpha": 0.1,
+            "method": "ccl", "seed": 3, "synthetic": {"train_size": 64}}
+    return build_config({**base, **kw})
+
+
+def _metrics(history: list[dict]) -> dict:
+    return {"status": "completed", "diverged_epoch": None, "history": history,
+            "final": {"consensus_acc": 55.0, "local_acc_mean": 50.0},
+            "partition": {"histogram": [[3, 0], [1, 2]]},
+            "topology": {"spectral_gap": 0.5}, "communication": {"bytes_per_agent_total": 10.0},
+            "wall_time_s": 1.5}
+
+
+def _records(epochs: int) -> list[dict]:
+    return [{"epoch": e, "train_ce": 1.0 / e, "consensus_acc": 10.0 * e, "lr": 0.1,
+             "phases": {"gossip": 0.01 * e}} for e in range(1, epochs + 1)]
+
+
+def test_default_uri_is_repo_root_and_env_overrides(monkeypatch, tmp_path: Path) -> None:
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    assert tracking.tracking_uri() == f"sqlite:///{tracking.repo_root() / 'mlflow.db'}"
+    assert (tracking.repo_root() / "Snakefile").is_file()
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/x.db")
+    assert tracking.tracking_uri() == f"sqlite:///{tmp_path}/x.db"
+
+
+def test_a_run_records_params_tags_epochs_and_artifacts(store: str, tmp_path: Path) -> None:
+    config = _config()
+    prepare_store(["fam"])
+    out = tmp_path / "run"
+    with track_run(config, out) as tracker:
+        for record in _records(3):
+            tracker.log_epoch(record["epoch"], record)
+        tracker.log_result(_metrics(_records(3)))
+    runs = mlflow.search_runs(experiment_names=["fam"])
+    assert len(runs) == 1
+    run = runs.iloc[0]
+    assert run["status"] == "FINISHED"
+    assert run["tags.mlflow.runName"] == "ccl · ring-4 · alpha 0.1 · seed 3 · synthetic/mlp"
+    for key, value in {"dataset": "synthetic", "model": "mlp", "topology": "ring",
+                       "n_agents": "4", "alpha": "0.1", "method": "ccl", "seed": "3",
+                       "algorithm": "qgm", "status": "completed",
+                       "results_dir": str(out.resolve())}.items():
+        assert run[f"tags.{key}"] == value
+    # params = the flattened run config (nested mappings as dotted keys)
+    assert run["params.lambda_m"] == str(config.lambda_m)
+    assert run["params.synthetic.train_size"] == "64"
+    assert run["params.lr_milestones"] == "[0.5, 0.75]"
+    client = MlflowClient(store)
+    ce = client.get_metric_history(run["run_id"], "train_ce")
+    assert [(m.step, m.value) for m in ce] == [(1, 1.0), (2, 0.5), (3, 1.0 / 3)]
+    assert [m.step for m in client.get_metric_history(run["run_id"], "phases.gossip")] == [1, 2, 3]
+    assert run["metrics.final_consensus_acc"] == 55.0
+    assert run["metrics.spectral_gap"] == 0.5
+    names = {a.path for a in client.list_artifacts(run["run_id"])}
+    assert names == {"metrics.json", "config.yaml", "learning_curves.png", "partition.png"}
+    # artifacts live beside the database, not under the current directory
+    assert client.get_experiment_by_name("fam").artifact_location.startswith(
+        (tmp_path / "mlartifacts").as_uri())
+
+
+def test_result_backfills_epochs_logged_before_a_resume(store: str) -> None:
+    # a resumed run: epochs 1-2 were trained (and logged) by an earlier process
+    with track_run(_config(), None) as tracker:
+        tracker.log_epoch(3, _records(3)[2])
+        tracker.log_result(_metrics(_records(3)))
+    run_id = mlflow.search_runs(experiment_names=["fam"]).iloc[0]["run_id"]
+    steps = [m.step for m in MlflowClient(store).get_metric_history(run_id, "consensus_acc")]
+    assert sorted(steps) == [1, 2, 3]
+
+
+@pytest.mark.parametrize(("error", "status"), [(RuntimeError("boom"), "FAILED"),
+                                               (KeyboardInterrupt(), "KILLED")])
+def test_crash_marks_the_run(store: str, error: BaseException, status: str) -> None:
+    with pytest.raises(type(error)), track_run(_config(), None) as tracker:
+        tracker.log_epoch(1, _records(1)[0])
+        raise error
+    run = mlflow.search_runs(experiment_names=["fam"]).iloc[0]
+    assert run["status"] == status
+    if status == "FAILED":
+        assert run["tags.error"] == "RuntimeError: boom"
+
+
+def test_tracking_off_touches_nothing(store: str, tmp_path: Path) -> None:
+    with track_run(_config(tracking=False), None) as tracker:
+        assert isinstance(tracker, NullTracker)
+        tracker.log_epoch(1, {"train_ce": 1.0})
+    assert not (tmp_path / "mlflow.db").exists()
+
+
+def test_retry_repeats_only_lock_errors(monkeypatch) -> None:
+    monkeypatch.setattr(tracking, "_BACKOFF_S", 0.0)
+    calls = []
+
+    def flaky():
+        calls.append(1)
+        if len(calls) < 3:
+            raise RuntimeError("(sqlite3.OperationalError) database is locked")
+        return "ok"
+
+    assert tracking._retry(flaky, "test") == "ok" and len(calls) == 3
+
+    def broken():
+        calls.append(1)
+        raise ValueError("schema mismatch")
+
+    calls.clear()
+    with pytest.raises(ValueError):
+        tracking._retry(broken, "test")
+    assert len(calls) == 1
+
+
+WRITER = textwrap.dedent("""
+    import sys, time
+    from types import SimpleNamespace
+    from benchmark.tracking import track_run
+
+    index, epochs, start = int(sys.argv[1]), int(sys.argv[2]), float(sys.argv[3])
+    config = SimpleNamespace(
+        tracking=True, family="conc", dataset="synthetic", model="mlp", topology="ring",
+        n_agents=4, alpha=0.1, method="dsgdm-n", seed=index, algorithm="dsgdm-n",
+        model_dump=lambda: {"seed": index, "nested": {"a": 1}},
+    )
+    time.sleep(max(0.0, start - time.time()))  # all writers hit the store together
+    with track_run(config, None) as tracker:
+        for e in range(1, epochs + 1):
+            tracker.log_epoch(e, {"epoch": e, "train_ce": index + e / 1000, "lr": 0.1,
+                                  "consensus_acc": float(e)})
+    """)
+
+
+def test_concurrent_writers_lose_no_run_and_no_point(store: str, tmp_path: Path) -> None:
+    """8 processes log at once into one SQLite store: every run and every point is there."""
+    writers, epochs = 8, 25
+    prepare_store(["conc"])  # as the workflow's onstart does
+    script = tmp_path / "writer.py"
+    script.write_text(WRITER)
+    start = time.time() + 8  # after every interpreter has imported mlflow
+    procs = [subprocess.Popen([sys.executable, str(script), str(i), str(epochs), str(start)],
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+             for i in range(writers)]
+    outputs = [p.communicate(timeout=300)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0] * writers, outputs
+    runs = mlflow.search_runs(experiment_names=["conc"])
+    assert len(runs) == writers
+    assert set(runs["status"]) == {"FINISHED"}
+    assert sorted(runs["tags.seed"].astype(int)) == list(range(writers))
+    client = MlflowClient(store)
+    for _, run in runs.iterrows():
+        index = int(run["tags.seed"])
+        for key in ("train_ce", "lr", "consensus_acc"):
+            history = client.get_metric_history(run["run_id"], key)
+            assert sorted(m.step for m in history) == list(range(1, epochs + 1)), key
+        ce = sorted(client.get_metric_history(run["run_id"], "train_ce"), key=lambda m: m.step)
+        expected = [index + e / 1000 for e in range(1, epochs + 1)]
+        assert [m.value for m in ce] == pytest.approx(expected)
