@@ -262,24 +262,24 @@ class _Objective:
         params = {name: trial.suggest_float(name, *getattr(self.spec, name), log=self.spec.log)
                   for name in self.spec.terms}
         config = build_config({**self.config.model_dump(), **params, "tracking": False})
-        run_id = self.tracker.start_trial(trial, params)
+        child = self.tracker.start_trial(trial, params)
         state = "failed"
         try:
-            value = self._train(trial, config)
+            value = self._train(trial, config, child)
             state = "complete"
             return value
         except optuna.TrialPruned:
             state = "pruned"
             raise
         finally:
-            self.tracker.end_trial(run_id, state, trial)
+            self.tracker.end_trial(child, state, trial)
 
-    def _train(self, trial: optuna.Trial, config: RunConfig) -> float:
+    def _train(self, trial: optuna.Trial, config: RunConfig, child) -> float:
         def on_epoch(epoch: int, record: dict[str, Any]) -> None:
             if "consensus_acc" not in record:
                 return
             trial.report(record["consensus_acc"], epoch)
-            self.tracker.log_epoch(trial, epoch, record)
+            self.tracker.log_epoch(child, epoch, record)
             if trial.should_prune():
                 raise optuna.TrialPruned(f"pruned at epoch {epoch}")
 
@@ -455,96 +455,89 @@ def write_best_table(best_files: list[str | Path], out: str | Path) -> None:
 class StudyTracker:
     """Parent run = the study, child run = a trial; a no-op when the run config says
     ``tracking: false``. The parent run id lives in the study, so a resumed study keeps
-    logging its trials under the same parent."""
+    logging its trials under the same parent. Every write goes through
+    :mod:`benchmark.tracking` (SQLite lock retries, batched metrics), as training runs do."""
+
+    VAL_KEYS = ("consensus_acc", "local_acc_mean", "local_acc_std")
 
     def __init__(self, study: optuna.Study, config: RunConfig, spec: Tuning) -> None:
-        self.study = study
+        self.study, self.config = study, config
         self.client = None
         if not config.tracking:
             return
-        import mlflow
-        from mlflow import MlflowClient
+        from .tracking import MlflowTracker, _client, _retry, experiment_id
 
-        mlflow.set_tracking_uri(_tracking_uri())
-        self.client = MlflowClient()
-        experiment = self.client.get_experiment_by_name(config.family)
-        self.experiment_id = (experiment.experiment_id if experiment is not None
-                              else self.client.create_experiment(config.family))
-        self.parent_id = study.user_attrs.get("mlflow_run_id")
-        if self.parent_id is None or not self._exists(self.parent_id):
-            tags = {"kind": "study", "family": config.family, "alpha": str(config.alpha),
-                    "method": spec.method, "dataset": config.dataset, "model": config.model,
-                    "topology": config.topology, "n_agents": str(config.n_agents)}
-            parent = self.client.create_run(self.experiment_id, run_name=study.study_name,
-                                            tags=tags)
-            self.parent_id = parent.info.run_id
-            study.set_user_attr("mlflow_run_id", self.parent_id)
-            params = {**{f"tuning.{k}": v for k, v in spec.model_dump().items()},
-                      "alpha": config.alpha, "epochs": config.epochs, "lr": config.lr,
-                      "val_fraction": config.val_fraction, "seed": config.seed}
-            for key, value in params.items():
-                self.client.log_param(self.parent_id, key, value)
-        else:
-            self.client.update_run(self.parent_id, status="RUNNING")
+        self._tracker, self._retry = MlflowTracker, _retry
+        self.client = _client()
+        self.experiment_id = experiment_id(self.client, config.family)
+        parent_id = study.user_attrs.get("mlflow_run_id")
+        if parent_id is not None and self._exists(parent_id):
+            self.parent = MlflowTracker(self.client, parent_id, config)
+            _retry(lambda: self.client.update_run(parent_id, status="RUNNING"), "update_run")
+            return
+        tags = {"kind": "study", "family": config.family, "alpha": config.alpha,
+                "method": spec.method, "dataset": config.dataset, "model": config.model,
+                "topology": config.topology, "n_agents": config.n_agents}
+        self.parent = self._create(study.study_name, tags)
+        study.set_user_attr("mlflow_run_id", self.parent.run_id)
+        params = {**{f"tuning.{k}": v for k, v in spec.model_dump().items()},
+                  "alpha": config.alpha, "epochs": config.epochs, "lr": config.lr,
+                  "val_fraction": config.val_fraction, "seed": config.seed}
+        self.parent._batch(params=sorted(params.items()))
+
+    def _create(self, name: str, tags: dict[str, Any]):
+        run = self._retry(lambda: self.client.create_run(
+            self.experiment_id, run_name=name, tags={k: str(v) for k, v in tags.items()}),
+            "create_run")
+        return self._tracker(self.client, run.info.run_id, self.config)
 
     def _exists(self, run_id: str) -> bool:
         try:
-            self.client.get_run(run_id)
-        except Exception:  # deleted or another tracking store: start a fresh parent
+            self._retry(lambda: self.client.get_run(run_id), "get_run")
+        except Exception:  # deleted, or another tracking store: start a fresh parent
             return False
         return True
 
-    def start_trial(self, trial: optuna.Trial, params: dict[str, float]) -> str | None:
+    def start_trial(self, trial: optuna.Trial, params: dict[str, float]):
+        """A child run under the study's parent (None when tracking is off)."""
         if self.client is None:
             return None
-        tags = {"mlflow.parentRunId": self.parent_id, "kind": "trial",
-                "trial": str(trial.number), "state": "running"}
-        retry = trial.user_attrs.get("retry_of")
-        if retry is not None:
-            tags["retry_of"] = str(retry)
-        run = self.client.create_run(self.experiment_id, run_name=f"trial-{trial.number}",
-                                     tags=tags)
-        run_id = run.info.run_id
-        trial.set_user_attr("mlflow_run_id", run_id)
-        for key, value in params.items():
-            self.client.log_param(run_id, key, value)
-        return run_id
+        tags = {"mlflow.parentRunId": self.parent.run_id, "kind": "trial",
+                "trial": trial.number, "state": "running", "alpha": self.config.alpha}
+        if trial.user_attrs.get("retry_of") is not None:
+            tags["retry_of"] = trial.user_attrs["retry_of"]
+        child = self._create(f"trial-{trial.number}", tags)
+        trial.set_user_attr("mlflow_run_id", child.run_id)
+        child._batch(params=sorted(params.items()))
+        return child
 
-    def log_epoch(self, trial: optuna.Trial, epoch: int, record: dict[str, Any]) -> None:
-        run_id = trial.user_attrs.get("mlflow_run_id") if self.client else None
-        if run_id is None:
-            return
-        for key in ("consensus_acc", "local_acc_mean", "local_acc_std", "train_ce"):
-            value = record.get(key)
-            if value is not None and math.isfinite(value):
-                self.client.log_metric(run_id, f"val_{key}" if "acc" in key else key,
-                                       value, step=epoch)
+    def log_epoch(self, child, epoch: int, record: dict[str, Any]) -> None:
+        """Per-epoch metrics; the accuracies are validation ones, and named so."""
+        if child is not None:
+            child.log_epoch(epoch, {(f"val_{k}" if k in self.VAL_KEYS else k): v
+                                    for k, v in record.items()})
 
-    def end_trial(self, run_id: str | None, state: str, trial: optuna.Trial) -> None:
-        if run_id is None:
+    def end_trial(self, child, state: str, trial: optuna.Trial) -> None:
+        if child is None:
             return
-        self.client.set_tag(run_id, "state", state)
+        tags = [("state", state)]
         if trial.user_attrs.get("diverged"):
-            self.client.set_tag(run_id, "diverged", "true")
-        status = {"complete": "FINISHED", "pruned": "KILLED"}.get(state, "FAILED")
-        self.client.set_terminated(run_id, status)
+            tags.append(("diverged", "true"))
+        child._batch(tags=tags)
+        child.end({"complete": "FINISHED", "pruned": "KILLED"}.get(state, "FAILED"))
 
     def end_orphan(self, trial: FrozenTrial) -> None:
         """Close the child run of a trial whose process was killed (it stayed RUNNING)."""
         run_id = trial.user_attrs.get("mlflow_run_id")
         if self.client is not None and run_id is not None and self._exists(run_id):
-            self.client.set_tag(run_id, "state", "failed")
-            self.client.set_terminated(run_id, "FAILED")
+            orphan = self._tracker(self.client, run_id, self.config)
+            orphan._batch(tags=[("state", "failed")])
+            orphan.end("FAILED", "process killed during the trial; parameters re-queued")
 
     def close(self, best: dict[str, Any]) -> None:
         if self.client is None:
             return
-        for key in ("value", "lambda_m", "lambda_d", "n_complete", "n_pruned", "n_failed"):
-            if best.get(key) is not None:
-                self.client.log_metric(self.parent_id, f"best_{key}", best[key])
-        self.client.set_terminated(self.parent_id, "FINISHED")
-
-
-def _tracking_uri() -> str:
-    """``MLFLOW_TRACKING_URI`` when set, else the suite's default ``sqlite:///mlflow.db``."""
-    return os.environ.get("MLFLOW_TRACKING_URI") or "sqlite:///mlflow.db"
+        keys = ("value", "lambda_m", "lambda_d", "n_complete", "n_pruned", "n_failed")
+        self.parent._batch(metrics=[(f"best_{k}", float(best[k]), 0) for k in keys
+                                    if best.get(k) is not None])
+        self.parent.end("FINISHED")
