@@ -18,6 +18,7 @@ the halo is empty and every one of those hooks is the identity.
 from __future__ import annotations
 
 import copy
+import time
 from typing import Any
 
 import torch
@@ -27,6 +28,9 @@ from torch import nn
 from .algorithms import algorithm_class
 from .distributed import SHARDABLE_ALGORITHMS, Communicator, Halo
 from .errors import ConfigError
+from .timing import PhaseTimer
+
+VECTORIZE: tuple[str, ...] = ("auto", "loop", "vmap")
 
 
 def pick_device(device: str | torch.device | None = "auto") -> torch.device:
@@ -66,9 +70,13 @@ class Swarm:
         wd_skip_norm: bool = False,
         log_cross_features: bool | None = None,
         comm: Communicator | None = None,
+        vectorize: str = "auto",
+        timer: PhaseTimer | None = None,
         **options: Any,
     ) -> None:
         self.device = pick_device(device)
+        # per-phase seconds of every iteration (train.py writes them per epoch to metrics.json)
+        self.timer = timer if timer is not None else PhaseTimer(self.device)
         self.topology = topology
         self.n = topology.n  # agents of the whole run (all ranks)
         # this process's agents: all of them, or one rank's shard (rows of every tensor below)
@@ -94,6 +102,15 @@ class Swarm:
         for i, agent_model in enumerate(self.models):
             bind_to_rows(agent_model, self.params[i], self.grads[i])
             agent_model.train()
+        self.vectorize, self.vectorize_reason = self._resolve_vectorize(vectorize)
+        # the vectorised path differentiates w.r.t. one [n, P] leaf that aliases ``params``, with
+        # ``grads`` as its .grad: backward then accumulates into ``grads`` in place, like the loop
+        self._stacked = self.params.detach().requires_grad_(True)
+        self._stacked.grad = self.grads
+        named = list(template.named_parameters())
+        self._param_names = [name for name, _ in named]
+        self._param_shapes = [p.shape for _, p in named]
+        self._param_sizes = [p.numel() for _, p in named]
         mixing_matrix = topology.mixing_matrix(mixing)
         # remote neighbours' rows (empty in one process); gossip mixes [own rows; halo rows]
         self.halo = Halo(self.comm, [topology.neighbors(i) for i in range(self.n)], self.device)
@@ -139,12 +156,14 @@ class Swarm:
         """
         if self.comm.distributed and xs.shape[0] == self.n:
             xs, ys = xs[self.comm.lo : self.comm.hi], ys[self.comm.lo : self.comm.hi]
-        self.pre_params.copy_(self.params)
-        self._params_are_pre = True
-        self.algorithm.before_gradients()
-        self._params_are_pre = False
+        with self.timer.phase("communication"):
+            self.pre_params.copy_(self.params)
+            self._params_are_pre = True
+            self.algorithm.before_gradients()
+            self._params_are_pre = False
         stats = self._gradients(xs.to(self.device), ys.to(self.device))
-        self.algorithm.apply_gradients()
+        with self.timer.phase("update"):  # gossip/relay inside it count as communication
+            self.algorithm.apply_gradients()
         self.prev_lr = self.lr
         self.iteration += 1
         if self.comm.distributed:  # partial sums over my agents / n -> means over all agents
@@ -155,12 +174,17 @@ class Swarm:
     def fill_pre_halo(self) -> torch.Tensor:
         """``pre_params_ext``: X^- of my agents, then of remote neighbours (once per iteration)."""
         if self.comm.distributed and self._pre_halo_at != self.iteration:
-            self.halo.fill(self.pre_params_ext)
+            with self.timer.phase("communication"):
+                self.halo.fill(self.pre_params_ext)
             self._pre_halo_at = self.iteration
         return self.pre_params_ext
 
     def gossip(self, x: torch.Tensor) -> None:
         """``X <- X + gamma (W X - X)`` in place, every agent using the others' current rows."""
+        with self.timer.phase("communication"):
+            self._gossip(x)
+
+    def _gossip(self, x: torch.Tensor) -> None:
         if self.comm.distributed:
             if x is self.params and self._params_are_pre:
                 ext = self.fill_pre_halo()  # the halo CCL needs too: exchanged once, not twice
@@ -260,10 +284,25 @@ class Swarm:
     # -- internals -----------------------------------------------------------------------------
     def _gradients(self, xs: torch.Tensor, ys: torch.Tensor) -> dict[str, torch.Tensor]:
         """Forward/backward of every agent on its own batch; gradients land in ``self.grads``."""
-        self.grads.zero_()
+        if self.vectorize == "auto":
+            self.vectorize, self.vectorize_reason = self._measure_paths(xs, ys)
         cross = self.cross_features
         if cross is not None:
-            cross.prepare(xs, ys)  # no-grad cross-feature passes from X^- (METHOD.md 4.1 step 4)
+            with self.timer.phase("cross_features"):
+                cross.prepare(xs, ys)  # no-grad passes from X^- (METHOD.md 4.1 step 4)
+        with self.timer.phase("forward_backward"):
+            self.grads.zero_()
+            if self.vectorize == "vmap":
+                ce_sum = self._forward_backward_vmap(xs, ys, cross)
+            else:
+                ce_sum = self._forward_backward_loop(xs, ys, cross)
+        stats = {"ce": ce_sum / self.n}  # sharded: my agents' part, summed over ranks in step
+        if cross is not None:
+            stats.update(cross.stats())
+        return stats
+
+    def _forward_backward_loop(self, xs, ys, cross) -> torch.Tensor:
+        """One agent after the other: ordinary modules whose parameters view rows of ``params``."""
         ce_sum = torch.zeros((), device=self.device)
         for i, agent_model in enumerate(self.models):
             features, logits = agent_model(xs[i])
@@ -271,11 +310,69 @@ class Swarm:
             loss = ce if cross is None else ce + cross.loss(i, features, ys[i])
             loss.backward()
             ce_sum += ce.detach()
-        stats = {"ce": ce_sum / self.n}  # sharded: my agents' part, summed over ranks in step
-        if cross is not None:
-            stats.update(cross.stats())
-        return stats
+        return ce_sum
 
+    def _forward_backward_vmap(self, xs, ys, cross) -> torch.Tensor:
+        """All agents in one vectorised forward (``torch.func.vmap`` over stacked parameters).
+
+        Agent i's loss depends only on row i, so one backward of the *sum* of the agents' losses
+        gives every agent its own gradient, in one pass of a few large kernels instead of ``n``
+        passes of many small ones (what a GPU needs; a CPU gains nothing from it). ``split`` +
+        ``view`` hand ``functional_call`` views of the rows (no copy); the split's backward is
+        one concatenation, accumulated into ``grads`` in place.
+        """
+        n = len(self.models)
+        pieces = self._stacked.split(self._param_sizes, dim=1)
+        params = {name: piece.view(n, *shape) for name, piece, shape in
+                  zip(self._param_names, pieces, self._param_shapes, strict=True)}
+        features, logits = torch.func.vmap(self._functional_forward)(params, xs)
+        ce = F.cross_entropy(logits.flatten(0, 1), ys.flatten(), reduction="none")
+        ce = ce.view(n, -1).mean(dim=1)
+        loss = ce.sum()
+        if cross is not None:
+            loss = loss + sum(cross.loss(i, features[i], ys[i]) for i in range(n))
+        loss.backward()
+        return ce.detach().sum()
+
+    def _functional_forward(self, params: dict[str, torch.Tensor], x: torch.Tensor):
+        return torch.func.functional_call(self._template, params, (x,))
+
+    def _resolve_vectorize(self, requested: str) -> tuple[str, str]:
+        """The forward/backward path and why: ``loop``, ``vmap``, or ``auto`` (decided later).
+
+        Buffers (BatchNorm running statistics) are updated in place by each agent's forward,
+        which vmap cannot batch; such models keep the loop. On a CPU the loop is as fast as the
+        arithmetic allows (R1 in benchmarks/), so ``auto`` only considers vmap on CUDA.
+        """
+        if requested not in VECTORIZE:
+            raise ConfigError("vectorize", requested, VECTORIZE)
+        has_buffers = any(True for _ in self._template.buffers())
+        if has_buffers:
+            if requested == "vmap":
+                raise ConfigError("vectorize", requested, "loop or auto for a model with buffers",
+                                  hint="BatchNorm running statistics cannot be updated under vmap")
+            return "loop", "model has buffers (BatchNorm running statistics): loop"
+        if requested == "auto" and self.device.type != "cuda":
+            return "loop", "auto on a CPU: loop (vmap brings no speed-up there)"
+        return requested, f"{requested} (as configured)"
+
+    def _measure_paths(self, xs: torch.Tensor, ys: torch.Tensor) -> tuple[str, str]:
+        """``auto`` on CUDA: time both paths on the first batch (cross-entropy only), keep the
+        faster. The gradients computed here are discarded (``grads`` is zeroed before use)."""
+        times = {}
+        for path, run in (("loop", self._forward_backward_loop),
+                          ("vmap", self._forward_backward_vmap)):
+            samples = []
+            for _ in range(3):  # the first call warms up (cuDNN autotuning, allocator)
+                torch.cuda.synchronize(self.device)
+                start = time.perf_counter()
+                run(xs, ys, None)
+                torch.cuda.synchronize(self.device)
+                samples.append(time.perf_counter() - start)
+            times[path] = min(samples[1:])
+        choice = min(times, key=times.get)
+        return choice, (f"auto on CUDA: {choice} (measured loop {times['loop'] * 1e3:.1f} ms, "
+                        f"vmap {times['vmap'] * 1e3:.1f} ms per forward/backward)")
 
 def _to_cpu(value: Any) -> Any:
     """Tensors of a nested state moved to the CPU (what goes through a gather)."""
