@@ -70,6 +70,9 @@ class RunConfig(BaseModel):
     seed: int = Field(0, ge=0)
     device: str = "auto"
     threads: int | None = Field(None, ge=1)
+    # forward/backward over agents: a Python loop, or one torch.func.vmap pass (GPU); auto
+    # measures both on CUDA and keeps the faster (loop on a CPU and for BatchNorm models)
+    vectorize: Literal["auto", "loop", "vmap"] = "auto"
     tracking: bool = True
     distributed: bool = False
 

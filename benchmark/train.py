@@ -33,6 +33,7 @@ from .data import (
 from .errors import ConfigError
 from .models import build_model
 from .swarm import Swarm, pick_device
+from .timing import timed
 from .topology import Topology, build_topology
 from .tracking import track_run
 
@@ -88,7 +89,7 @@ def build_experiment(config: RunConfig) -> Experiment:
         seed=config.seed, device=device, mixing=config.mixing, wd_skip_norm=config.wd_skip_norm,
         log_cross_features=config.log_cross_features, qgm_variant=config.qgm_variant,
         relay_tree=config.relay_tree, relay_norm=config.relay_norm,
-        feature_distance=config.feature_distance, comm=comm,
+        feature_distance=config.feature_distance, comm=comm, vectorize=config.vectorize,
     )
     batches = AgentBatches(
         bundle.train, parts, config.batch_size, bundle.augment, bundle.mean, bundle.std,
@@ -130,9 +131,10 @@ def train_epoch(exp: Experiment, epoch: int, progress: tqdm | None = None) -> di
     """One pass over every shard; returns the epoch's mean statistics (NaN/inf kept as such)."""
     swarm = exp.swarm
     swarm.set_lr(exp.config.lr_at(epoch))
+    swarm.timer.reset()  # this epoch's phases only (written by _train_loop as record["phases"])
     sums: dict[str, float] = {}
     count = 0
-    for xs, ys in exp.batches.epoch(epoch):
+    for xs, ys in timed(exp.batches.epoch(epoch), swarm.timer, "data"):
         stats = swarm.step(xs, ys)
         for key, value in stats.items():
             sums[key] = sums.get(key, 0.0) + float(value)
@@ -211,12 +213,14 @@ def _train_loop(
         record: dict[str, Any] = {"epoch": epoch + 1, **train_epoch(exp, epoch, bar)}
         diverged = not _all_finite(record)
         if not diverged and ((epoch + 1) % config.eval_every == 0 or epoch + 1 == config.epochs):
-            evaluation = evaluate(exp.swarm, exp.bundle, eval_split)
+            with exp.swarm.timer.phase("evaluation"):
+                evaluation = evaluate(exp.swarm, exp.bundle, eval_split)
             record.update(evaluation)
             # finite losses but overflowing parameters (possible at the very last step)
             diverged = not math.isfinite(evaluation["consensus_distance"])
             if not diverged:
                 progress.final = evaluation
+        record["phases"] = exp.swarm.timer.reset()  # seconds per phase (benchmark/timing.py)
         record["time_s"] = time.time() - t0
         progress.history.append(record)
         progress.epoch = epoch + 1

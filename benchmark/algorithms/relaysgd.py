@@ -98,7 +98,8 @@ class RelaySGD(Algorithm):
         swarm = self.swarm
         nesterov_step(swarm, self.momentum, swarm.lr)  # params now hold x_half
         for relay, cols in zip(self.relays, self.slices, strict=True):
-            total, count = relay(swarm.params[:, cols])
+            with swarm.timer.phase("communication"):  # the relay is this algorithm's gossip
+                total, count = relay(swarm.params[:, cols])
             if self.norm == "counts":
                 swarm.params[:, cols] = total / count[:, None]
             else:  # world: the agents not heard from yet count as the initial model
