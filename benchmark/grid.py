@@ -68,13 +68,6 @@ class TopologyEntry(_Entry):
     topology: str
     n_agents: int = Field(ge=1)
 
-    @field_validator("topology")
-    @classmethod
-    def _known(cls, v: str) -> str:
-        if v not in TOPOLOGIES:
-            raise ConfigError("topology", v, TOPOLOGIES)
-        return v
-
     @property
     def label(self) -> str:
         return f"{self.topology}-n{self.n_agents}"
@@ -112,6 +105,14 @@ class Grid(BaseModel):
         bad = [s for s in v if s < 0]
         if bad:
             raise ConfigError("grid.seeds", bad[0], "integers >= 0")
+        return v
+
+    @field_validator("topologies")
+    @classmethod
+    def _known_topologies(cls, v: list[TopologyEntry]) -> list[TopologyEntry]:
+        for i, entry in enumerate(v):
+            if entry.topology not in TOPOLOGIES:
+                raise ConfigError(f"grid.topologies[{i}].topology", entry.topology, TOPOLOGIES)
         return v
 
     @field_validator("methods")
@@ -274,6 +275,17 @@ def load_family(path: str | Path, lambdas: str | None = None) -> Family:
     switch (``snakemake --config lambdas=tuned``) to tune without editing the file.
     """
     path = Path(path)
+    try:
+        return _load_family(path, lambdas)
+    except UserError as err:
+        if str(err).startswith(f"{path}: "):
+            raise
+        raise UserError(f"{path}: {err}") from None
+
+
+def _load_family(path: str | Path, lambdas: str | None = None) -> Family:
+    """Validate and expand (errors are prefixed with the path by :func:`load_family`)."""
+    path = Path(path)
     raw = read_yaml(path)
     if lambdas is not None:
         raw = {**raw, "tuning": {**(raw.get("tuning") or {}), "lambdas": lambdas}}
@@ -282,6 +294,8 @@ def load_family(path: str | Path, lambdas: str | None = None) -> Family:
     except ValidationError as err:
         _raise_first(err, raw, path)
         raise  # unreachable
+    except ConfigError as err:  # raised by our validators: pydantic lets it through as is
+        raise UserError(f"{path}: {err}") from None
     run = dict(spec.run)
     named = "family" in run  # if the file does not name its family, every job must say it
     name = run.setdefault("family", path.stem)

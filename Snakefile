@@ -1,0 +1,52 @@
+"""The benchmark workflow: experiment families (config/*.yaml) -> one job per run -> reports.
+
+    snakemake --cores 2 reports/table_digits.csv       # the embedded default, offline
+    snakemake -n --cores 8 reports/table_cifar10.csv   # plan the paper's grid (reads no data)
+    snakemake --report reports/report.html             # tables + figures in one page
+    snakemake --cores 2 --config lambdas=tuned reports/table_digits.csv  # tune CCL weights first
+
+Every family file is validated (benchmark.grid) when the workflow is parsed, i.e. before any job
+starts; a bad field is one error line. Runs write results/<family>/.../metrics.json (+ log.txt);
+reports are built from those files only. MLflow's store is prepared once in `onstart`.
+"""
+
+import sys
+from pathlib import Path
+
+from snakemake.exceptions import WorkflowError
+
+from benchmark.errors import UserError
+from benchmark.grid import RESULTS_ROOT, RUN_PATH, load_families
+
+
+FAMILY_DIR = config.get("family_dir", "config")
+try:
+    # `--config lambdas=tuned|fixed` overrides every family's tuning.lambdas (workflow/rules/tuning.smk)
+    FAMILIES = load_families(FAMILY_DIR, lambdas=config.get("lambdas"))
+except UserError as err:
+    raise WorkflowError(f"error: {err}") from None
+
+PYTHON = sys.executable  # the interpreter running Snakemake, i.e. the one with `benchmark`
+WORKFLOW_DIR = Path(workflow.basedir) / "workflow"
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/train.smk"
+include: "workflow/rules/tuning.smk"
+include: "workflow/rules/report.smk"
+
+
+report: "workflow/report/workflow.rst"
+
+
+rule all:
+    """Default target: the embedded default's tables and figures."""
+    input:
+        [f"reports/{kind}_{name}.{ext}" for name in ("digits",) if name in FAMILIES
+         for kind in ("table", "tuning")
+         if kind == "table" or FAMILIES[name].spec.tuning.lambdas == "tuned"
+         for ext in ("csv", "md")],
+
+
+onstart:
+    prepare_tracking()

@@ -1,0 +1,316 @@
+"""The workflow: family schema, planning the paper grid, a real tiny grid, MLflow and its UI."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+import urllib.request
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+from benchmark.config import build_config, load_config, parse_overrides
+from benchmark.errors import UserError
+from benchmark.grid import format_float, load_families, load_family
+
+REPO = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+SNAKEMAKE = [str(BIN / "snakemake"), "-s", str(REPO / "Snakefile")]
+
+TINY = {
+    "run": {"family": "tiny", "dataset": "synthetic", "model": "mlp", "n_agents": 4,
+            "synthetic": {"train_size": 128, "test_size": 64, "image_size": 8, "channels": 1},
+            "epochs": 1, "batch_size": 16, "lr": 0.05, "threads": 1},
+    "grid": {"alpha": [0.1, 1.0], "topologies": [{"topology": "ring", "n_agents": 4}],
+             "methods": ["dsgdm-n", "ccl"], "seeds": [0]},
+}
+
+
+def _family_file(tmp_path: Path, data: dict, name: str = "fam") -> Path:
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+# ---------------------------------------------------------------------------- the schema
+def test_paper_grid_expands_to_the_product_of_its_axes() -> None:
+    families = load_families(REPO / "config")
+    assert {"digits", "cifar10", "cifar100", "fmnist", "imagenette", "imagenet"} <= set(families)
+    cifar = families["cifar10"]
+    assert len(cifar.runs) == 7 * 6 * 3 * 3
+    assert len({r.run_dir for r in cifar.runs}) == len(cifar.runs)
+    graphs = {(r.config.topology, r.config.n_agents, r.config.gamma) for r in cifar.runs}
+    assert graphs == {("ring", n, 1.0) for n in (8, 16, 24, 32, 40)} | {
+        ("paper-dyck", 32, 0.9), ("paper-torus", 32, 0.9)}
+    run = next(r for r in cifar.runs if r.config.topology == "paper-dyck")
+    assert run.run_dir.startswith("results/cifar10/cifar10/resnet20/paper-dyck-n32/alpha0.01/")
+    assert run.config.epochs == 200 and run.config.lr == 0.1
+    assert len(families["digits"].runs) == 6 * 3 * 3
+
+
+def test_paths_round_trip_floats_and_commands_rebuild_the_config(tmp_path: Path) -> None:
+    data = json.loads(json.dumps(TINY))
+    data["grid"]["alpha"] = [0.1, 1e-05, 1.0 / 3]
+    family = load_family(_family_file(tmp_path, data))
+    for run in family.runs:
+        folder = run.run_dir.split("/alpha")[1].split("/")[0]
+        assert float(folder) == run.config.alpha  # exact, not approximately
+        rebuilt = load_config(run.config_path, run.override_args)
+        assert rebuilt == run.config
+    assert format_float(1.0 / 3) == "0.3333333333333333"
+
+
+def test_family_file_works_as_a_train_config() -> None:
+    config = load_config(REPO / "config" / "digits.yaml", ["method=ccl", "alpha=0.1"])
+    assert (config.family, config.dataset, config.method, config.alpha) == (
+        "digits", "digits", "ccl", 0.1)
+    assert config.epochs == yaml.safe_load((REPO / "config" / "digits.yaml").read_text())["run"][
+        "epochs"]
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    (lambda d: d["grid"].update(methods=[]), r"grid\.methods"),
+    (lambda d: d["grid"].update(alphas=d["grid"].pop("alpha")),
+     r"grid\.alphas.*did you mean 'alpha'"),
+    (lambda d: d["grid"].update(methods=["ccl", "qmg"]),
+     r"grid\.methods.*'qmg'.*did you mean 'qgm'"),
+    (lambda d: d["grid"].update(topologies=[{"topology": "rign", "n_agents": 4}]),
+     r"grid\.topologies\[0\]\.topology.*did you mean 'ring'"),
+    (lambda d: d["grid"].update(topologies=[{"topology": "paper-dyck", "n_agents": 16}]),
+     r"grid\.topologies\[0\]\.n_agents.*16"),
+    (lambda d: d["grid"].update(topologies=[{"topology": "ring", "n_agents": 4, "gama": 0.9}]),
+     r"gama.*did you mean 'gamma'"),
+    (lambda d: d["grid"].update(alpha=[0.1, -1.0]), r"grid\.alpha"),
+    (lambda d: d["grid"].update(seeds="0"), r"grid\.seeds"),
+    (lambda d: d["run"].update(epochs=0), r"epochs"),
+    (lambda d: d["grid"].update(topologies=[{"topology": "ring", "n_agents": 4},
+                                            {"topology": "ring", "n_agents": 4, "gamma": 0.5}]),
+     r"distinct run paths"),
+    (lambda d: d.update(gird=d.pop("grid")), r"gird"),
+])
+def test_bad_family_files_fail_naming_the_field(tmp_path: Path, change, message: str) -> None:
+    data = json.loads(json.dumps(TINY))
+    change(data)
+    path = _family_file(tmp_path, data)
+    with pytest.raises(UserError, match=message) as err:
+        load_family(path)
+    assert str(err.value).startswith(f"{path}: ")  # names the file too
+
+
+def test_override_args_are_read_back_as_the_same_values() -> None:
+    family = load_families(REPO / "config")["cifar10"]
+    run = family.runs[-1]
+    assert build_config({**family.spec.run, **parse_overrides(run.override_args)}) == run.config
+
+
+# ---------------------------------------------------------------------------- GPU slots
+def test_gpu_slots_pin_concurrent_jobs_to_different_gpus(tmp_path: Path) -> None:
+    """Two jobs at once get different GPUs; a third waits until one of them has finished."""
+    slot = REPO / "workflow" / "scripts" / "gpu_slot.py"
+    job = ("import os, sys, time; open(sys.argv[1], 'w').write(os.environ['CUDA_VISIBLE_DEVICES']);"
+           " time.sleep(float(sys.argv[2]))")
+    locks = tmp_path / "locks"
+
+    def start(name: str, hold: float) -> subprocess.Popen:
+        return subprocess.Popen([sys.executable, str(slot), "--gpus", "3,5", "--lock-dir",
+                                 str(locks), "--poll", "0.1", "--", sys.executable, "-c", job,
+                                 str(tmp_path / name), str(hold)])
+
+    first, second = start("a", 8), start("b", 8)
+    while not ((tmp_path / "a").exists() and (tmp_path / "b").exists()):
+        time.sleep(0.1)
+        assert first.poll() is None and second.poll() is None
+    assert {(tmp_path / "a").read_text(), (tmp_path / "b").read_text()} == {"3", "5"}
+    third = start("c", 0)
+    while not (tmp_path / "c").exists():
+        time.sleep(0.05)
+        assert third.poll() is None or (tmp_path / "c").exists()
+    # the third job only got a GPU once a holder had exited (its lock died with it)
+    assert first.poll() is not None or second.poll() is not None
+    assert [p.wait(timeout=120) for p in (first, second, third)] == [0, 0, 0]
+    assert (tmp_path / "c").read_text() in {"3", "5"}
+
+
+# ---------------------------------------------------------------------------- dry run
+AUDIT = textwrap.dedent("""
+    import os, sys
+    _fd = os.open(os.environ["AUDIT_LOG"], os.O_WRONLY | os.O_CREAT | os.O_APPEND)
+    _root = os.environ["AUDIT_DATA_ROOT"]
+    os.write(_fd, b"hook installed\\n")
+
+    def _hook(event, args):
+        if event in ("open", "os.listdir", "os.scandir") and args and args[0] is not None:
+            try:
+                path = os.path.abspath(os.fsdecode(args[0]))
+            except TypeError:
+                return
+            if path.startswith(_root):
+                os.write(_fd, (event + " " + path + "\\n").encode())
+
+    sys.addaudithook(_hook)
+    """)
+
+
+def test_dry_run_plans_the_cifar10_grid_without_reading_data(tmp_path: Path) -> None:
+    hooks = tmp_path / "hooks"
+    hooks.mkdir()
+    (hooks / "sitecustomize.py").write_text(AUDIT)
+    work = tmp_path / "work"
+    work.mkdir()
+    log = tmp_path / "audit.log"
+    env = {**os.environ, "PYTHONPATH": str(hooks), "AUDIT_LOG": str(log),
+           "AUDIT_DATA_ROOT": str(work / "data"), "CUDA_VISIBLE_DEVICES": "0,1",
+           "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}"}
+    proc = subprocess.run(
+        [*SNAKEMAKE, "reports/table_cifar10.csv", "-d", str(work), "-n", "--cores", "8",
+         "--config", f"family_dir={REPO / 'config'}"],
+        capture_output=True, text=True, env=env, timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = proc.stdout + proc.stderr
+    axes = yaml.safe_load((REPO / "config" / "cifar10.yaml").read_text())["grid"]
+    expected = (len(axes["alpha"]) * len(axes["topologies"]) * len(axes["methods"])
+                * len(axes["seeds"]))
+    assert expected == 378
+    planned = re.search(r"^train\s+(\d+)\s*$", out, re.MULTILINE)
+    assert planned and int(planned.group(1)) == expected
+    assert re.search(r"^report_family\s+1\s*$", out, re.MULTILINE)
+    # with two GPUs visible every training job takes one, pinned by the slot picker
+    assert "gpu=1" in out and "gpu_slot.py --gpus 0,1" in out
+    # no data read, nothing created: not the data folder, not the MLflow store
+    lines = log.read_text().splitlines()
+    assert lines and set(lines) == {"hook installed"}, lines[:5]
+    assert not (work / "data").exists() and not (work / "results").exists()
+    assert not (tmp_path / "mlflow.db").exists()
+
+
+def test_bad_family_stops_the_workflow_before_any_job(tmp_path: Path) -> None:
+    (tmp_path / "config").mkdir()
+    data = json.loads(json.dumps(TINY))
+    data["grid"]["methods"] = ["dsgdm-n", "qmg"]
+    _family_file(tmp_path / "config", data, "tiny")
+    proc = subprocess.run(
+        [*SNAKEMAKE, "-d", str(tmp_path), "--cores", "1", "reports/table_tiny.csv"],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode != 0
+    assert "grid.methods" in proc.stdout + proc.stderr and "qmg" in proc.stdout + proc.stderr
+    assert not (tmp_path / "results").exists()
+
+
+# ---------------------------------------------------------------------------- a real grid
+@pytest.fixture(scope="module")
+def tiny_grid(tmp_path_factory) -> dict:
+    """2 methods x 2 alphas x 1 seed x 1 epoch through `snakemake --cores 2`, offline."""
+    work = tmp_path_factory.mktemp("grid")
+    (work / "config").mkdir()
+    _family_file(work / "config", TINY, "tiny")
+    uri = f"sqlite:///{work / 'mlflow.db'}"
+    env = {**os.environ, "MLFLOW_TRACKING_URI": uri}
+    env.pop("CUDA_VISIBLE_DEVICES", None)
+    proc = subprocess.run([*SNAKEMAKE, "-d", str(work), "--cores", "2", "reports/table_tiny.csv"],
+                          capture_output=True, text=True, env=env, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return {"work": work, "uri": uri, "env": env}
+
+
+def test_tiny_grid_writes_runs_tables_and_figures(tiny_grid: dict) -> None:
+    work = tiny_grid["work"]
+    runs = sorted(work.glob("results/tiny/synthetic/mlp/ring-n4/alpha*/*/seed0/metrics.json"))
+    assert len(runs) == 4
+    for path in runs:
+        assert (path.parent / "log.txt").read_text().strip()
+        assert json.loads(path.read_text())["config"]["threads"] == 1  # the rule's threads
+    table = pd.read_csv(work / "reports" / "table_tiny.csv")
+    assert len(table) == 4
+    assert set(zip(table["alpha"], table["method"], strict=True)) == {
+        (a, m) for a in (0.1, 1.0) for m in ("dsgdm-n", "ccl")}
+    assert (table["seeds"] == 1).all() and (table["completed"] == 1).all()
+    md = (work / "reports" / "table_tiny.md").read_text()
+    assert "| dataset | model | graph | alpha | dsgdm-n | ccl |" in md
+    for name in ("learning_curves", "ablation", "heterogeneity", "scaling_agents",
+                 "spectral_gap", "overhead"):
+        assert (work / "reports" / "figures" / "tiny" / f"{name}.png").stat().st_size > 0
+    # up to date: a second plan has nothing to do
+    proc = subprocess.run([*SNAKEMAKE, "-d", str(work), "-n", "--cores", "2",
+                           "reports/table_tiny.csv"], capture_output=True, text=True,
+                          env=tiny_grid["env"], timeout=300)
+    assert proc.returncode == 0 and "Nothing to be done" in proc.stdout + proc.stderr
+
+
+def test_tiny_grid_runs_are_in_mlflow(tiny_grid: dict, monkeypatch) -> None:
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", tiny_grid["uri"])
+    runs = mlflow.search_runs(experiment_names=["tiny"])
+    assert len(runs) == 4
+    assert set(runs["status"]) == {"FINISHED"}
+    assert set(zip(runs["tags.alpha"], runs["tags.method"], strict=True)) == {
+        (a, m) for a in ("0.1", "1.0") for m in ("dsgdm-n", "ccl")}
+    assert set(runs["tags.topology"]) == {"ring"} and set(runs["tags.n_agents"]) == {"4"}
+    assert set(runs["params.epochs"]) == {"1"} and set(runs["params.threads"]) == {"1"}
+    client = MlflowClient(tiny_grid["uri"])
+    for run_id in runs["run_id"]:
+        assert [m.step for m in client.get_metric_history(run_id, "consensus_acc")] == [1]
+        assert {a.path for a in client.list_artifacts(run_id)} >= {"metrics.json", "config.yaml",
+                                                                  "partition.png",
+                                                                  "learning_curves.png"}
+    # one experiment per family the grid used (plus MLflow's own Default)
+    assert {e.name for e in mlflow.search_experiments()} == {"Default", "tiny"}
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _get(url: str, data: dict | None = None) -> dict:
+    body = json.dumps(data).encode() if data is not None else None
+    req = urllib.request.Request(url, data=body, headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=10) as resp:
+        return json.loads(resp.read() or b"{}")
+
+
+def test_mlflow_ui_server_shows_the_family(tiny_grid: dict, tmp_path: Path) -> None:
+    """`mlflow server` over the store the grid wrote: experiment and runs via its REST API."""
+    port = _free_port()
+    server = subprocess.Popen(
+        [str(BIN / "mlflow"), "server", "--backend-store-uri", tiny_grid["uri"],
+         "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
+        stdout=subprocess.DEVNULL, stderr=open(tmp_path / "server.log", "w"),
+        start_new_session=True,  # its own process group: stopped with its workers below
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 240
+        while True:
+            try:
+                urllib.request.urlopen(f"{base}/health", timeout=5)
+                break
+            except OSError:
+                assert server.poll() is None, (tmp_path / "server.log").read_text()[-2000:]
+                assert time.time() < deadline, "mlflow server did not start"
+                time.sleep(1)
+        experiment = _get(f"{base}/api/2.0/mlflow/experiments/get-by-name?experiment_name=tiny")
+        exp_id = experiment["experiment"]["experiment_id"]
+        found = _get(f"{base}/api/2.0/mlflow/runs/search",
+                     {"experiment_ids": [exp_id], "max_results": 100})
+        runs = found["runs"]
+        assert len(runs) == 4
+        names = {r["info"]["run_name"] for r in runs}
+        assert "ccl · ring-4 · alpha 0.1 · seed 0 · synthetic/mlp" in names
+        assert {r["info"]["status"] for r in runs} == {"FINISHED"}
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=60)

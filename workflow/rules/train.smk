@@ -1,0 +1,44 @@
+"""One job per run of a family's grid: `python -m benchmark train` into its results folder."""
+
+import json
+
+
+def job_command(wildcards, threads):
+    """GPU pinning (if any) + the train command; torch gets exactly the rule's threads.
+
+    Taking ``threads`` makes Snakemake treat this param as derived, so it is not a rerun
+    trigger: the same run on another machine (other GPUs, fewer cores) is not redone.
+    """
+    return launcher(wildcards) + " " + run_spec(wildcards).train_command(PYTHON, threads)
+
+
+# options that say where or how fast a run goes, not what it computes
+MACHINE_OPTIONS = {"threads", "device", "tracking", "data_dir", "download", "vectorize"}
+
+
+def run_options(wildcards):
+    """The rerun trigger: the options the family sets for this run (its `run:` section plus the
+    grid's overrides), not the resolved config, so editing a family redoes exactly the runs
+    whose options changed, and a new option with a default in the code redoes nothing."""
+    spec = run_spec(wildcards)
+    explicit = {**FAMILIES[spec.family].spec.run, **spec.overrides}
+    return json.dumps({k: v for k, v in explicit.items() if k not in MACHINE_OPTIONS},
+                      sort_keys=True)
+
+
+rule train:
+    input:
+        # tuning.lambdas: tuned -> a CCL run waits for its study (workflow/rules/tuning.smk)
+        tuned=lambda wildcards: run_spec(wildcards).tuned or [],
+    output:
+        f"{RESULTS_ROOT}/{RUN_PATH}/metrics.json",
+    log:
+        f"{RESULTS_ROOT}/{RUN_PATH}/log.txt",
+    params:
+        command=job_command,
+        options=run_options,
+    threads: lambda wildcards: run_spec(wildcards).config.threads or 1
+    resources:
+        gpu=lambda wildcards: 1 if uses_gpu(wildcards) else 0,
+    shell:
+        "{params.command} > {log} 2>&1"
