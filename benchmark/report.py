@@ -91,9 +91,12 @@ def method_order(methods: Iterable[str]) -> list[str]:
 
 
 def _iteration_time(result: dict[str, Any]) -> float:
-    """Seconds per iteration. Uses per-phase timings when present (training phases only, i.e.
-    without evaluation); otherwise the epoch time, which includes the evaluation."""
+    """Seconds per iteration. Uses per-phase timings when present: training phases only, i.e.
+    without evaluation, and for a method without CCL without the cross-feature passes it only
+    logs (``log_cross_features``); otherwise the epoch time, which includes the evaluation."""
     history = result.get("history") or []
+    method = METHODS.get(result.get("method", ""))
+    skip = ("eval",) if method is None or method.ccl_terms else ("eval", "cross_feature")
     iters = (result.get("iterations_per_epoch") or 0) * len(history)
     if not iters:
         return math.nan
@@ -102,7 +105,7 @@ def _iteration_time(result: dict[str, Any]) -> float:
         phases = record.get("phases")
         if isinstance(phases, dict) and phases:
             total += sum(float(v) for k, v in phases.items()
-                         if isinstance(v, int | float) and "eval" not in k)
+                         if isinstance(v, int | float) and not any(x in k for x in skip))
         else:
             total += float(record.get("time_s", math.nan))
     return total / iters

@@ -133,6 +133,16 @@ def test_overhead_uses_training_phases_when_present(tmp_path: Path) -> None:
     (tmp_path / "metrics.json").write_text(json.dumps(run))
     frame = runs_frame(load_results([tmp_path / "metrics.json"]))
     assert frame.loc[0, "time_per_iteration_s"] == pytest.approx(2 * 1.0 / 20)
+    # a baseline's cross-feature passes only log L_mv: not part of its cost; CCL's are
+    for record in run["history"]:
+        record["phases"]["cross_features"] = 0.5
+    (tmp_path / "metrics.json").write_text(json.dumps(run))
+    assert runs_frame(load_results([tmp_path / "metrics.json"])).loc[
+        0, "time_per_iteration_s"] == pytest.approx(2 * 1.0 / 20)
+    run["method"] = "ccl"
+    (tmp_path / "metrics.json").write_text(json.dumps(run))
+    assert runs_frame(load_results([tmp_path / "metrics.json"])).loc[
+        0, "time_per_iteration_s"] == pytest.approx(2 * 1.5 / 20)
 
 
 def test_cli_report_and_user_errors(results_dir: Path, tmp_path: Path, capsys) -> None:
