@@ -200,9 +200,10 @@ class RunSpec:
     def train_command(self, python: str = "python", threads: int | None = None) -> str:
         """The shell command the workflow runs for this job (without redirections)."""
         args = [python, "-m", "benchmark", "train", "--config", self.config_path,
-                "--out", self.run_dir, *self.override_args]
-        if self.tuned is not None:
+                "--out", self.run_dir]
+        if self.tuned is not None:  # before the key=value list: argparse reads it as one block
             args += ["--tuned", self.tuned]
+        args += self.override_args
         if threads is not None:
             args.append(f"threads={threads}")
         return shlex.join(args)

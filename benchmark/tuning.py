@@ -40,7 +40,7 @@ from pydantic import ValidationError
 
 from .config import RunConfig, build_config, parse_overrides, read_yaml
 from .errors import ConfigError, UserError
-from .grid import Tuning
+from .grid import Tuning, format_float
 from .io import atomic_write_json, atomic_write_text
 from .train import run
 
@@ -188,7 +188,7 @@ def open_study(journal: str | Path, config: RunConfig, spec: Tuning) -> optuna.S
 
 
 def study_name(config: RunConfig) -> str:
-    return f"{config.family}-alpha{config.alpha:g}"
+    return f"{config.family}-alpha{format_float(config.alpha)}"
 
 
 def finished_trials(study: optuna.Study) -> list[FrozenTrial]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -315,7 +316,7 @@ def test_tuned_family_makes_its_ccl_runs_read_best_json(tmp_path):
                      ("ccl-dsgdm", 0.1): "studies/fam/alpha0.1/best.json",
                      ("ccl-dsgdm", 1.0): "studies/fam/alpha1.0/best.json"}
     ccl = next(r for r in family.runs if r.tuned)
-    assert ccl.train_command().endswith(f"--tuned {ccl.tuned}")
+    assert f"--tuned {ccl.tuned} topology=ring" in ccl.train_command(threads=1)
     # the workflow's switch turns tuning on (or off) without editing the file
     fixed = load_family(_family_file(tmp_path, lambdas="tuned"), lambdas="fixed")
     assert all(r.tuned is None for r in fixed.runs)
@@ -345,3 +346,54 @@ def test_train_takes_the_tuned_lambdas_of_its_alpha(tmp_path, capsys):
     assert main(["train", "--config", cfg, "--out", str(tmp_path / "other"), "--tuned",
                  str(best), "alpha=1.0", "method=ccl-dsgdm"]) == 2
     assert "--tuned" in capsys.readouterr().err and not (tmp_path / "other").exists()
+
+
+# ---------------------------------------------------------------------------- the workflow
+REPO = Path(__file__).resolve().parents[1]
+SNAKEMAKE = [str(Path(sys.executable).parent / "snakemake"), "-s", str(REPO / "Snakefile")]
+
+
+def test_dry_run_of_the_cifar10_grid_tunes_before_its_ccl_runs(tmp_path):
+    proc = subprocess.run(
+        [*SNAKEMAKE, "reports/table_cifar10.csv", "-d", str(tmp_path), "-n", "-p", "--cores", "8",
+         "--config", f"family_dir={REPO / 'config'}"],
+        capture_output=True, text=True, timeout=600,
+        env={**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}"},
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = proc.stdout + proc.stderr
+    counts = dict(re.findall(r"^(\w+)\s+(\d+)\s*$", out, re.MULTILINE))
+    assert counts["tune"] == "3" and counts["train"] == "378"
+    commands = [line for line in out.splitlines() if " -m benchmark train " in line]
+    ccl = [c for c in commands if " method=ccl" in c]
+    assert len(ccl) == 3 * 7 * 3 * 3  # ccl, ccl-mv, ccl-dv x 7 graphs x 3 alphas x 3 seeds
+    assert all("--tuned studies/cifar10/alpha" in c for c in ccl)
+    assert not any("--tuned" in c for c in commands if " method=ccl" not in c)
+    assert "--study studies/cifar10/alpha0.01.journal alpha=0.01" in out
+    assert not (tmp_path / "studies").exists() and not (tmp_path / "mlflow.db").exists()
+
+
+def test_tuned_tiny_grid_runs_the_study_then_ccl_with_its_lambdas(tmp_path):
+    (tmp_path / "config").mkdir()
+    _family_file(tmp_path / "config").rename(tmp_path / "config" / "fam.yaml")
+    data = yaml.safe_load((tmp_path / "config" / "fam.yaml").read_text())
+    data["grid"]["alpha"] = [0.5]
+    data["tuning"]["trials"] = 2
+    (tmp_path / "config" / "fam.yaml").write_text(yaml.safe_dump(data))
+    cmd = [*SNAKEMAKE, "-d", str(tmp_path), "--cores", "2", "reports/table_fam.csv",
+           "reports/tuning_fam.csv"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+
+    best = json.loads((tmp_path / "studies" / "fam" / "alpha0.5" / "best.json").read_text())
+    assert best["n_complete"] == 2 and best["alpha"] == 0.5
+    run_root = tmp_path / "results" / "fam" / "synthetic" / "mlp" / "ring-n4" / "alpha0.5"
+    ccl = json.loads((run_root / "ccl-dsgdm" / "seed0" / "metrics.json").read_text())
+    assert ccl["ccl"] == {"lambda_m": best["lambda_m"], "lambda_d": best["lambda_d"]}
+    base = json.loads((run_root / "dsgdm-n" / "seed0" / "metrics.json").read_text())
+    assert base["ccl"] is None
+    table = (tmp_path / "reports" / "tuning_fam.csv").read_text().splitlines()
+    assert len(table) == 2 and table[1].startswith("fam,0.5,ccl-dsgdm,")
+
+    again = subprocess.run([*cmd, "-n"], capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0 and "Nothing to be done" in again.stdout + again.stderr
