@@ -1,0 +1,81 @@
+"""Smoke tests of ``benchmarks/``: each script runs at tiny sizes and prints one JSON summary.
+
+Benchmarks are not tests: nothing here looks at how fast anything is. What is checked is that a
+script runs end to end, prints exactly one ``BENCH {json}`` line equal to what it returns, and
+that its statistics are well formed (the spread helpers are also checked against hand values).
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
+SCRIPTS = ("r1_overhead", "r2_ccl", "r3_scaling", "r4_memory", "r5_input", "r6_eval", "rpeer")
+TINY = ["--tiny", "--threads", "1", "--device", "cpu"]
+
+
+@pytest.fixture
+def bench(monkeypatch):
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    return lambda name: importlib.import_module(name)
+
+
+def _summary(out: str) -> dict:
+    lines = [line for line in out.splitlines() if line.startswith("BENCH ")]
+    assert len(lines) == 1, out
+    return json.loads(lines[0].removeprefix("BENCH "))
+
+
+def _stats(value):
+    """Every {median, q1, q3, min, max} block nested in a summary."""
+    if isinstance(value, dict):
+        if "median" in value:
+            yield value
+        for v in value.values():
+            yield from _stats(v)
+
+
+@pytest.mark.parametrize("name", SCRIPTS)
+def test_script_runs_tiny_and_prints_its_summary(name, bench, capsys):
+    returned = bench(name).main(TINY)
+    summary = _summary(capsys.readouterr().out)
+    assert summary == json.loads(json.dumps(returned, default=float))
+    assert summary["benchmark"] == name
+    assert summary["machine"]["device"] == "cpu" and summary["machine"]["threads"] == 1
+    blocks = list(_stats(summary))
+    assert blocks or name == "r4_memory"
+    for s in blocks:
+        assert 0 < s["min"] <= s["q1"] <= s["median"] <= s["q3"] <= s["max"] < math.inf
+
+
+def test_command_line_entry_point():
+    proc = subprocess.run([sys.executable, str(BENCHMARKS / "r3_scaling.py"), *TINY],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    summary = _summary(proc.stdout)
+    assert summary["agents"] == [4, 8] and summary["method"] == "dsgdm-n"
+    assert 0 <= summary["gossip_update_share"] <= 1
+
+
+def test_spread_and_ratio_by_hand(bench):
+    common = bench("common")
+    assert common.spread([5.0, 1.0, 3.0, 2.0, 4.0]) == {
+        "median": 3.0, "q1": 2.0, "q3": 4.0, "min": 1.0, "max": 5.0}
+    # per-round ratios 2, 4, 3: the median of ratios, not the ratio of medians (3 / 1.5 = 2)
+    times = {"a": [2.0, 4.0, 6.0], "b": [1.0, 1.0, 2.0]}
+    assert common.ratio(times, "a", "b")["median"] == 3.0
+
+
+def test_gpu_check_script_is_valid_bash():
+    script = BENCHMARKS / "gpu_check.sh"
+    assert subprocess.run(["bash", "-n", str(script)]).returncode == 0
+    text = script.read_text()
+    for name in ("r1_overhead", "r2_ccl", "r3_scaling", "--vectorize"):
+        assert name in text
