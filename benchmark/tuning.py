@@ -178,12 +178,17 @@ def open_study(journal: str | Path, config: RunConfig, spec: Tuning) -> optuna.S
     old = study.user_attrs.get("fingerprint")
     if old is None:
         study.set_user_attr("fingerprint", fingerprint)
-    elif old != fingerprint:
-        field = next(k for k in sorted({*old, *fingerprint}) if old.get(k) != fingerprint.get(k))
-        raise UserError(
-            f"study {journal}: created with {field}={old.get(field)!r}, now {field}="
-            f"{fingerprint.get(field)!r}; resume with the same settings or use another --study path"
-        )
+    else:
+        # an option added to the schema since the study began counts as its default value,
+        # so a new option does not orphan every existing study (as for run checkpoints)
+        defaults = _fingerprint(RunConfig.model_construct(), Tuning.model_construct())
+        for key in sorted({*old, *fingerprint}):
+            before, now = old.get(key, defaults.get(key)), fingerprint.get(key, defaults.get(key))
+            if before != now:
+                raise UserError(
+                    f"study {journal}: created with {key}={before!r}, now {key}={now!r}; "
+                    "resume with the same settings or use another --study path"
+                )
     return study
 
 

@@ -236,6 +236,14 @@ def test_resuming_with_other_settings_or_concurrently_is_refused(tmp_path, monke
     assert main(["tune", "--config", str(cfg), "--study", str(journal), "alpha=0.1"]) == 2
     assert "created with alpha=0.5, now alpha=0.1" in capsys.readouterr().err
 
+    # a study begun before an option existed: the option counts as its default (momentum 0.9)
+    study = optuna.load_study(study_name="tiny-alpha0.5", storage=tuning.storage(journal))
+    study.set_user_attr("fingerprint", {k: v for k, v in study.user_attrs["fingerprint"].items()
+                                        if k != "momentum"})
+    assert main(["tune", "--config", str(cfg), "--study", str(journal)]) == 0
+    assert main(["tune", "--config", str(cfg), "--study", str(journal), "momentum=0.5"]) == 2
+    assert "created with momentum=0.9, now momentum=0.5" in capsys.readouterr().err
+
     import fcntl
 
     with open(journal, "ab") as held:

@@ -47,8 +47,11 @@ def tune_uses_gpu(wildcards):
 rule tune:
     output:
         best=f"{STUDY_OUT}/best.json",
-        history=f"{STUDY_OUT}/history.png",
-        sensitivity=f"{STUDY_OUT}/sensitivity.png",
+        history=report(f"{STUDY_OUT}/history.png", category="{family}",
+                       subcategory="tuning", labels={"alpha": "{alpha}", "plot": "history"}),
+        sensitivity=report(f"{STUDY_OUT}/sensitivity.png", category="{family}",
+                           subcategory="tuning",
+                           labels={"alpha": "{alpha}", "plot": "sensitivity"}),
         trials=f"{STUDY_OUT}/trials.csv",
     log:
         f"{STUDY_OUT}/log.txt",
