@@ -322,10 +322,7 @@ class Swarm:
         one concatenation, accumulated into ``grads`` in place.
         """
         n = len(self.models)
-        pieces = self._stacked.split(self._param_sizes, dim=1)
-        params = {name: piece.view(n, *shape) for name, piece, shape in
-                  zip(self._param_names, pieces, self._param_shapes, strict=True)}
-        features, logits = torch.func.vmap(self._functional_forward)(params, xs)
+        features, logits = self.vmap_forward(self._stacked, xs)
         ce = F.cross_entropy(logits.flatten(0, 1), ys.flatten(), reduction="none")
         ce = ce.view(n, -1).mean(dim=1)
         loss = ce.sum()
@@ -333,6 +330,18 @@ class Swarm:
             loss = loss + sum(cross.loss(i, features[i], ys[i]) for i in range(n))
         loss.backward()
         return ce.detach().sum()
+
+    def vmap_forward(self, rows: torch.Tensor, xs: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """``(features, logits)`` of model ``rows[k]`` on batch ``xs[k]`` for every k, at once.
+
+        ``rows`` is ``[k, P]`` stacked parameter vectors (agents' rows, or any gathered rows, e.g.
+        the senders of CCL's cross-feature passes); only for models without buffers.
+        """
+        k = rows.shape[0]
+        pieces = rows.split(self._param_sizes, dim=1)
+        params = {name: piece.view(k, *shape) for name, piece, shape in
+                  zip(self._param_names, pieces, self._param_shapes, strict=True)}
+        return torch.func.vmap(self._functional_forward)(params, xs)
 
     def _functional_forward(self, params: dict[str, torch.Tensor], x: torch.Tensor):
         return torch.func.functional_call(self._template, params, (x,))

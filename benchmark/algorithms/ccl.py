@@ -176,6 +176,8 @@ class CrossFeatureLoss:
         self, xs: torch.Tensor, receivers: torch.Tensor, senders: torch.Tensor
     ) -> torch.Tensor:
         """``c_{j->i} = F(x_j^-; X_i)`` for every edge, grouped by sender model where exact."""
+        if self.swarm.vectorize == "vmap" and len(senders):  # all edges in one pass (a GPU)
+            return self.swarm.vmap_forward(self.swarm.pre_params_ext[senders], xs[receivers])[0]
         models = self._cross_models()
         cross: torch.Tensor | None = None
         for j, model in enumerate(models):
