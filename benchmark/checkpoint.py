@@ -50,7 +50,8 @@ FORMAT = 1
 FINISHED = ("completed", "diverged")
 # Options that change how fast or where a run goes, or where its inputs live, but not one of its
 # numbers: a run may resume with other values (e.g. on a machine with more threads).
-NON_RESULT_FIELDS = frozenset({"family", "data_dir", "download", "device", "threads", "tracking"})
+NON_RESULT_FIELDS = frozenset({"family", "data_dir", "download", "device", "threads", "tracking",
+                               "distributed"})  # a sharded run equals the single-process one
 RESTART_HINT = "run the same command with --restart to discard it and start over"
 
 

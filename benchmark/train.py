@@ -178,7 +178,9 @@ def run(
     if resumed is not None:
         resumed.started = progress.started
         progress = resumed
-        print(f"resuming {store.path} after epoch {progress.epoch}/{config.epochs}", flush=True)
+        if exp.swarm.comm.is_main:  # a sharded run: every rank loaded its rows, one speaks
+            print(f"resuming {store.path} after epoch {progress.epoch}/{config.epochs}",
+                  flush=True)
     # distributed: every rank trains its shard, rank 0 alone writes files and logs to MLflow
     main = exp.swarm.comm.is_main
     session = store.session(restart) if store is not None and main else nullcontext()

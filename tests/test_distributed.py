@@ -174,15 +174,27 @@ class _FakeComm(Communicator):
 
 @pytest.mark.skipif(shutil.which("torchrun", path=str(Path(sys.executable).parent)) is None,
                     reason="torchrun not installed next to the interpreter")
-def test_torchrun_train_writes_the_single_process_metrics(tmp_path):
-    """The real command: 2 gloo ranks, CCL on digits; metrics.json equals the 1-process run."""
+def test_torchrun_train_resumes_a_checkpoint_and_writes_the_single_process_metrics(tmp_path):
+    """The real command: 2 gloo ranks, CCL on digits, resuming a single-process checkpoint after
+    epoch 1 (loaded as shards), checkpointing epoch 2 (gathered), finishing epoch 3: the
+    metrics equal an uninterrupted single-process run."""
     from benchmark.config import load_config
     from benchmark.train import run
 
     options = ["dataset=digits", "model=mlp", "n_agents=8", "topology=ring", "method=ccl",
-               "alpha=0.1", "epochs=2", "batch_size=32", "lambda_m=0.1", "lambda_d=0.1",
+               "alpha=0.1", "epochs=3", "batch_size=32", "lambda_m=0.1", "lambda_d=0.1",
                "tracking=false", "device=cpu"]
     single = run(load_config(None, options), tmp_path / "single")
+
+    class Stop(Exception):
+        pass
+
+    def stop(epoch, record):
+        raise Stop
+
+    with pytest.raises(Stop):
+        run(load_config(None, options), tmp_path / "sharded", on_epoch=stop)
+    assert (tmp_path / "sharded" / "checkpoint.pt").is_file()
     torchrun = Path(sys.executable).parent / "torchrun"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(
@@ -194,7 +206,8 @@ def test_torchrun_train_writes_the_single_process_metrics(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.count("completed:") == 1  # rank 0 alone prints
     sharded = json.loads((tmp_path / "sharded" / "metrics.json").read_text())
-    assert sharded["status"] == "completed"
+    assert sharded["status"] == "completed" and sharded["resumed_after_epochs"] == [1]
+    assert proc.stdout.count("resuming") == 1
     for key, value in single["final"].items():
         assert sharded["final"][key] == pytest.approx(value, abs=1e-5), key
     for got, want in zip(sharded["history"], single["history"], strict=True):
@@ -204,7 +217,7 @@ def test_torchrun_train_writes_the_single_process_metrics(tmp_path):
     assert layout["world_size"] == 2 and layout["backend"] == "gloo"
     assert layout["shards"] == [[0, 4], [4, 8]]
     # per iteration: 2 boundaries x 2 directions x (P parameters + C x (D + 1) class statistics)
-    iterations = sum(1 for _ in sharded["history"]) * sharded["iterations_per_epoch"]
+    iterations = 2 * sharded["iterations_per_epoch"]  # epochs 2 and 3 ran sharded
     per_edge = sharded["communication"]["bytes_per_agent_per_iteration"]["class_statistics"] / 2
     per_iteration = 2 * 2 * (sharded["n_params"] * 4 + per_edge)
     assert layout["bytes_between_processes"] == iterations * per_iteration
