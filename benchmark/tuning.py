@@ -18,8 +18,8 @@ Design choices, and why:
   *pruned* trial, flagged ``diverged``: it counts towards the budget, TPE ranks it below every
   trial that kept learning, and the study goes on.
 - MLflow: one parent run per study, one child run per trial (``mlflow.parentRunId``), written
-  with ``MlflowClient`` so no global "active run" state leaks into the training code; the inner
-  training runs with ``tracking=False`` so nothing is logged twice.
+  through :mod:`benchmark.tracking`'s client (no global "active run" state leaks into the
+  training code); the inner training runs with ``tracking=False`` so nothing is logged twice.
 """
 
 from __future__ import annotations
@@ -134,12 +134,17 @@ def tune(config: RunConfig, spec: Tuning, journal: str | Path,
         study = open_study(journal, config, spec)
         tracker = StudyTracker(study, config, spec)
         _recover_killed(study, tracker)
-        if spec.enqueue_paper and all(_in_space(spec, k, v) for k, v in PAPER_LAMBDAS.items()):
-            study.enqueue_trial({k: PAPER_LAMBDAS[k] for k in spec.terms}, skip_if_exists=True)
+        paper = {k: PAPER_LAMBDAS[k] for k in spec.terms}
+        if spec.enqueue_paper and all(_in_space(spec, k, v) for k, v in paper.items()):
+            study.enqueue_trial(paper, skip_if_exists=True)
         missing = budget - len(finished_trials(study))
         if missing > 0:
-            objective = _Objective(config, spec, tracker)
-            study.optimize(objective, n_trials=missing, gc_after_trial=False)
+            try:
+                study.optimize(_Objective(config, spec, tracker), n_trials=missing,
+                               gc_after_trial=False)
+            except BaseException as exc:  # a bug or an interrupt: the parent run says so
+                tracker.abort(exc)
+                raise
         best = best_summary(study, config, spec, journal, budget)
         write_outputs(study, spec, best, out_dir)
         tracker.close(best)
@@ -538,6 +543,12 @@ class StudyTracker:
             orphan = self._tracker(self.client, run_id, self.config)
             orphan._batch(tags=[("state", "failed")])
             orphan.end("FAILED", "process killed during the trial; parameters re-queued")
+
+    def abort(self, exc: BaseException) -> None:
+        """End the parent run KILLED (interrupt) or FAILED (error); a rerun reopens it."""
+        if self.client is not None:
+            status = "KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED"
+            self.parent.end(status, f"{type(exc).__name__}: {exc}")
 
     def close(self, best: dict[str, Any]) -> None:
         if self.client is None:

@@ -405,3 +405,19 @@ def test_tuned_tiny_grid_runs_the_study_then_ccl_with_its_lambdas(tmp_path):
 
     again = subprocess.run([*cmd, "-n"], capture_output=True, text=True, timeout=300)
     assert again.returncode == 0 and "Nothing to be done" in again.stdout + again.stderr
+
+
+def test_hyperband_pruner_study_honours_the_budget(tmp_path, monkeypatch):
+    monkeypatch.setattr(tuning, "run", _fake_run)
+    config, spec = tuning.load_tuning(_config_file(tmp_path, pruner="hyperband", epochs=9,
+                                                   trials=3, enqueue_paper=False))
+    journal = tmp_path / "alpha0.5.journal"
+    study = tuning.open_study(journal, config, spec)
+    assert isinstance(study.pruner, optuna.pruners.HyperbandPruner)
+    study.enqueue_trial({"lambda_m": 0.001, "lambda_d": 0.01})
+    result = tuning.tune(config, spec, journal)
+    trials = _trials(journal)
+    assert len(trials) == 3 and set(_states(trials)) <= {"COMPLETE", "PRUNED"}
+    assert trials[0].state == TrialState.COMPLETE
+    assert sorted(trials[0].intermediate_values) == list(range(1, 10))
+    assert result.best["lambda_m"] == 0.001  # the best possible value in the fake objective
