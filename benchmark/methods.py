@@ -29,10 +29,13 @@ METHODS: dict[str, Method] = {
 }
 
 
-def resolve_method(name: str, lambda_m: float, lambda_d: float) -> tuple[str, dict[str, float] | None]:
+def resolve_method(
+    name: str, lambda_m: float, lambda_d: float
+) -> tuple[str, dict[str, float] | None]:
     """Return (algorithm, ccl weights or None) for a preset name and the configured lambdas."""
     method = METHODS[name]
     if not method.ccl_terms:
         return method.algorithm, None
     configured = {"lambda_m": lambda_m, "lambda_d": lambda_d}
-    return method.algorithm, {k: (v if k in method.ccl_terms else 0.0) for k, v in configured.items()}
+    weights = {k: (v if k in method.ccl_terms else 0.0) for k, v in configured.items()}
+    return method.algorithm, weights
