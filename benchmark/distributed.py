@@ -35,8 +35,6 @@ import torch
 from .errors import ConfigError, UserError
 
 TORCHRUN_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
-# algorithms whose state is rows of agents and whose communication is gossip (see Swarm.gossip)
-SHARDABLE_ALGORITHMS = ("dsgdm-n", "qgm")
 
 
 def shard_bounds(n: int, world_size: int) -> list[tuple[int, int]]:

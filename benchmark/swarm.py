@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .algorithms import algorithm_class
-from .distributed import SHARDABLE_ALGORITHMS, Communicator, Halo
+from .distributed import Communicator, Halo
 from .errors import ConfigError
 from .timing import PhaseTimer
 
@@ -81,9 +81,6 @@ class Swarm:
         self.n = topology.n  # agents of the whole run (all ranks)
         # this process's agents: all of them, or one rank's shard (rows of every tensor below)
         self.comm = comm if comm is not None else Communicator(self.n)
-        if self.comm.distributed and algorithm not in SHARDABLE_ALGORITHMS:
-            raise ConfigError("method", algorithm, f"one on {', '.join(SHARDABLE_ALGORITHMS)} "
-                              "with distributed=true (RelaySGD's tree messages are not sharded)")
         self.agents = self.comm.agents
         self.seed = seed
         self.lr = self.prev_lr = float(lr)
@@ -112,11 +109,6 @@ class Swarm:
         self._param_shapes = [p.shape for _, p in named]
         self._param_sizes = [p.numel() for _, p in named]
         mixing_matrix = topology.mixing_matrix(mixing)
-        # remote neighbours' rows (empty in one process); gossip mixes [own rows; halo rows]
-        self.halo = Halo(self.comm, [topology.neighbors(i) for i in range(self.n)], self.device)
-        if self.comm.distributed:
-            mixing_matrix = mixing_matrix[self.comm.lo : self.comm.hi][:, self.halo.agents]
-        self.mixing = torch.as_tensor(mixing_matrix, dtype=self.params.dtype, device=self.device)
         # wd_skip_norm: no decay on 1-d parameters (norm scales/shifts, biases)
         self._wd_mask = None
         if wd_skip_norm:
@@ -125,6 +117,14 @@ class Swarm:
             ).to(self.device)
 
         self.algorithm = algorithm_class(algorithm)(self, **options)
+        # remote neighbours' rows (empty in one process): graph neighbours for gossip, plus whom
+        # CCL reads (RelaySGD: tree neighbours); gossip mixes [own rows; halo rows]
+        reads = self.algorithm.cross_feature_neighbors()
+        self.halo = Halo(self.comm, [sorted({*topology.neighbors(i), *reads[i]})
+                                     for i in range(self.n)], self.device)
+        if self.comm.distributed:
+            mixing_matrix = mixing_matrix[self.comm.lo : self.comm.hi][:, self.halo.agents]
+        self.mixing = torch.as_tensor(mixing_matrix, dtype=self.params.dtype, device=self.device)
         # X^-: what each agent sent this iteration; with remote neighbours, followed by their
         # rows (``pre_params_ext``, filled once per iteration by ``fill_pre_halo``)
         self.pre_params_ext = self.params.new_empty(self.halo.size, n_params)
@@ -255,12 +255,10 @@ class Swarm:
         parts = self.comm.gather_objects(_to_cpu(state))
         if parts is None:
             return None
-        # shardable algorithms keep only rows of agents: stacking the ranks' rows is the state
         return {
             **state,
             "params": torch.cat([p["params"] for p in parts]),
-            "algorithm": {k: torch.cat([p["algorithm"][k] for p in parts])
-                          for k in state["algorithm"]},
+            "algorithm": self.algorithm.gather_state([p["algorithm"] for p in parts]),
             "buffers": [b for p in parts for b in p["buffers"]],
         }
 
@@ -271,7 +269,7 @@ class Swarm:
             if len(state["params"]) != self.n:
                 raise ValueError(f"state of {len(state['params'])} agents, run of {self.n}")
             state = {**state, "params": state["params"][rows],
-                     "algorithm": {k: v[rows] for k, v in state["algorithm"].items()},
+                     "algorithm": self.algorithm.local_state(state["algorithm"]),
                      "buffers": state["buffers"][rows]}
         self.params.copy_(state["params"])
         self.algorithm.load_state_dict(state["algorithm"])

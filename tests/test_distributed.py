@@ -38,6 +38,11 @@ CASES: dict[str, tuple[str, dict]] = {
     "ccl": ("ring", {"algorithm": "qgm", "ccl": {"lambda_m": 0.1, "lambda_d": 0.1}}),
     "ccl-exponential": ("exponential", {"algorithm": "dsgdm-n",
                                         "ccl": {"lambda_m": 0.1, "lambda_d": 0.1}}),
+    "relaysgd": ("ring", {"algorithm": "relaysgd"}),  # the chain 0-1-...-7
+    "relaysgd-double-binary": ("ring", {"algorithm": "relaysgd", "relay_tree": "double-binary",
+                                        "relay_norm": "world"}),
+    "ccl-relay": ("exponential", {"algorithm": "relaysgd", "relay_tree": "bfs",
+                                  "ccl": {"lambda_m": 0.1, "lambda_d": 0.1}}),
 }
 
 
@@ -60,23 +65,38 @@ def _batches():
             for _ in range(STEPS)]
 
 
-def _run_case(name: str, comm=None) -> dict:
-    """``STEPS`` iterations (the lr changes once, so QGM's eta_{t-1} matters); what to compare."""
+def _swarm(name: str, comm=None) -> Swarm:
     topology, kwargs = CASES[name]
     torch.manual_seed(0)
-    swarm = Swarm(TinyNet(), build_topology(topology, N), lr=0.1, device="cpu", comm=comm,
-                  **kwargs)
+    return Swarm(TinyNet(), build_topology(topology, N), lr=0.1, device="cpu", comm=comm,
+                 **kwargs)
+
+
+def _run_case(name: str, comm=None) -> dict:
+    """``STEPS`` iterations (the lr changes once, so QGM's eta_{t-1} matters); what to compare.
+
+    Then a checkpoint round trip: the whole state (gathered on rank 0, shared with every rank)
+    loaded into a fresh swarm, which must take the next step exactly like the original.
+    """
+    swarm = _swarm(name, comm)
     stats, sent = [], []
     for t, (xs, ys) in enumerate(_batches()):
         swarm.set_lr(0.1 if t < 2 else 0.05)
         before = swarm.comm.bytes_sent
         stats.append({k: float(v) for k, v in swarm.step(xs, ys).items()})
         sent.append(swarm.comm.bytes_sent - before)
-    return {"params": swarm.params.clone(), "stats": stats, "bytes": sent,
-            "state": swarm.state_dict(), "distance": swarm.consensus_distance(),
-            "consensus": torch.nn.utils.parameters_to_vector(
-                swarm.consensus_model().parameters()).detach(),
-            "n_params": swarm.params.shape[1]}
+    result = {"params": swarm.params.clone(), "stats": stats, "bytes": sent,
+              "state": swarm.state_dict(), "distance": swarm.consensus_distance(),
+              "consensus": torch.nn.utils.parameters_to_vector(
+                  swarm.consensus_model().parameters()).detach(),
+              "n_params": swarm.params.shape[1]}
+    whole = swarm.comm.all_gather_objects(result["state"])[0]
+    resumed = _swarm(name, comm)
+    resumed.load_state_dict(whole)
+    for s in (swarm, resumed):
+        s.step(*_batches()[0])
+    result["resumed_equal"] = torch.equal(resumed.params, swarm.params)
+    return result
 
 
 def _worker(rank: int, port: int, out: str) -> None:
@@ -128,6 +148,7 @@ def test_sharded_run_matches_the_single_process_run(sharded, name):
     for key, value in ref["state"]["algorithm"].items():
         torch.testing.assert_close(state["algorithm"][key], value, atol=1e-4, rtol=1e-5)
     assert len(state["buffers"]) == N and state["iteration"] == STEPS
+    assert all(rank["resumed_equal"] for rank in ranks)
 
 
 def test_halo_sends_exactly_the_boundary_rows(sharded):
@@ -142,6 +163,8 @@ def test_halo_sends_exactly_the_boundary_rows(sharded):
         assert rank["ccl"]["bytes"] == [2 * (p + stats) * floats] * STEPS
         # lin gossips after the local step: only those rows travel (no X^- halo without CCL)
         assert rank["qgm-lin"]["bytes"] == [2 * p * floats] * STEPS
+        # RelaySGD on the chain: one boundary edge (3-4); per direction one total row + count
+        assert rank["relaysgd"]["bytes"] == [(p + 1) * floats] * STEPS
     total = sum(r["dsgdm-n"]["bytes"][0] for r in sharded)
     assert total == 2 * 2 * p * floats
 

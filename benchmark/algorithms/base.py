@@ -57,6 +57,16 @@ class Algorithm:
         for key, value in state.items():
             getattr(self, key).copy_(value)
 
+    # -- a sharded run (benchmark.distributed): each rank holds the rows of its agents ----------
+    def gather_state(self, parts: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+        """The whole swarm's state from every rank's ``state_dict`` (rank order): rows stacked."""
+        return {key: torch.cat([part[key] for part in parts]) for key in parts[0]}
+
+    def local_state(self, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """This rank's part of a whole-swarm state: its agents' rows."""
+        rows = slice(self.swarm.comm.lo, self.swarm.comm.hi)
+        return {key: value[rows] for key, value in state.items()}
+
 
 def nesterov_step(swarm: Swarm, momentum: torch.Tensor, lr: float) -> None:
     """``g += wd x;  m = beta m + g;  x -= lr (g + beta m)`` for all agents at once (METHOD 3.1)."""

@@ -11,6 +11,11 @@ as "everything that arrived at the sender last iteration, minus what came from t
 loop over agents. ``relay_tree: double-binary`` relays the first half of the parameter vector over
 one binary tree and the second half over the complementary one (Vogels et al.), which halves
 what each inner agent sends.
+
+Sharded over processes (:mod:`benchmark.distributed`), a rank keeps the messages of the tree
+edges that touch its agents and computes both directions of each: ``msg_{i->j}`` needs only
+``i``'s total ``x_i + incoming_i`` (exchanged for remote tree neighbours, one row per boundary
+edge and direction, as a message would be) and ``msg_{j->i}(t-1)``, which this rank holds.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from ..distributed import Communicator, Halo
 from ..errors import ConfigError
 from ..topology import Topology, double_binary_trees
 from .base import BYTES_PER_FLOAT, Algorithm, nesterov_step
@@ -30,15 +36,26 @@ RELAY_NORMS: tuple[str, ...] = ("counts", "world")
 
 
 class TreeRelay:
-    """Messages and counts of one spanning tree, relaying ``width``-wide rows of all agents."""
+    """Messages and counts of one spanning tree, relaying ``width``-wide rows of all agents
+    (of this rank's agents when ``comm`` is a shard: rows of ``x`` are then its agents)."""
 
-    def __init__(self, tree: Topology, width: int, device: torch.device, dtype: torch.dtype):
+    def __init__(self, tree: Topology, width: int, device: torch.device, dtype: torch.dtype,
+                 comm: Communicator | None = None):
+        comm = comm if comm is not None else Communicator(tree.n)
         self.tree = tree
-        self.n = tree.n
-        edges = [(i, j) for i in range(tree.n) for j in tree.neighbors(i)]  # directed i -> j
+        self.n = len(comm.agents)
+        self.halo = Halo(comm, [tree.neighbors(i) for i in range(tree.n)], device)
+        every = [(i, j) for i in range(tree.n) for j in tree.neighbors(i)]  # directed i -> j
+        mine = set(comm.agents)
+        # the edges touching my agents (all of them in one process), with their global index
+        kept = [e for e, (i, j) in enumerate(every) if i in mine or j in mine]
+        edges = [every[e] for e in kept]
         position = {edge: e for e, edge in enumerate(edges)}
-        self.src = torch.tensor([i for i, _ in edges], dtype=torch.long, device=device)
-        self.dst = torch.tensor([j for _, j in edges], dtype=torch.long, device=device)
+        row = self.halo.row  # agent -> row of [my agents; remote tree neighbours]
+        self.edge_ids = torch.tensor(kept, dtype=torch.long, device=device)
+        self.n_edges_total = len(every)
+        self.src = torch.tensor([row[i] for i, _ in edges], dtype=torch.long, device=device)
+        self.dst = torch.tensor([row[j] for _, j in edges], dtype=torch.long, device=device)
         self.reverse = torch.tensor([position[(j, i)] for i, j in edges], dtype=torch.long,
                                     device=device)
         self.messages = torch.zeros(len(edges), width, device=device, dtype=dtype)  # t-1, start 0
@@ -54,16 +71,24 @@ class TreeRelay:
         ``msg_{i->j}(t) = x_i + sum_{k in T(i)\\{j}} msg_{k->i}(t-1)`` (and the same for counts);
         ``S_i = x_i + sum_k msg_{k->i}(t)``, ``C_i = 1 + sum_k c_{k->i}(t)``.
         """
-        incoming = self._sum_at_receivers(self.messages)
-        incoming_counts = self._sum_at_receivers(self.counts)
-        messages = x[self.src] + incoming[self.src] - self.messages[self.reverse]
-        counts = 1 + incoming_counts[self.src] - self.counts[self.reverse]
+        m = self.n
+        # what each of my agents knows: own row + everything that reached it last iteration
+        total = x + self._sum_at_receivers(self.messages)[:m]
+        total_counts = 1 + self._sum_at_receivers(self.counts)[:m]
+        if self.halo.size > m:  # remote tree neighbours' totals (one row per boundary edge)
+            ext = torch.cat([total, total_counts[:, None]], dim=1)
+            ext = torch.cat([ext, ext.new_empty(self.halo.size - m, ext.shape[1])])
+            self.halo.fill(ext)
+            total, total_counts = ext[:, :-1], ext[:, -1]
+        messages = total[self.src] - self.messages[self.reverse]
+        counts = total_counts[self.src] - self.counts[self.reverse]
         self.messages.copy_(messages)
         self.counts.copy_(counts)
-        return x + self._sum_at_receivers(messages), 1 + self._sum_at_receivers(counts)
+        return (x + self._sum_at_receivers(messages)[:m],
+                1 + self._sum_at_receivers(counts)[:m])
 
     def _sum_at_receivers(self, per_edge: torch.Tensor) -> torch.Tensor:
-        out = per_edge.new_zeros((self.n, *per_edge.shape[1:]))
+        out = per_edge.new_zeros((self.halo.size, *per_edge.shape[1:]))
         return out.index_add_(0, self.dst, per_edge)
 
 
@@ -90,7 +115,7 @@ class RelaySGD(Algorithm):
         bounds = [round(k * n_params / len(trees)) for k in range(len(trees) + 1)]
         self.slices = [slice(a, b) for a, b in zip(bounds, bounds[1:], strict=False)]
         self.relays = [
-            TreeRelay(tree, s.stop - s.start, swarm.params.device, swarm.params.dtype)
+            TreeRelay(tree, s.stop - s.start, swarm.params.device, swarm.params.dtype, swarm.comm)
             for tree, s in zip(trees, self.slices, strict=True)
         ]
 
@@ -114,9 +139,9 @@ class RelaySGD(Algorithm):
     def bytes_sent(self) -> dict[str, float]:
         """Per agent per iteration: one (partial) model and one count per tree message."""
         n = self.swarm.n
-        params = sum(r.n_messages * (s.stop - s.start) for r, s in
+        params = sum(r.n_edges_total * (s.stop - s.start) for r, s in
                      zip(self.relays, self.slices, strict=True))
-        counts = sum(r.n_messages for r in self.relays)
+        counts = sum(r.n_edges_total for r in self.relays)
         return {"parameters": params * BYTES_PER_FLOAT / n,
                 "relay_counts": counts * BYTES_PER_FLOAT / n}
 
@@ -124,7 +149,31 @@ class RelaySGD(Algorithm):
         state = {"momentum": self.momentum, "initial": self.initial}
         for k, relay in enumerate(self.relays):
             state[f"messages{k}"], state[f"counts{k}"] = relay.messages, relay.counts
+            if self.swarm.comm.distributed:  # which tree edges these rows are (gather_state)
+                state[f"edges{k}"] = relay.edge_ids
         return state
+
+    def gather_state(self, parts: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+        """Rows of momentum stacked; each tree edge's messages from a rank that holds it."""
+        state = {"momentum": torch.cat([p["momentum"] for p in parts]),
+                 "initial": parts[0]["initial"]}
+        for k, relay in enumerate(self.relays):
+            for key in (f"messages{k}", f"counts{k}", f"edges{k}"):
+                state[key] = torch.cat([p[key] for p in parts])
+            edges = state.pop(f"edges{k}")  # global edge ids (a boundary edge twice: equal)
+            for key in (f"messages{k}", f"counts{k}"):
+                full = state[key].new_zeros(relay.n_edges_total, *state[key].shape[1:])
+                state[key] = full.index_copy_(0, edges, state[key])
+        return state
+
+    def local_state(self, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        rows = slice(self.swarm.comm.lo, self.swarm.comm.hi)
+        local = {"momentum": state["momentum"][rows], "initial": state["initial"]}
+        for k, relay in enumerate(self.relays):
+            edges = relay.edge_ids.to(state[f"messages{k}"].device)
+            local[f"messages{k}"] = state[f"messages{k}"][edges]
+            local[f"counts{k}"] = state[f"counts{k}"][edges]
+        return local
 
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         self.momentum.copy_(state["momentum"])
