@@ -80,9 +80,6 @@ class Communicator:
         """Global ids of the agents this process simulates (its rows, in order)."""
         return range(self.lo, self.hi)
 
-    def owner(self, agent: int) -> int:
-        return next(r for r, (lo, hi) in enumerate(self.bounds) if lo <= agent < hi)
-
     def exchange(self, sends: dict[int, torch.Tensor], recvs: dict[int, torch.Tensor]) -> None:
         """Send ``sends[peer]`` to each peer and receive into ``recvs[peer]`` (all at once)."""
         if sends or recvs:
