@@ -231,8 +231,14 @@ def setup(n: int, device: str = "auto") -> tuple[Communicator, torch.device]:
     else:
         torch_device = torch.device("cpu")
     if not dist.is_initialized():
-        dist.init_process_group("nccl" if use_cuda else "gloo")
+        if use_cuda:  # bound to its GPU at once (eager NCCL init)
+            dist.init_process_group("nccl", device_id=torch_device)
+        else:
+            dist.init_process_group("gloo")
         atexit.register(_shutdown)
+        # a first collective that every rank joins: NCCL wants all ranks in its first call, and a
+        # rank without remote neighbours would otherwise skip the first halo exchange
+        dist.barrier()
     return ProcessGroupComm(n), torch_device
 
 
