@@ -14,7 +14,8 @@ a ``grid:`` mapping of axes and an optional ``tuning:`` section::
 
 The whole family is validated here, before any job starts: an empty or mistyped axis, an unknown
 method or topology, an impossible graph size, or any run option that :class:`RunConfig` rejects
-is one :class:`~benchmark.errors.ConfigError` naming the field (``grid.topologies[2].n_agents``).
+is one :class:`~benchmark.errors.UserError` line naming the file and the field
+(``config/x.yaml: grid.topologies[2].n_agents: ...``).
 Nothing here reads data or imports Snakemake: the Snakefile imports this module to plan the DAG,
 so ``snakemake -n`` over the paper grid costs only this validation.
 """

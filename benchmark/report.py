@@ -416,7 +416,7 @@ def overhead_figure(overhead: pd.DataFrame) -> Figure:
     methods = method_order(overhead["method"])
     overhead = overhead.assign(graph=overhead["topology"] + "-" + overhead["n_agents"].astype(str))
     graphs = sorted(overhead["graph"].unique())
-    fig = Figure(figsize=(max(8, 1.3 * len(methods) * 2), 3.8))
+    fig = Figure(figsize=(2 * max(4.0, 0.7 * len(methods) + 1.5), 3.8))
     axes = fig.subplots(1, 2)
     cmap = colormaps["tab10"]
     width = 0.8 / len(graphs)
@@ -429,7 +429,7 @@ def overhead_figure(overhead: pd.DataFrame) -> Figure:
             ax.bar(pos, sub.values, width, label=graph, color=cmap(i % 10))
         ax.axhline(1.0, color="black", lw=0.8)
         ax.set_xticks(np.arange(len(methods)), methods, rotation=30, ha="right")
-        ax.set_ylabel(f"{label} / base method's")
+        ax.set_ylabel("ratio to the base method")
         ax.set_title(f"{label} (relative)")
         ax.grid(axis="y", alpha=0.3)
         ax.legend(fontsize=8, title="graph")
