@@ -282,7 +282,11 @@ def load_family(path: str | Path, lambdas: str | None = None) -> Family:
     except UserError as err:
         if str(err).startswith(f"{path}: "):
             raise
-        raise UserError(f"{path}: {err}") from None
+        # same type and fields (a ConfigError stays one), the file named in the message
+        located = type(err).__new__(type(err))
+        located.__dict__.update(err.__dict__)
+        located.args = (f"{path}: {err}",)
+        raise located from None
 
 
 def _load_family(path: str | Path, lambdas: str | None = None) -> Family:
@@ -296,8 +300,8 @@ def _load_family(path: str | Path, lambdas: str | None = None) -> Family:
     except ValidationError as err:
         _raise_first(err, raw, path)
         raise  # unreachable
-    except ConfigError as err:  # raised by our validators: pydantic lets it through as is
-        raise UserError(f"{path}: {err}") from None
+    # a ConfigError raised by our validators passes through pydantic as is (load_family
+    # prefixes the file name)
     run = dict(spec.run)
     named = "family" in run  # if the file does not name its family, every job must say it
     name = run.setdefault("family", path.stem)

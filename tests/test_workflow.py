@@ -210,17 +210,35 @@ def test_bad_family_stops_the_workflow_before_any_job(tmp_path: Path) -> None:
 # ---------------------------------------------------------------------------- a real grid
 @pytest.fixture(scope="module")
 def tiny_grid(tmp_path_factory) -> dict:
-    """2 methods x 2 alphas x 1 seed x 1 epoch through `snakemake --cores 2`, offline."""
+    """2 methods x 2 alphas x 1 seed x 1 epoch through `snakemake`, offline.
+
+    Two GPUs are declared visible (`CUDA_VISIBLE_DEVICES=0,1`): on this CPU-only machine torch
+    still trains on the CPU, but the scheduling is the real one: each job takes gpu=1, the
+    workflow limits them to the GPU count (4 cores would allow 4 jobs) and pins each to a GPU.
+    """
     work = tmp_path_factory.mktemp("grid")
     (work / "config").mkdir()
     _family_file(work / "config", TINY, "tiny")
     uri = f"sqlite:///{work / 'mlflow.db'}"
-    env = {**os.environ, "MLFLOW_TRACKING_URI": uri}
-    env.pop("CUDA_VISIBLE_DEVICES", None)
-    proc = subprocess.run([*SNAKEMAKE, "-d", str(work), "--cores", "2", "reports/table_tiny.csv"],
+    env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "CUDA_VISIBLE_DEVICES": "0,1"}
+    proc = subprocess.run([*SNAKEMAKE, "-d", str(work), "--cores", "4", "reports/table_tiny.csv"],
                           capture_output=True, text=True, env=env, timeout=900)
     assert proc.returncode == 0, proc.stderr[-4000:]
-    return {"work": work, "uri": uri, "env": env}
+    return {"work": work, "uri": uri, "env": env, "log": proc.stdout + proc.stderr}
+
+
+def test_tiny_grid_jobs_are_limited_to_and_pinned_on_the_gpus(tiny_grid: dict) -> None:
+    running = peak = 0
+    for line in tiny_grid["log"].splitlines():
+        if line.strip() == "rule train:":
+            running += 1
+            peak = max(peak, running)
+        elif line.startswith("Finished jobid") and "(Rule: train)" in line:
+            running -= 1
+    assert peak == 2  # gpu=2 bounds the 4 cores' worth of 1-thread jobs
+    for log in tiny_grid["work"].glob("results/tiny/**/log.txt"):
+        assert log.read_text().splitlines()[0] in {"gpu_slot: CUDA_VISIBLE_DEVICES=0",
+                                                   "gpu_slot: CUDA_VISIBLE_DEVICES=1"}
 
 
 def test_tiny_grid_writes_runs_tables_and_figures(tiny_grid: dict) -> None:
