@@ -230,7 +230,7 @@ def tiny_grid(tmp_path_factory) -> dict:
 def test_tiny_grid_jobs_are_limited_to_and_pinned_on_the_gpus(tiny_grid: dict) -> None:
     running = peak = 0
     for line in tiny_grid["log"].splitlines():
-        if line.strip() == "rule train:":
+        if line.strip() in ("rule train:", "localrule train:"):
             running += 1
             peak = max(peak, running)
         elif line.startswith("Finished jobid") and "(Rule: train)" in line:
