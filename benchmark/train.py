@@ -90,6 +90,7 @@ def build_experiment(config: RunConfig) -> Experiment:
         log_cross_features=config.log_cross_features, qgm_variant=config.qgm_variant,
         relay_tree=config.relay_tree, relay_norm=config.relay_norm,
         feature_distance=config.feature_distance, comm=comm, vectorize=config.vectorize,
+        agent_threads=config.agent_threads,
     )
     batches = AgentBatches(
         bundle.train, parts, config.batch_size, bundle.augment, bundle.mean, bundle.std,

@@ -33,12 +33,15 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--method", default="dsgdm-n")
     p.add_argument("--vectorize", default=None, help="auto, loop or vmap (default: the Swarm's)")
+    p.add_argument("--agent-threads", type=int, default=1, help="Swarm agent_threads")
     args = p.parse_args(argv)
     device = setup(args)
     if args.tiny:
         args.agents, args.batch = 4, 4
     n, b = args.agents, args.batch
-    options = {} if args.vectorize is None else {"vectorize": args.vectorize}
+    options = {"agent_threads": args.agent_threads}
+    if args.vectorize is not None:
+        options["vectorize"] = args.vectorize
     swarm = make_swarm(args, n, device, args.method, **options)
     xs, ys = cifar_batches(n, b, device)
     models = [copy.deepcopy(swarm.models[0]) for _ in range(n)]
@@ -52,6 +55,7 @@ def main(argv: list[str] | None = None) -> dict:
     return report("r1_overhead", {
         "agents": n, "batch": b, "method": args.method, "model": args.model,
         "vectorize": swarm.vectorize, "vectorize_reason": swarm.vectorize_reason,
+        "agent_threads": swarm.agent_threads,
         "swarm_over_single": ratio(times, "swarm", "single"),
         "swarm_over_bare_loop": ratio(times, "swarm", "bare_loop"),
         "bare_loop_over_single": ratio(times, "bare_loop", "single"),

@@ -48,12 +48,15 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--agents", type=int, default=16)
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--vectorize", default=None, help="auto, loop or vmap (default: the Swarm's)")
+    p.add_argument("--agent-threads", type=int, default=1, help="Swarm agent_threads")
     args = p.parse_args(argv)
     device = setup(args)
     if args.tiny:
         args.agents, args.batch = 4, 4
     n, b = args.agents, args.batch
-    options = {} if args.vectorize is None else {"vectorize": args.vectorize}
+    options = {"agent_threads": args.agent_threads}
+    if args.vectorize is not None:
+        options["vectorize"] = args.vectorize
     ccl = make_swarm(args, n, device, "ccl", **options)
     qgm = make_swarm(args, n, device, "qgm", **options)
     xs, ys = cifar_batches(n, b, device)
@@ -75,6 +78,7 @@ def main(argv: list[str] | None = None) -> dict:
     r2 = ratio(times, "ccl", "qgm")
     return report("r2_ccl", {
         "agents": n, "batch": b, "model": args.model, "degree": deg, "vectorize": ccl.vectorize,
+        "agent_threads": ccl.agent_threads,
         "ccl_over_qgm": r2,
         "phi": phi,
         "floor": floor,

@@ -27,12 +27,15 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--method", default="dsgdm-n")
     p.add_argument("--vectorize", default=None, help="auto, loop or vmap (default: the Swarm's)")
+    p.add_argument("--agent-threads", type=int, default=1, help="Swarm agent_threads")
     args = p.parse_args(argv)
     device = setup(args)
     if args.tiny:
         args.agents, args.batch = 4, 4
     n, b = args.agents, args.batch
-    options = {} if args.vectorize is None else {"vectorize": args.vectorize}
+    options = {"agent_threads": args.agent_threads}
+    if args.vectorize is not None:
+        options["vectorize"] = args.vectorize
     small = make_swarm(args, n, device, args.method, **options)
     large = make_swarm(args, 2 * n, device, args.method, **options)
     xs_small, ys_small = cifar_batches(n, b, device)
@@ -44,7 +47,7 @@ def main(argv: list[str] | None = None) -> dict:
     overhead = shares.get("communication", 0.0) + shares.get("update", 0.0)
     return report("r3_scaling", {
         "agents": [n, 2 * n], "batch": b, "method": args.method, "model": args.model,
-        "vectorize": large.vectorize,
+        "vectorize": large.vectorize, "agent_threads": large.agent_threads,
         "large_over_small": ratio(times, "large", "small"),
         "gossip_update_share": overhead,
         "phase_shares_large": shares,

@@ -53,13 +53,14 @@ def main(argv: list[str] | None = None) -> dict:
     p = parser(__doc__.splitlines()[0])
     p.add_argument("--agents", type=int, default=16)
     p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--agent-threads", type=int, default=1, help="Swarm agent_threads")
     args = p.parse_args(argv)
     device = setup(args)
     if args.tiny:
         args.agents, args.batch = 4, 4
     n, b = args.agents, args.batch
-    dsgdm = make_swarm(args, n, device, "dsgdm-n")
-    ccl = make_swarm(args, n, device, "ccl")
+    dsgdm = make_swarm(args, n, device, "dsgdm-n", agent_threads=args.agent_threads)
+    ccl = make_swarm(args, n, device, "ccl", agent_threads=args.agent_threads)
     xs, ys = cifar_batches(n, b, device)
     single = single_model_step(make_model(args.model, device), xs.flatten(0, 1), ys.flatten())
     times = interleaved({"dsgdm": lambda: dsgdm.step(xs, ys), "ccl": lambda: ccl.step(xs, ys),
@@ -67,7 +68,7 @@ def main(argv: list[str] | None = None) -> dict:
     ours = {name: ratio(times, name, "single") for name in ("dsgdm", "ccl")}
     peak = peak_memory(args, n)
     return report("rpeer", {
-        "agents": n, "batch": b, "model": args.model,
+        "agents": n, "batch": b, "model": args.model, "agent_threads": dsgdm.agent_threads,
         "dsgdm_over_single": ours["dsgdm"], "ccl_over_single": ours["ccl"],
         "speedup_dsgdm": REFERENCE_RATIO / ours["dsgdm"]["median"],
         "speedup_ccl": REFERENCE_RATIO / ours["ccl"]["median"],

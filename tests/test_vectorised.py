@@ -70,3 +70,24 @@ def test_auto_is_the_loop_on_a_cpu_and_batchnorm_refuses_vmap():
         Swarm(batchnorm, topo, device="cpu", vectorize="vmap")
     with pytest.raises(ConfigError, match="vectorize"):
         Swarm(evonorm, topo, device="cpu", vectorize="fast")
+
+
+@pytest.mark.parametrize("method", ["dsgdm-n", "ccl"])
+def test_agent_threads_give_the_loop_result(method):
+    """Agents in 2 worker threads: same parameters and statistics as one after the other."""
+    torch.manual_seed(0)
+    model = build_model("mlp", num_classes=10, in_channels=3, norm="none", image_size=8)
+    algorithm, ccl = resolve_method(method, 0.1, 0.1)
+    swarms = [Swarm(model, build_topology("ring", 5), algorithm=algorithm, ccl=ccl, lr=0.1,
+                    device="cpu", agent_threads=k) for k in (1, 2)]
+    assert [s.agent_threads for s in swarms] == [1, 2]
+    g = torch.Generator().manual_seed(1)
+    for _ in range(STEPS):
+        xs, ys = torch.randn(5, BATCH, 3, 8, 8, generator=g), torch.randint(0, 10, (5, BATCH))
+        one, two = (s.step(xs, ys) for s in swarms)
+        for key in one:
+            assert float(two[key]) == pytest.approx(float(one[key]), abs=1e-5), key
+    torch.testing.assert_close(swarms[1].params, swarms[0].params, atol=1e-5, rtol=0)
+    assert (swarms[0].params - swarms[0].params[:1]).abs().max() > 1e-3
+    with pytest.raises(ConfigError, match="agent_threads"):
+        Swarm(model, build_topology("ring", 5), device="cpu", agent_threads=0)
