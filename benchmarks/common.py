@@ -107,10 +107,24 @@ def make_model(name: str, device: torch.device, seed: int = 0) -> nn.Module:
     return build_model(name, num_classes=10, in_channels=3, image_size=32).to(device)
 
 
+def add_path_arguments(p: argparse.ArgumentParser, vectorize: bool = True) -> None:
+    """The Swarm's forward/backward path options, shared by the scripts that build swarms."""
+    if vectorize:
+        p.add_argument("--vectorize", default=None,
+                       help="auto, loop or vmap (default: the Swarm's)")
+    p.add_argument("--agent-threads", type=int, default=1, help="Swarm agent_threads")
+
+
 def make_swarm(args: argparse.Namespace, n: int, device: torch.device, method: str = "dsgdm-n",
                topology: str = "ring", **options: Any) -> Swarm:
-    """A swarm of ``n`` fresh models of ``args.model`` (EvoNorm ResNet-20 unless ``--tiny``)."""
+    """A swarm of ``n`` fresh models of ``args.model`` (EvoNorm ResNet-20 unless ``--tiny``),
+    on the path ``--vectorize`` / ``--agent-threads`` ask for (when the script has them)."""
     from benchmark.methods import resolve_method
+
+    if getattr(args, "agent_threads", None) is not None:
+        options.setdefault("agent_threads", args.agent_threads)
+    if getattr(args, "vectorize", None) is not None:
+        options.setdefault("vectorize", args.vectorize)
 
     algorithm, ccl = resolve_method(method, 0.1, 0.1)
     return Swarm(make_model(args.model, device), build_topology(topology, n), algorithm=algorithm,

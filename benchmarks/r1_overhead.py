@@ -13,6 +13,7 @@ from __future__ import annotations
 import copy
 
 from common import (
+    add_path_arguments,
     bare_loop,
     cifar_batches,
     interleaved,
@@ -32,17 +33,13 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--agents", type=int, default=16)
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--method", default="dsgdm-n")
-    p.add_argument("--vectorize", default=None, help="auto, loop or vmap (default: the Swarm's)")
-    p.add_argument("--agent-threads", type=int, default=1, help="Swarm agent_threads")
+    add_path_arguments(p)
     args = p.parse_args(argv)
     device = setup(args)
     if args.tiny:
         args.agents, args.batch = 4, 4
     n, b = args.agents, args.batch
-    options = {"agent_threads": args.agent_threads}
-    if args.vectorize is not None:
-        options["vectorize"] = args.vectorize
-    swarm = make_swarm(args, n, device, args.method, **options)
+    swarm = make_swarm(args, n, device, args.method)
     xs, ys = cifar_batches(n, b, device)
     models = [copy.deepcopy(swarm.models[0]) for _ in range(n)]
     single = make_model(args.model, device)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import torch
 from common import (
+    add_path_arguments,
     cifar_batches,
     forward_only,
     interleaved,
@@ -47,18 +48,14 @@ def main(argv: list[str] | None = None) -> dict:
     p = parser(__doc__.splitlines()[0])
     p.add_argument("--agents", type=int, default=16)
     p.add_argument("--batch", type=int, default=32)
-    p.add_argument("--vectorize", default=None, help="auto, loop or vmap (default: the Swarm's)")
-    p.add_argument("--agent-threads", type=int, default=1, help="Swarm agent_threads")
+    add_path_arguments(p)
     args = p.parse_args(argv)
     device = setup(args)
     if args.tiny:
         args.agents, args.batch = 4, 4
     n, b = args.agents, args.batch
-    options = {"agent_threads": args.agent_threads}
-    if args.vectorize is not None:
-        options["vectorize"] = args.vectorize
-    ccl = make_swarm(args, n, device, "ccl", **options)
-    qgm = make_swarm(args, n, device, "qgm", **options)
+    ccl = make_swarm(args, n, device, "ccl")
+    qgm = make_swarm(args, n, device, "qgm")
     xs, ys = cifar_batches(n, b, device)
     receivers = [[(j - 1) % n, (j + 1) % n] for j in range(n)]
     deg = 2

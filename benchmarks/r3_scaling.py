@@ -9,6 +9,7 @@ iteration at 2n agents (from the swarm's own phase timer).
 from __future__ import annotations
 
 from common import (
+    add_path_arguments,
     cifar_batches,
     interleaved,
     make_swarm,
@@ -26,18 +27,14 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--agents", type=int, default=16, help="the smaller swarm (the other is 2x)")
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--method", default="dsgdm-n")
-    p.add_argument("--vectorize", default=None, help="auto, loop or vmap (default: the Swarm's)")
-    p.add_argument("--agent-threads", type=int, default=1, help="Swarm agent_threads")
+    add_path_arguments(p)
     args = p.parse_args(argv)
     device = setup(args)
     if args.tiny:
         args.agents, args.batch = 4, 4
     n, b = args.agents, args.batch
-    options = {"agent_threads": args.agent_threads}
-    if args.vectorize is not None:
-        options["vectorize"] = args.vectorize
-    small = make_swarm(args, n, device, args.method, **options)
-    large = make_swarm(args, 2 * n, device, args.method, **options)
+    small = make_swarm(args, n, device, args.method)
+    large = make_swarm(args, 2 * n, device, args.method)
     xs_small, ys_small = cifar_batches(n, b, device)
     xs_large, ys_large = cifar_batches(2 * n, b, device)
     fns = {"small": lambda: small.step(xs_small, ys_small),

@@ -19,6 +19,7 @@ from pathlib import Path
 
 from common import (
     SUMMARY_PREFIX,
+    add_path_arguments,
     cifar_batches,
     interleaved,
     make_model,
@@ -53,14 +54,14 @@ def main(argv: list[str] | None = None) -> dict:
     p = parser(__doc__.splitlines()[0])
     p.add_argument("--agents", type=int, default=16)
     p.add_argument("--batch", type=int, default=32)
-    p.add_argument("--agent-threads", type=int, default=1, help="Swarm agent_threads")
+    add_path_arguments(p, vectorize=False)
     args = p.parse_args(argv)
     device = setup(args)
     if args.tiny:
         args.agents, args.batch = 4, 4
     n, b = args.agents, args.batch
-    dsgdm = make_swarm(args, n, device, "dsgdm-n", agent_threads=args.agent_threads)
-    ccl = make_swarm(args, n, device, "ccl", agent_threads=args.agent_threads)
+    dsgdm = make_swarm(args, n, device, "dsgdm-n")
+    ccl = make_swarm(args, n, device, "ccl")
     xs, ys = cifar_batches(n, b, device)
     single = single_model_step(make_model(args.model, device), xs.flatten(0, 1), ys.flatten())
     times = interleaved({"dsgdm": lambda: dsgdm.step(xs, ys), "ccl": lambda: ccl.step(xs, ys),
