@@ -302,11 +302,10 @@ def ablation_figure(summary: pd.DataFrame) -> Figure:
         return _placeholder("CCL ablation", "the grid has neither ccl-mv nor ccl-dv")
     keys = ["dataset", "model", "topology", "n_agents"]
     table = summary[summary["method"].isin(methods)]
-    groups = list(table.groupby(keys, sort=True).groups)
+    groups = list(table.groupby(keys, sort=True))
     colors = _colors(methods)
     fig, axes = _panels(len(groups))
-    for ax, key in zip(axes, groups, strict=True):
-        sub = table[(table[keys] == pd.Series(key, index=keys)).all(axis=1)]
+    for ax, (key, sub) in zip(axes, groups, strict=True):
         _bar_groups(ax, sub, "alpha", methods, colors)
         ax.set_title(f"{key[0]}/{key[1]}, {key[2]}-{key[3]}")
         ax.set_xlabel("Dirichlet alpha")
@@ -328,12 +327,11 @@ def heterogeneity_figure(results: list[dict[str, Any]]) -> Figure:
     if hist.empty:
         return _placeholder("Heterogeneity (L_mv)", f"no {' or '.join(pair)} run logged L_mv")
     keys = ["dataset", "model", "topology", "n_agents"]
-    groups = list(hist.groupby(keys, sort=True).groups)
+    groups = list(hist.groupby(keys, sort=True))
     alphas = sorted(hist["alpha"].unique())
     cmap = colormaps["viridis"]
     fig, axes = _panels(len(groups))
-    for ax, key in zip(axes, groups, strict=True):
-        sub = hist[(hist[keys] == pd.Series(key, index=keys)).all(axis=1)]
+    for ax, (key, sub) in zip(axes, groups, strict=True):
         for j, alpha in enumerate(alphas):
             for method, style in zip(pair, ("-", "--"), strict=True):
                 curve = sub[(sub["alpha"] == alpha) & (sub["method"] == method)]
@@ -353,6 +351,14 @@ def heterogeneity_figure(results: list[dict[str, Any]]) -> Figure:
     return fig
 
 
+def _accuracy_lines(ax, sub: pd.DataFrame, x: str, colors: dict[str, Any]) -> None:
+    """One line per method: consensus accuracy (mean ± std over seeds) against column ``x``."""
+    for method in method_order(sub["method"]):
+        line = sub[sub["method"] == method].sort_values(x)
+        ax.errorbar(line[x], line["consensus_acc_mean"], yerr=line["consensus_acc_std"].fillna(0),
+                    marker="o", capsize=3, label=method, color=colors[method])
+
+
 def scaling_agents_figure(summary: pd.DataFrame) -> Figure:
     """Consensus accuracy vs agent count, for graphs run at two or more sizes."""
     sizes = summary.groupby(["dataset", "model", "topology"])["n_agents"].nunique()
@@ -361,16 +367,11 @@ def scaling_agents_figure(summary: pd.DataFrame) -> Figure:
         return _placeholder("Accuracy vs agent count", "the grid runs every graph at one size")
     keys = ["dataset", "model", "topology", "alpha"]
     table = summary.set_index(["dataset", "model", "topology"]).loc[scaled.index].reset_index()
-    groups = list(table.groupby(keys, sort=True).groups)
+    groups = list(table.groupby(keys, sort=True))
     colors = _colors(method_order(table["method"]))
     fig, axes = _panels(len(groups))
-    for ax, key in zip(axes, groups, strict=True):
-        sub = table[(table[keys] == pd.Series(key, index=keys)).all(axis=1)]
-        for method in method_order(sub["method"]):
-            line = sub[sub["method"] == method].sort_values("n_agents")
-            ax.errorbar(line["n_agents"], line["consensus_acc_mean"],
-                        yerr=line["consensus_acc_std"].fillna(0), marker="o", capsize=3,
-                        label=method, color=colors[method])
+    for ax, (key, sub) in zip(axes, groups, strict=True):
+        _accuracy_lines(ax, sub, "n_agents", colors)
         ax.set_title(f"{key[0]}/{key[1]}, {key[2]}, alpha={key[3]:g}")
         ax.set_xlabel("number of agents")
         ax.set_ylabel("consensus test accuracy (%)")
@@ -385,16 +386,11 @@ def spectral_gap_figure(summary: pd.DataFrame) -> Figure:
     if summary[["topology", "n_agents"]].drop_duplicates().shape[0] < 2:
         return _placeholder("Accuracy vs spectral gap", "the grid has a single graph")
     keys = ["dataset", "model", "alpha"]
-    groups = list(summary.groupby(keys, sort=True).groups)
+    groups = list(summary.groupby(keys, sort=True))
     colors = _colors(method_order(summary["method"]))
     fig, axes = _panels(len(groups))
-    for ax, key in zip(axes, groups, strict=True):
-        sub = summary[(summary[keys] == pd.Series(key, index=keys)).all(axis=1)]
-        for method in method_order(sub["method"]):
-            line = sub[sub["method"] == method].sort_values("spectral_gap")
-            ax.errorbar(line["spectral_gap"], line["consensus_acc_mean"],
-                        yerr=line["consensus_acc_std"].fillna(0), marker="o", capsize=3,
-                        label=method, color=colors[method])
+    for ax, (key, sub) in zip(axes, groups, strict=True):
+        _accuracy_lines(ax, sub, "spectral_gap", colors)
         graphs = sub.drop_duplicates(["topology", "n_agents"])
         for _, g in graphs.iterrows():
             ax.annotate(f"{g['topology']}-{g['n_agents']}", (g["spectral_gap"], ax.get_ylim()[0]),

@@ -11,7 +11,15 @@ import pytest
 
 from benchmark.cli import main
 from benchmark.errors import UserError
-from benchmark.report import FIGURES, build_report, load_results, runs_frame, summary_table
+from benchmark.report import (
+    FIGURES,
+    build_report,
+    load_results,
+    runs_frame,
+    scaling_agents_figure,
+    spectral_gap_figure,
+    summary_table,
+)
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -155,3 +163,27 @@ def test_cli_report_and_user_errors(results_dir: Path, tmp_path: Path, capsys) -
     bad.write_text("{not json")
     with pytest.raises(UserError, match="not valid JSON"):
         load_results([bad])
+
+
+def test_scaling_and_spectral_gap_figures_plot_each_method_mean_per_graph() -> None:
+    """Two ring sizes: one line per method through the per-size means over seeds."""
+    results = []
+    for n, gap in ((8, 0.2), (16, 0.05)):
+        for method, base in (("dsgdm-n", 70.0), ("ccl", 75.0)):
+            for seed in range(2):  # consensus base + n/8 + seed -> mean base + n/8 + 0.5
+                m = _metrics(method, seed, 0.1, base + n / 8 + seed, base)
+                m["config"]["n_agents"] = m["topology"]["n_agents"] = n
+                m["topology"]["spectral_gap"] = gap
+                results.append(m)
+    summary = summary_table(runs_frame(results))
+    for figure, xs in ((scaling_agents_figure(summary), [8, 16]),
+                       (spectral_gap_figure(summary), [0.05, 0.2])):
+        ax = figure.axes[0]
+        lines = {c.get_label(): c.lines[0] for c in ax.containers}
+        assert set(lines) == {"dsgdm-n", "ccl"}
+        for method, base in (("dsgdm-n", 70.0), ("ccl", 75.0)):
+            x, y = lines[method].get_data()
+            assert list(x) == xs
+            by_n = {8: base + 1.5, 16: base + 2.5}
+            expected = [by_n[8], by_n[16]] if xs == [8, 16] else [by_n[16], by_n[8]]
+            assert list(y) == pytest.approx(expected)
