@@ -13,7 +13,14 @@ from pathlib import Path
 from typing import Any, Literal, get_args
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+)
 
 from .errors import ConfigError, UserError
 from .methods import METHODS, resolve_method
@@ -79,31 +86,10 @@ class RunConfig(BaseModel):
     tracking: bool = True
     distributed: bool = False
 
-    @field_validator("dataset")
+    @field_validator("dataset", "model", "topology", "method")
     @classmethod
-    def _known_dataset(cls, v: str) -> str:
-        from .data import DATASETS
-
-        return _choice("dataset", v, DATASETS)
-
-    @field_validator("model")
-    @classmethod
-    def _known_model(cls, v: str) -> str:
-        from .models import MODELS
-
-        return _choice("model", v, MODELS)
-
-    @field_validator("topology")
-    @classmethod
-    def _known_topology(cls, v: str) -> str:
-        from .topology import TOPOLOGIES
-
-        return _choice("topology", v, TOPOLOGIES)
-
-    @field_validator("method")
-    @classmethod
-    def _known_method(cls, v: str) -> str:
-        return _choice("method", v, METHODS)
+    def _known_name(cls, v: str, info: ValidationInfo) -> str:
+        return _choice(info.field_name, v, _registry(info.field_name))
 
     @field_validator("lr_milestones")
     @classmethod
@@ -129,6 +115,16 @@ class RunConfig(BaseModel):
             return self.lr * (epoch + 1) / (self.warmup_epochs + 1)
         passed = sum(epoch >= round(m * self.epochs) for m in self.lr_milestones)
         return self.lr * self.lr_decay**passed
+
+
+def _registry(field: str):
+    """The valid names of a named-choice field; imported on use, since those packages pull in
+    torch/torchvision and nothing else in this module needs them."""
+    from .data import DATASETS
+    from .models import MODELS
+    from .topology import TOPOLOGIES
+
+    return {"dataset": DATASETS, "model": MODELS, "topology": TOPOLOGIES, "method": METHODS}[field]
 
 
 def _choice(field: str, value: str, allowed) -> str:
