@@ -6,10 +6,14 @@
         tracker.log_epoch(epoch, record)          # per-epoch metrics, step=epoch
         tracker.log_result(metrics)               # final figures + artifacts (metrics.json, ...)
 
+Other writers (the tuning studies' parent/child runs) use the same public pieces: :func:`client`,
+:func:`experiment_id`, :func:`retry`, and :class:`MlflowTracker` (``create``, ``log_batch``,
+``log_files``, ``end``).
+
 Why the care around SQLite: the workflow runs many jobs at once against one ``mlflow.db``. SQLite
 takes one writer at a time; a writer that waits past the busy timeout gets "database is locked"
 and its transaction is rolled back, i.e. the run or metric point would be *lost*. So every write
-goes through :func:`_retry` (exponential backoff with jitter; a rolled-back write is safe to
+goes through :func:`retry` (exponential backoff with jitter; a rolled-back write is safe to
 repeat), an epoch's metrics are one ``log_batch`` transaction, and the store's schema and the
 experiments are created once, before any job starts (:func:`prepare_store`), because MLflow
 runs its schema migrations in whichever process first opens an empty database. The database is
@@ -64,7 +68,7 @@ def _is_lock_error(exc: BaseException) -> bool:
     return "database is locked" in text or "database table is locked" in text or "busy" in text
 
 
-def _retry(fn: Callable[[], T], what: str) -> T:
+def retry(fn: Callable[[], T], what: str) -> T:
     """Call ``fn`` until it stops failing on SQLite locking (other errors propagate at once)."""
     for attempt in range(_RETRIES):
         try:
@@ -77,11 +81,12 @@ def _retry(fn: Callable[[], T], what: str) -> T:
     raise AssertionError(f"unreachable: {what}")
 
 
-def _client(uri: str | None = None):
+def client(uri: str | None = None):
+    """An ``MlflowClient`` on :func:`tracking_uri` (or ``uri``)."""
     from mlflow.tracking import MlflowClient
 
     uri = uri or tracking_uri()
-    return _retry(lambda: MlflowClient(tracking_uri=uri), "open the store")
+    return retry(lambda: MlflowClient(tracking_uri=uri), "open the store")
 
 
 def _artifact_location(uri: str, name: str) -> str | None:
@@ -90,24 +95,24 @@ def _artifact_location(uri: str, name: str) -> str | None:
     return (db.resolve().parent / "mlartifacts" / name).as_uri() if db else None
 
 
-def experiment_id(client, name: str) -> str:
+def experiment_id(store, name: str) -> str:
     """Id of experiment ``name``, creating it if needed (a concurrent creation is not an error)."""
     from mlflow.exceptions import MlflowException
 
     def get_or_create() -> str:
-        found = client.get_experiment_by_name(name)
+        found = store.get_experiment_by_name(name)
         if found is not None:
             return found.experiment_id
         try:
-            return client.create_experiment(
-                name, artifact_location=_artifact_location(client.tracking_uri, name)
+            return store.create_experiment(
+                name, artifact_location=_artifact_location(store.tracking_uri, name)
             )
         except MlflowException as exc:
             if "already exists" in str(exc).lower() or "unique" in str(exc).lower():
-                return client.get_experiment_by_name(name).experiment_id
+                return store.get_experiment_by_name(name).experiment_id
             raise
 
-    return _retry(get_or_create, f"experiment {name}")
+    return retry(get_or_create, f"experiment {name}")
 
 
 def prepare_store(families: Iterable[str], uri: str | None = None) -> str:
@@ -122,9 +127,9 @@ def prepare_store(families: Iterable[str], uri: str | None = None) -> str:
         db.parent.mkdir(parents=True, exist_ok=True)
         with sqlite3.connect(db, timeout=60) as con:  # persistent: every later connection is WAL
             con.execute("PRAGMA journal_mode=WAL")
-    client = _client(uri)
+    store = client(uri)
     for name in families:
-        experiment_id(client, name)
+        experiment_id(store, name)
     return uri
 
 
@@ -167,11 +172,21 @@ class NullTracker:
 class MlflowTracker:
     """One MLflow run; every database write is a retried, single transaction."""
 
-    def __init__(self, client, run_id: str, config) -> None:
-        self.client, self.run_id, self.config = client, run_id, config
+    def __init__(self, store, run_id: str, config) -> None:
+        self.client, self.run_id, self.config = store, run_id, config
         self.logged: set[int] = set()
 
-    def _batch(self, metrics=(), params=(), tags=()) -> None:
+    @classmethod
+    def create(cls, store, experiment: str, name: str, tags: dict[str, Any], config
+               ) -> MlflowTracker:
+        """A new run in ``experiment`` (an id) named ``name``, tag values as strings."""
+        run = retry(lambda: store.create_run(experiment, run_name=name,
+                                             tags={k: str(v) for k, v in tags.items()}),
+                    "create_run")
+        return cls(store, run.info.run_id, config)
+
+    def log_batch(self, metrics=(), params=(), tags=()) -> None:
+        """``metrics`` as (key, value, step), ``params`` and ``tags`` as (key, value) pairs."""
         from mlflow.entities import Metric, Param, RunTag
 
         now = int(time.time() * 1000)
@@ -182,10 +197,10 @@ class MlflowTracker:
         for i in range(0, max(len(metrics), len(params), len(tags), 1), 100):
             chunk = (metrics[i:i + 100], params[i:i + 100], tags[i:i + 100])
             if any(chunk):
-                _retry(lambda c=chunk: self.client.log_batch(self.run_id, *c), "log_batch")
+                retry(lambda c=chunk: self.client.log_batch(self.run_id, *c), "log_batch")
 
     def log_epoch(self, epoch: int, record: dict[str, Any]) -> None:
-        self._batch(metrics=[(k, v, epoch) for k, v in epoch_metrics(record).items()])
+        self.log_batch(metrics=[(k, v, epoch) for k, v in epoch_metrics(record).items()])
         self.logged.add(epoch)
 
     def log_result(self, metrics: dict[str, Any]) -> None:
@@ -204,7 +219,7 @@ class MlflowTracker:
         step = len(metrics.get("history", []))
         epoch = metrics.get("diverged_epoch")
         diverged = [("diverged_epoch", epoch)] if epoch else []
-        self._batch(
+        self.log_batch(
             metrics=[(k, float(v), step) for k, v in final.items() if isinstance(v, int | float)],
             tags=[("status", metrics.get("status", "unknown"))] + diverged,
         )
@@ -224,13 +239,17 @@ class MlflowTracker:
                 figures["partition.png"] = partition_figure(histogram)
             for name, fig in figures.items():
                 fig.savefig(tmp / name, dpi=110, bbox_inches="tight")
-            for file in sorted(tmp.iterdir()):
-                self.client.log_artifact(self.run_id, str(file))
+            self.log_files(sorted(tmp.iterdir()))
+
+    def log_files(self, paths: Iterable[str | Path]) -> None:
+        """Files as artifacts of this run (retried on SQLite locking)."""
+        for path in paths:
+            retry(lambda p=str(path): self.client.log_artifact(self.run_id, p), "log_artifact")
 
     def end(self, status: str, error: str | None = None) -> None:
         if error:
-            self._batch(tags=[("error", error[:4000])])
-        _retry(lambda: self.client.set_terminated(self.run_id, status), "set_terminated")
+            self.log_batch(tags=[("error", error[:4000])])
+        retry(lambda: self.client.set_terminated(self.run_id, status), "set_terminated")
 
 
 @contextmanager
@@ -239,19 +258,14 @@ def track_run(config, out_dir: str | Path | None) -> Iterator[NullTracker | Mlfl
     if not getattr(config, "tracking", True):
         yield NullTracker()
         return
-    client = _client()
-    exp_id = experiment_id(client, config.family)
+    store = client()
+    exp_id = experiment_id(store, config.family)
     tags = {k: getattr(config, k) for k in TAG_KEYS}
     tags.update(family=config.family, algorithm=config.algorithm)
     if out_dir is not None:
         tags["results_dir"] = str(Path(out_dir).resolve())
-    run = _retry(
-        lambda: client.create_run(exp_id, run_name=run_name(config),
-                                  tags={k: str(v) for k, v in tags.items()}),
-        "create_run",
-    )
-    tracker = MlflowTracker(client, run.info.run_id, config)
-    tracker._batch(params=sorted(flatten(config.model_dump()).items()))
+    tracker = MlflowTracker.create(store, exp_id, run_name(config), tags, config)
+    tracker.log_batch(params=sorted(flatten(config.model_dump()).items()))
     try:
         yield tracker
     except KeyboardInterrupt:  # Ctrl-C, or SIGTERM from Snakemake via the CLI's handler

@@ -475,15 +475,15 @@ class StudyTracker:
         self.client = None
         if not config.tracking:
             return
-        from .tracking import MlflowTracker, _client, _retry, experiment_id
+        from .tracking import MlflowTracker, client, experiment_id, retry
 
-        self._tracker, self._retry = MlflowTracker, _retry
-        self.client = _client()
+        self._tracker, self._retry = MlflowTracker, retry
+        self.client = client()
         self.experiment_id = experiment_id(self.client, config.family)
         parent_id = study.user_attrs.get("mlflow_run_id")
         if parent_id is not None and self._exists(parent_id):
             self.parent = MlflowTracker(self.client, parent_id, config)
-            _retry(lambda: self.client.update_run(parent_id, status="RUNNING"), "update_run")
+            retry(lambda: self.client.update_run(parent_id, status="RUNNING"), "update_run")
             return
         tags = {"kind": "study", "family": config.family, "alpha": config.alpha,
                 "method": spec.method, "dataset": config.dataset, "model": config.model,
@@ -493,13 +493,10 @@ class StudyTracker:
         params = {**{f"tuning.{k}": v for k, v in spec.model_dump().items()},
                   "alpha": config.alpha, "epochs": config.epochs, "lr": config.lr,
                   "val_fraction": config.val_fraction, "seed": config.seed}
-        self.parent._batch(params=sorted(params.items()))
+        self.parent.log_batch(params=sorted(params.items()))
 
     def _create(self, name: str, tags: dict[str, Any]):
-        run = self._retry(lambda: self.client.create_run(
-            self.experiment_id, run_name=name, tags={k: str(v) for k, v in tags.items()}),
-            "create_run")
-        return self._tracker(self.client, run.info.run_id, self.config)
+        return self._tracker.create(self.client, self.experiment_id, name, tags, self.config)
 
     def _exists(self, run_id: str) -> bool:
         try:
@@ -518,7 +515,7 @@ class StudyTracker:
             tags["retry_of"] = trial.user_attrs["retry_of"]
         child = self._create(f"trial-{trial.number}", tags)
         trial.set_user_attr("mlflow_run_id", child.run_id)
-        child._batch(params=sorted(params.items()))
+        child.log_batch(params=sorted(params.items()))
         return child
 
     def log_epoch(self, child, epoch: int, record: dict[str, Any]) -> None:
@@ -533,7 +530,7 @@ class StudyTracker:
         tags = [("state", state)]
         if trial.user_attrs.get("diverged"):
             tags.append(("diverged", "true"))
-        child._batch(tags=tags)
+        child.log_batch(tags=tags)
         child.end({"complete": "FINISHED", "pruned": "KILLED"}.get(state, "FAILED"))
 
     def end_orphan(self, trial: FrozenTrial) -> None:
@@ -541,7 +538,7 @@ class StudyTracker:
         run_id = trial.user_attrs.get("mlflow_run_id")
         if self.client is not None and run_id is not None and self._exists(run_id):
             orphan = self._tracker(self.client, run_id, self.config)
-            orphan._batch(tags=[("state", "failed")])
+            orphan.log_batch(tags=[("state", "failed")])
             orphan.end("FAILED", "process killed during the trial; parameters re-queued")
 
     def abort(self, exc: BaseException) -> None:
@@ -554,6 +551,6 @@ class StudyTracker:
         if self.client is None:
             return
         keys = ("value", "lambda_m", "lambda_d", "n_complete", "n_pruned", "n_failed")
-        self.parent._batch(metrics=[(f"best_{k}", float(best[k]), 0) for k in keys
+        self.parent.log_batch(metrics=[(f"best_{k}", float(best[k]), 0) for k in keys
                                     if best.get(k) is not None])
         self.parent.end("FINISHED")

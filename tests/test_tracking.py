@@ -127,7 +127,7 @@ def test_retry_repeats_only_lock_errors(monkeypatch) -> None:
             raise RuntimeError("(sqlite3.OperationalError) database is locked")
         return "ok"
 
-    assert tracking._retry(flaky, "test") == "ok" and len(calls) == 3
+    assert tracking.retry(flaky, "test") == "ok" and len(calls) == 3
 
     def broken():
         calls.append(1)
@@ -135,7 +135,7 @@ def test_retry_repeats_only_lock_errors(monkeypatch) -> None:
 
     calls.clear()
     with pytest.raises(ValueError):
-        tracking._retry(broken, "test")
+        tracking.retry(broken, "test")
     assert len(calls) == 1
 
 
