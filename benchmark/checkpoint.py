@@ -39,7 +39,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .config import RunConfig
+from .config import RunConfig, result_fields
 from .errors import CheckpointError, ConfigError, UserError
 from .io import atomic_open, atomic_write_json
 
@@ -48,16 +48,13 @@ METRICS = "metrics.json"
 LOCK = ".lock"
 FORMAT = 1
 FINISHED = ("completed", "diverged")
-# Options that change how fast or where a run goes, or where its inputs live, but not one of its
-# numbers: a run may resume with other values (e.g. on a machine with more threads).
-NON_RESULT_FIELDS = frozenset({"family", "data_dir", "download", "device", "threads", "tracking",
-                               "distributed"})  # a sharded run equals the single-process one
 RESTART_HINT = "run the same command with --restart to discard it and start over"
 
 
 def fingerprint(config: RunConfig) -> dict[str, Any]:
-    """The config fields that determine a run's numbers, as JSON-normal values."""
-    return json.loads(json.dumps(config.model_dump(exclude=set(NON_RESULT_FIELDS))))
+    """The config fields that determine a run's numbers (:func:`~benchmark.config.result_fields`;
+    machine options such as ``device`` or ``vectorize`` may change on resume), JSON-normal."""
+    return json.loads(json.dumps(config.model_dump(include=set(result_fields()))))
 
 
 def config_difference(saved: dict[str, Any], config: RunConfig) -> list[str]:
@@ -66,6 +63,7 @@ def config_difference(saved: dict[str, Any], config: RunConfig) -> list[str]:
     A field the saved state does not know (added to the schema later) counts as its default, so
     adding an option does not invalidate every finished run of a grid.
     """
+    saved = _relevant(saved)  # older files also fingerprinted some machine options
     current = fingerprint(config)
     defaults = fingerprint(RunConfig.model_construct())
     changes = []
@@ -148,7 +146,7 @@ class RunDir:
             ) from None
         if status not in FINISHED:
             return None
-        changes = config_difference(_relevant(saved), self.config)
+        changes = config_difference(saved, self.config)
         if changes:
             raise CheckpointError(
                 f"{self.metrics}: a finished run of a different config ({'; '.join(changes)}); "
@@ -266,7 +264,10 @@ def _first_sentence(err: BaseException) -> str:
 
 
 def _relevant(config: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in config.items() if k not in NON_RESULT_FIELDS}
+    """A saved config without its machine options (a key the schema no longer has is kept, so
+    it shows up as a difference)."""
+    machine = RunConfig.model_fields.keys() - result_fields()
+    return {k: v for k, v in config.items() if k not in machine}
 
 
 def _check_writable(path: Path) -> None:

@@ -25,6 +25,21 @@ from pydantic import (
 from .errors import ConfigError, UserError
 from .methods import METHODS, resolve_method
 
+# Option metadata: a field declared with ``json_schema_extra=MACHINE`` says where or how fast a
+# run goes, or where its inputs live, but changes none of its numbers. Every other field changes
+# results. The checkpoint fingerprint, a study's resume check and the workflow's rerun trigger
+# all read this one flag (:func:`result_fields`); mark every new field accordingly.
+MACHINE = {"changes_results": False}
+
+
+def result_fields(model: type[BaseModel] | None = None) -> frozenset[str]:
+    """The fields of ``model`` (default :class:`RunConfig`) that change a run's numbers."""
+    model = model or RunConfig
+    return frozenset(
+        name for name, info in model.model_fields.items()
+        if (info.json_schema_extra or {}).get("changes_results", True)
+    )
+
 
 class RunConfig(BaseModel):
     """Everything that defines one training run (see METHOD.md section 5 for the paper's values)."""
@@ -32,11 +47,11 @@ class RunConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
     # experiment family: the MLflow experiment and the results/ sub-folder
-    family: str = "default"
+    family: str = Field("default", json_schema_extra=MACHINE)
     # data
     dataset: str = "digits"
-    data_dir: str = "data"
-    download: bool = False
+    data_dir: str = Field("data", json_schema_extra=MACHINE)
+    download: bool = Field(False, json_schema_extra=MACHINE)
     image_size: int | None = Field(None, gt=0)
     synthetic: dict[str, Any] | None = None
     val_fraction: float = Field(0.0, ge=0.0, le=0.5)
@@ -75,16 +90,19 @@ class RunConfig(BaseModel):
     # run
     eval_every: int = Field(1, ge=1)
     seed: int = Field(0, ge=0)
-    device: str = "auto"
-    threads: int | None = Field(None, ge=1)
+    # machine options below: CPU/CUDA kernels, thread counts and the vmap path may differ in
+    # the last float bits, never in what is computed; a run may resume on another machine
+    device: str = Field("auto", json_schema_extra=MACHINE)
+    threads: int | None = Field(None, ge=1, json_schema_extra=MACHINE)
     # forward/backward over agents: a Python loop, or one torch.func.vmap pass (GPU); auto
     # measures both on CUDA and keeps the faster (loop on a CPU and for BatchNorm models)
-    vectorize: Literal["auto", "loop", "vmap"] = "auto"
+    vectorize: Literal["auto", "loop", "vmap"] = Field("auto", json_schema_extra=MACHINE)
     # CPU: agents' forward/backward spread over this many worker threads (1 intra-op thread
     # each); ~1.1x faster than one 2-thread loop on 2 cores; 1 = the plain loop (default)
-    agent_threads: int = Field(1, ge=1)
-    tracking: bool = True
-    distributed: bool = False
+    agent_threads: int = Field(1, ge=1, json_schema_extra=MACHINE)
+    tracking: bool = Field(True, json_schema_extra=MACHINE)
+    # a sharded run computes the single-process run's numbers (tests/test_distributed.py)
+    distributed: bool = Field(False, json_schema_extra=MACHINE)
 
     @field_validator("dataset", "model", "topology", "method")
     @classmethod

@@ -39,7 +39,7 @@ from pydantic import (
     model_validator,
 )
 
-from .config import RunConfig, build_config, read_yaml
+from .config import MACHINE, RunConfig, build_config, read_yaml
 from .errors import ConfigError, UserError
 from .methods import METHODS
 from .topology import TOPOLOGIES, build_topology
@@ -135,7 +135,8 @@ class Tuning(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    lambdas: Literal["fixed", "tuned"] = "fixed"
+    # how the grid uses the study's result: changes nothing the study computes
+    lambdas: Literal["fixed", "tuned"] = Field("fixed", json_schema_extra=MACHINE)
     method: str = "ccl"  # the CCL preset whose weights are tuned
     trials: int = Field(20, ge=1)  # total budget: COMPLETE + PRUNED trials
     epochs: int | None = Field(None, ge=1)  # tuning budget per trial; None = the run's epochs

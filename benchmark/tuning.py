@@ -38,17 +38,13 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 from pydantic import ValidationError
 
-from .config import RunConfig, build_config, parse_overrides, read_yaml
+from .config import RunConfig, build_config, parse_overrides, read_yaml, result_fields
 from .errors import ConfigError, UserError
 from .grid import Tuning, format_float
 from .io import atomic_write_json, atomic_write_text
 from .train import run
 
 PAPER_LAMBDAS = {"lambda_m": 0.1, "lambda_d": 0.1}
-# Settings that change how fast a trial runs or where it logs, not what it measures: a study may
-# be resumed with different values of these (and with a larger trial budget).
-_NOT_FINGERPRINTED = {"threads", "device", "tracking", "data_dir", "download", "distributed",
-                      "trials", "lambdas"}
 
 
 def build_spec(data: dict[str, Any]) -> Tuning:
@@ -184,6 +180,7 @@ def open_study(journal: str | Path, config: RunConfig, spec: Tuning) -> optuna.S
     if old is None:
         study.set_user_attr("fingerprint", fingerprint)
     else:
+        old = _results_only(old)  # older journals also recorded machine options
         # an option added to the schema since the study began counts as its default value,
         # so a new option does not orphan every existing study (as for run checkpoints)
         defaults = _fingerprint(RunConfig.model_construct(), Tuning.model_construct())
@@ -209,9 +206,16 @@ def finished_trials(study: optuna.Study) -> list[FrozenTrial]:
 def _fingerprint(config: RunConfig, spec: Tuning) -> dict[str, Any]:
     data = {**config.model_dump(mode="json"), **{f"tuning.{k}": v for k, v in
                                                  spec.model_dump(mode="json").items()}}
-    for key in ("lambda_m", "lambda_d"):
-        data.pop(key)  # the searched values, not a setting
-    return {k: v for k, v in data.items() if k.removeprefix("tuning.") not in _NOT_FINGERPRINTED}
+    for key in ("lambda_m", "lambda_d", "tuning.trials"):
+        data.pop(key)  # the searched values and the budget (it may grow), not settings
+    return _results_only(data)
+
+
+def _results_only(fingerprint: dict[str, Any]) -> dict[str, Any]:
+    """Settings that change what a trial measures (:func:`benchmark.config.result_fields`): a
+    study may resume with other machine options."""
+    keep = {*result_fields(), *(f"tuning.{k}" for k in result_fields(Tuning))}
+    return {k: v for k, v in fingerprint.items() if k in keep}
 
 
 def _in_space(spec: Tuning, name: str, value: float) -> bool:

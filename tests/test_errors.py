@@ -13,6 +13,7 @@ import os
 from pathlib import Path
 
 import pytest
+import torch
 
 from benchmark.checkpoint import CHECKPOINT, LOCK, METRICS
 from benchmark.cli import main
@@ -152,9 +153,27 @@ def test_mismatched_checkpoint_names_the_fields_and_offers_restart(capsys, tmp_p
 
 def test_fields_that_do_not_change_results_may_differ_on_resume(capsys, tmp_path):
     out = tmp_path / "run"
-    _checkpointed(out)
-    assert main(["train", "--out", str(out), *SYNTH, "epochs=3", "threads=2", "family=x"]) == 0
+    _checkpointed(out, "vectorize=auto", "agent_threads=1")
+    # a checkpoint of an older version also fingerprinted machine options: still resumable
+    state = torch.load(out / CHECKPOINT, weights_only=True)
+    state["config"].update(vectorize="auto", agent_threads=1, device="cpu")
+    torch.save(state, out / CHECKPOINT)
+    assert main(["train", "--out", str(out), *SYNTH, "epochs=3", "threads=2", "family=x",
+                 "vectorize=loop", "agent_threads=2"]) == 0
     assert json.loads((out / METRICS).read_text())["resumed_after_epochs"] == [1]
+
+
+def test_machine_options_are_exactly_the_fields_marked_so():
+    """One flag (``changes_results: False``) drives the checkpoint fingerprint, the study's
+    resume check and the workflow's rerun trigger."""
+    from benchmark.checkpoint import fingerprint
+    from benchmark.config import RunConfig, result_fields
+
+    machine = {"family", "data_dir", "download", "device", "threads", "vectorize",
+               "agent_threads", "tracking", "distributed"}
+    assert machine <= RunConfig.model_fields.keys() - result_fields()
+    assert {"seed", "lr", "alpha", "method", "eval_every"} <= result_fields()
+    assert set(fingerprint(RunConfig())) == result_fields()
 
 
 @pytest.mark.parametrize("damage", ["garbage", "truncated", "empty"])

@@ -30,7 +30,7 @@ pytestmark = pytest.mark.skipif(
 )
 
 
-def _dry_run(tmp_path: Path, target: str, **env: str) -> str:
+def _dry_run(tmp_path: Path, target: str, *config: str, **env: str) -> str:
     work = tmp_path / "work"
     work.mkdir(exist_ok=True)
     ours = ("SBATCH_ACCOUNT", "SBATCH_PARTITION", "BENCHMARK_SLURM_MEM_MB",
@@ -40,7 +40,7 @@ def _dry_run(tmp_path: Path, target: str, **env: str) -> str:
                    MLFLOW_TRACKING_URI=f"sqlite:///{tmp_path / 'mlflow.db'}", **env)
     proc = subprocess.run(
         [*SNAKEMAKE, "-d", str(work), "-n", "--profile", str(REPO / "profiles" / "slurm"),
-         "--config", f"family_dir={REPO / 'config'}", "cluster=slurm", "--", target],
+         "--config", f"family_dir={REPO / 'config'}", "cluster=slurm", *config, "--", target],
         capture_output=True, text=True, env=environ, timeout=600,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -48,9 +48,9 @@ def _dry_run(tmp_path: Path, target: str, **env: str) -> str:
     return proc.stdout + proc.stderr
 
 
-def _train_resources(out: str) -> list[dict[str, str]]:
-    """The ``resources:`` line of every planned train job, as a dict."""
-    jobs = re.findall(r"rule train:.*?resources: ([^\n]*)", out, re.DOTALL)
+def _train_resources(out: str, rule: str = "train") -> list[dict[str, str]]:
+    """The ``resources:`` line of every planned job of ``rule``, as a dict."""
+    jobs = re.findall(rf"rule {rule}:.*?resources: ([^\n]*)", out, re.DOTALL)
     return [dict(item.split("=", 1) for item in line.split(", ")) for line in jobs]
 
 
@@ -67,6 +67,14 @@ def test_slurm_profile_plans_the_grid_with_gpus_memory_time_account_partition(tm
         assert job["slurm_account"] == "proj42" and job["slurm_partition"] == "gpu"
         assert job["mem_mb"] == "4000" and job["runtime"] == "720"
     # SLURM pins the GPU (CUDA_VISIBLE_DEVICES): the local slot picker is not used
+    assert "gpu_slot.py" not in out
+
+
+def test_slurm_tuning_jobs_ask_for_a_gpu_like_train_jobs(tmp_path):
+    """One GPU launcher for every rule: a study on the cluster gets its GPU from SLURM too."""
+    out = _dry_run(tmp_path, "reports/tuning_digits.csv", "lambdas=tuned")
+    jobs = _train_resources(out, "tune")
+    assert len(jobs) == 3 and all(job["gpu"] == "1" for job in jobs)  # one study per alpha
     assert "gpu_slot.py" not in out
 
 

@@ -235,6 +235,9 @@ def test_resuming_with_other_settings_or_concurrently_is_refused(tmp_path, monke
 
     assert main(["tune", "--config", str(cfg), "--study", str(journal), "alpha=0.1"]) == 2
     assert "created with alpha=0.5, now alpha=0.1" in capsys.readouterr().err
+    # machine options (benchmark.config.result_fields) may change between sessions
+    assert main(["tune", "--config", str(cfg), "--study", str(journal), "vectorize=loop",
+                 "agent_threads=2", "device=cpu"]) == 0
 
     # a study begun before an option existed: the option counts as its default (momentum 0.9)
     study = optuna.load_study(study_name="tiny-alpha0.5", storage=tuning.storage(journal))

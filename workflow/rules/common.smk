@@ -2,6 +2,11 @@
 
 import os
 
+from benchmark.config import result_fields
+
+# options that change what a run computes (not where or how fast it runs)
+RESULT_OPTIONS = result_fields()
+
 
 wildcard_constraints:
     family=r"[^/]+",
@@ -53,18 +58,31 @@ if GPUS and "gpu" not in workflow.global_resources.keys():
 CLUSTER = config.get("cluster")
 
 
+def on_gpu(config):
+    """Whether a job running ``config`` (a RunConfig) takes a GPU: device auto or cuda[:N], and a
+    GPU on this machine or on the cluster's nodes."""
+    wants = config.device == "auto" or config.device.startswith("cuda")
+    return wants and (bool(GPUS) or bool(CLUSTER))
+
+
 def uses_gpu(wildcards):
-    on_gpu = run_spec(wildcards).config.device in ("auto", "cuda")
-    return on_gpu and (bool(GPUS) or bool(CLUSTER))
+    return on_gpu(run_spec(wildcards).config)
 
 
-def launcher(wildcards):
+def gpu_launcher(config):
     """Prefix that pins a GPU job to one free GPU (Snakemake does not set CUDA_VISIBLE_DEVICES):
-    a file lock per GPU, held by the training process itself, so concurrent jobs never share."""
-    if not uses_gpu(wildcards) or CLUSTER:  # SLURM sets CUDA_VISIBLE_DEVICES for --gpus itself
+    a file lock per GPU, held by the job's process itself, so concurrent jobs never share.
+    Every GPU rule (train, tune) starts its command with this."""
+    if not on_gpu(config) or CLUSTER:  # SLURM sets CUDA_VISIBLE_DEVICES for --gpus itself
         return ""
     return (f"{PYTHON} {WORKFLOW_DIR / 'scripts' / 'gpu_slot.py'} "
-            f"--gpus {','.join(GPUS)} --lock-dir .snakemake/gpu-slots --")
+            f"--gpus {','.join(GPUS)} --lock-dir .snakemake/gpu-slots -- ")
+
+
+def result_options(options):
+    """A rerun trigger: the options of ``options`` that change results (benchmark.config), so
+    a changed machine option (device, threads, vectorize...) redoes nothing."""
+    return {k: v for k, v in options.items() if k in RESULT_OPTIONS}
 
 
 def prepare_tracking():

@@ -9,11 +9,8 @@ def job_command(wildcards, threads):
     Taking ``threads`` makes Snakemake treat this param as derived, so it is not a rerun
     trigger: the same run on another machine (other GPUs, fewer cores) is not redone.
     """
-    return launcher(wildcards) + " " + run_spec(wildcards).train_command(PYTHON, threads)
-
-
-# options that say where or how fast a run goes, not what it computes
-MACHINE_OPTIONS = {"threads", "device", "tracking", "data_dir", "download", "vectorize"}
+    spec = run_spec(wildcards)
+    return gpu_launcher(spec.config) + spec.train_command(PYTHON, threads)
 
 
 def run_options(wildcards):
@@ -22,8 +19,7 @@ def run_options(wildcards):
     whose options changed, and a new option with a default in the code redoes nothing."""
     spec = run_spec(wildcards)
     explicit = {**FAMILIES[spec.family].spec.run, **spec.overrides}
-    return json.dumps({k: v for k, v in explicit.items() if k not in MACHINE_OPTIONS},
-                      sort_keys=True)
+    return json.dumps(result_options(explicit), sort_keys=True)
 
 
 rule train:

@@ -7,9 +7,10 @@ Snakemake never deletes it, so a failed or killed tuning job resumes where it st
 larger `tuning.trials` only adds the missing trials.
 """
 
+import json
 import shlex
 
-from benchmark.grid import STUDIES_ROOT, format_float, study_path
+from benchmark.grid import STUDIES_ROOT, Tuning, format_float, study_path
 
 STUDY_OUT = f"{STUDIES_ROOT}/{{family}}/alpha{{alpha}}"
 
@@ -33,15 +34,17 @@ def tune_command(wildcards, threads):
     args = [PYTHON, "-m", "benchmark", "tune", "--config", family.path,
             "--study", study_path(family.name, float(wildcards.alpha)),
             f"alpha={wildcards.alpha}", f"threads={threads}"]
-    prefix = ""
-    if tune_uses_gpu(wildcards):
-        prefix = (f"{PYTHON} {WORKFLOW_DIR / 'scripts' / 'gpu_slot.py'} "
-                  f"--gpus {','.join(GPUS)} --lock-dir .snakemake/gpu-slots -- ")
-    return prefix + shlex.join(args)
+    return gpu_launcher(family.base) + shlex.join(args)
 
 
-def tune_uses_gpu(wildcards):
-    return bool(GPUS) and tuning_family(wildcards).base.device in ("auto", "cuda")
+def study_options(wildcards):
+    """Rerun trigger: the study's settings that change results, and its budget (a changed run
+    option makes `tune` refuse the old journal with a one-line error; a larger trial budget
+    just adds trials)."""
+    family = tuning_family(wildcards)
+    tuning = family.spec.tuning.model_dump(mode="json", include=set(result_fields(Tuning)))
+    return json.dumps({"run": result_options(family.spec.run), "tuning": tuning},
+                      sort_keys=True)
 
 
 rule tune:
@@ -57,14 +60,10 @@ rule tune:
         f"{STUDY_OUT}/log.txt",
     params:
         command=tune_command,
-        # rerun trigger: the study's settings (a changed run option makes `tune` refuse the old
-        # journal with a one-line error; a larger trial budget just adds trials)
-        options=lambda wildcards: tuning_family(wildcards).spec.model_dump_json(
-            exclude={"grid": True, "tuning": {"lambdas"}}
-        ),
+        options=study_options,
     threads: lambda wildcards: tuning_family(wildcards).base.threads or 1
     resources:
-        gpu=lambda wildcards: 1 if tune_uses_gpu(wildcards) else 0,
+        gpu=lambda wildcards: 1 if on_gpu(tuning_family(wildcards).base) else 0,
     shell:
         "{params.command} > {log} 2>&1"
 
