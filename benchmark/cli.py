@@ -61,7 +61,8 @@ def _tune_table(args: argparse.Namespace) -> int:
 def _report(args: argparse.Namespace) -> int:
     from .report import build_report
 
-    written = build_report(args.metrics, args.out, family=args.family)
+    written = build_report(args.metrics, args.out, family=args.family,
+                           skip_invalid=args.skip_invalid)
     print(f"wrote {len(written)} files: {written['table_md']} and the rest under {args.out}/")
     return 0
 
@@ -97,6 +98,9 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--family", help="name used in the output file names "
                         "(default: the family of the results)")
     report.add_argument("--out", default="reports", help="output folder (default: reports)")
+    report.add_argument("--skip-invalid", action="store_true",
+                        help="leave out (with a warning) files that are not a run's metrics.json "
+                        "and second copies of a run, instead of stopping")
     report.set_defaults(func=_report)
     return parser
 

@@ -8,41 +8,56 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from matplotlib.colors import to_rgba
 
 from benchmark.cli import main
 from benchmark.errors import UserError
 from benchmark.report import (
     FIGURES,
     build_report,
+    family_figures,
+    learning_curves_figure,
     load_results,
+    markdown_table,
+    method_color,
+    overhead_table,
     runs_frame,
     scaling_agents_figure,
     spectral_gap_figure,
     summary_table,
 )
+from benchmark.report.tables import NOT_PLATEAUED
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
 def _metrics(method: str, seed: int, alpha: float, consensus: float | None, local: float | None,
              *, status: str = "completed", epoch_time: float = 1.0, bytes_: float = 100.0,
-             l_mv: float | None = None) -> dict:
-    """A minimal metrics.json as train.py writes it (the fields the report reads)."""
+             l_mv: float | None = None, curve: list[float] | None = None,
+             protocol: str | None = None, instability: list[int] | None = None) -> dict:
+    """A minimal metrics.json as train.py writes it (the fields the report reads); ``curve``:
+    consensus accuracy per epoch (default: two epochs ending at the final value, plateaued)."""
     final = {} if consensus is None else {"consensus_acc": consensus, "local_acc_mean": local,
                                           "local_acc_std": 1.0, "consensus_distance": 0.1}
+    curve = curve or [(consensus or 10.0) - 0.5, consensus or 10.0]
     history = [{"epoch": e, "lr": 0.1, "train_ce": 2.0 / e, "time_s": epoch_time,
-                "consensus_acc": (consensus or 10.0) * e / 2, "local_acc_mean": 1.0,
-                **({"l_mv": l_mv / e} if l_mv is not None else {})} for e in (1, 2)]
-    return {
+                "consensus_acc": acc, "local_acc_mean": 1.0,
+                **({"l_mv": l_mv / e} if l_mv is not None else {})}
+               for e, acc in enumerate(curve, start=1)]
+    extra = {"protocol": protocol} if protocol else {}
+    if instability is not None:
+        extra["instability"] = {"threshold": 3.0, "epochs": instability, "max_jump": 4.0}
+    return {**extra,
         "status": status, "diverged_epoch": 2 if status == "diverged" else None,
         "config": {"family": "hand", "dataset": "digits", "model": "lenet5", "topology": "ring",
-                   "n_agents": 8, "alpha": alpha, "seed": seed, "method": method},
+                   "n_agents": 8, "alpha": alpha, "seed": seed, "method": method,
+                   "epochs": len(curve)},
         "method": method, "algorithm": "x",
         "topology": {"name": "ring", "n_agents": 8, "diameter": 4, "spectral_gap": 0.2},
         "iterations_per_epoch": 10, "history": history, "final": final,
         "communication": {"bytes_per_agent_per_iteration": {"parameters": bytes_ - 10.0,
                                                             "class_statistics": 10.0}},
-        "wall_time_s": 2 * epoch_time,
+        "wall_time_s": len(curve) * epoch_time,
     }
 
 
@@ -187,3 +202,223 @@ def test_scaling_and_spectral_gap_figures_plot_each_method_mean_per_graph() -> N
             by_n = {8: base + 1.5, 16: base + 2.5}
             expected = [by_n[8], by_n[16]] if xs == [8, 16] else [by_n[16], by_n[8]]
             assert list(y) == pytest.approx(expected)
+
+
+# ---------------------------------------------------------------------------- issue 16, 17, 11
+def _table(runs: list[dict]) -> pd.DataFrame:
+    return summary_table(runs_frame(runs))
+
+
+def test_paired_difference_hand_computed_with_a_diverged_seed(tmp_path: Path) -> None:
+    """ccl vs its base qgm over seeds 0-3: seed 3 of ccl diverged -> left out and counted.
+
+    differences seeds 0, 1, 2: 75-70 = 5, 74-72 = 2, 70-71 = -1 -> mean 2, sample std 3,
+    95% CI 2 ± t(0.975, 2) * 3 / sqrt(3) = 2 ± 4.302653 * 1.732051 = 2 ± 7.452413; 2 wins of 3.
+    """
+    base = [70.0, 72.0, 71.0, 69.0]
+    ccl = [75.0, 74.0, 70.0, None]
+    runs = [_metrics("qgm", s, 0.1, a, a) for s, a in enumerate(base)]
+    runs += [_metrics("ccl", s, 0.1, a, a, status="completed" if a else "diverged")
+             for s, a in enumerate(ccl)]
+    row = _row(_table(runs), "ccl", 0.1)
+    assert row["paired_base"] == "qgm"
+    assert (row["paired_pairs"], row["paired_left_out"], row["paired_wins"]) == (3, 1, 2)
+    assert row["paired_diff_mean"] == pytest.approx(2.0)
+    assert row["paired_ci_low"] == pytest.approx(2.0 - 7.452413, abs=1e-5)
+    assert row["paired_ci_high"] == pytest.approx(2.0 + 7.452413, abs=1e-5)
+    assert _row(_table(runs), "qgm", 0.1)["paired_base"] is None or math.isnan(
+        _row(_table(runs), "qgm", 0.1)["paired_pairs"])
+    for i, run in enumerate(runs):
+        (tmp_path / "r" / str(i)).mkdir(parents=True)
+        (tmp_path / "r" / str(i) / "metrics.json").write_text(json.dumps(run))
+    build_report([tmp_path / "r"], tmp_path / "out")
+    md = (tmp_path / "out" / "table_hand.md").read_text()
+    assert "| dataset | model | graph | alpha | ccl − qgm |" in md
+    assert "| digits | lenet5 | ring-8 | 0.1 | +2.00 [-5.45, +9.45], 2/3 wins (1 left out) |" in md
+    csv = pd.read_csv(tmp_path / "out" / "table_hand.csv")
+    assert csv.loc[csv["method"] == "ccl", "paired_wins"].item() == 2
+
+
+def test_every_ccl_preset_is_paired_with_its_own_base() -> None:
+    pairs = {"ccl": "qgm", "ccl-mv": "qgm", "ccl-dv": "qgm", "ccl-dsgdm": "dsgdm-n",
+             "ccl-relay": "relaysgd"}
+    runs = [_metrics(m, s, 1.0, 60.0 + s + (5.0 if m in pairs else 0.0), 50.0)
+            for m in ["dsgdm-n", "qgm", "relaysgd", *pairs] for s in range(2)]
+    table = _table(runs).set_index("method")
+    for method, base in pairs.items():
+        assert table.loc[method, "paired_base"] == base
+        assert table.loc[method, "paired_diff_mean"] == pytest.approx(5.0)
+        assert table.loc[method, "paired_wins"] == 2
+        # identical differences: zero-width interval
+        assert table.loc[method, "paired_ci_low"] == pytest.approx(5.0)
+
+
+def test_protocols_are_separate_columns_and_pairs() -> None:
+    runs = [_metrics(m, s, 0.1, acc + s, acc, protocol=p)
+            for m, p, acc in (("qgm", "fixed", 60.0), ("ccl", "fixed", 62.0),
+                              ("qgm", "tuned", 70.0), ("ccl", "tuned", 75.0))
+            for s in range(2)]
+    table = _table(runs)
+    assert list(table["label"]) == ["qgm (fixed)", "qgm (tuned)", "ccl (fixed)", "ccl (tuned)"]
+    tuned = table[table["label"] == "ccl (tuned)"].iloc[0]
+    assert tuned["paired_diff_mean"] == pytest.approx(5.0)  # against qgm (tuned), not fixed
+    md = markdown_table(table, "hand")
+    assert "| qgm (fixed) | qgm (tuned) | ccl (fixed) | ccl (tuned) |" in md
+    assert "ccl (tuned) − qgm" in md
+    # a single protocol: plain method names
+    assert list(_table(runs[:4])["label"]) == ["qgm", "ccl"]
+
+
+@pytest.mark.parametrize(("curves", "plateau", "change"), [
+    # 10 epochs: the window is epochs 8-10; flat within 0.6 points -> plateaued
+    ([[10, 50, 70, 80, 85, 88, 89, 89.5, 89.8, 90.1]] * 2, True, 0.6),
+    # still rising 3 points over the last 20% (mean of two runs rising 2 and 4)
+    ([[10, 20, 30, 40, 50, 60, 70, 80, 81, 82], [10, 20, 30, 40, 50, 60, 70, 80, 82, 84]],
+     False, 3.0),
+    # falling counts too
+    ([[10, 50, 70, 80, 85, 88, 89, 90, 88, 86]] * 2, False, -4.0),
+])
+def test_plateau_flag_on_hand_written_histories(curves, plateau: bool, change: float) -> None:
+    runs = [_metrics("qgm", s, 0.1, c[-1], 50.0, curve=c) for s, c in enumerate(curves)]
+    runs.append(_metrics("qgm", 9, 0.1, None, None, status="diverged", curve=[10.0] * 10))
+    row = _row(_table(runs), "qgm", 0.1)
+    assert bool(row["plateau"]) is plateau
+    assert row["last_change"] == pytest.approx(change)
+    assert (row["diverged"], row["completed"]) == (1, 2)
+    md = markdown_table(_table(runs), "hand")
+    consensus = md.split("## Mean of local models")[0]
+    assert (NOT_PLATEAUED in consensus) is not plateau
+
+
+def test_plateau_unknown_when_every_seed_diverged_or_one_evaluation() -> None:
+    diverged = _table([_metrics("qgm", 0, 0.1, None, None, status="diverged")])
+    assert math.isnan(diverged.loc[0, "plateau"])
+    single = _table([_metrics("qgm", 0, 0.1, 50.0, 40.0, curve=[50.0])])
+    assert math.isnan(single.loc[0, "plateau"])
+
+
+def test_unstable_runs_are_counted_flagged_and_marked(tmp_path: Path) -> None:
+    runs = [_metrics("qgm", 0, 0.1, 90.0, 80.0, curve=[40, 60, 80, 90.0]),
+            _metrics("qgm", 1, 0.1, 56.0, 50.0, curve=[50, 20, 45, 56.0], instability=[2, 3]),
+            _metrics("qgm", 2, 0.1, 88.0, 80.0, curve=[40, 60, 80, 88.0], instability=[])]
+    row = _row(_table(runs), "qgm", 0.1)
+    assert row["unstable"] == 1 and row["completed"] == 3
+    assert row["consensus_acc_mean"] == pytest.approx((90 + 56 + 88) / 3)  # kept, flagged
+    assert "(1 unst.)" in markdown_table(_table(runs), "hand")
+    fig = learning_curves_figure(runs)
+    ax = fig.axes[0]
+    marks = [line for line in ax.get_lines() if line.get_marker() == "x"]
+    assert len(marks) == 1
+    assert list(marks[0].get_xdata()) == [2, 3]
+    assert list(marks[0].get_ydata()) == [20, 45]
+
+
+def _artist_colors(fig) -> list[tuple[str, tuple]]:
+    """(label, RGBA) of every labelled line, bar and error bar of a figure."""
+    found = []
+    for ax in fig.axes:
+        for line in ax.get_lines():
+            found.append((line.get_label(), to_rgba(line.get_color())))
+        for container in ax.containers:
+            label = container.get_label()
+            if hasattr(container, "patches"):
+                found += [(label, to_rgba(p.get_facecolor())) for p in container.patches]
+            if getattr(container, "lines", None) and container.lines[0] is not None:
+                found.append((label, to_rgba(container.lines[0].get_color())))
+    return found
+
+
+def test_every_figure_gives_a_method_the_same_colour(tmp_path: Path) -> None:
+    """Read back from the matplotlib artists: a method has one colour in all figures, whatever
+    subset of methods a figure shows."""
+    methods = ["dsgdm-n", "qgm", "relaysgd", "ccl", "ccl-mv", "ccl-dv"]
+    runs = []
+    for n, gap in ((8, 0.2), (16, 0.05)):
+        for m in methods:
+            for s in range(2):
+                run = _metrics(m, s, 0.1, 70.0 + s, 60.0, l_mv=3.0)
+                run["config"]["n_agents"] = run["topology"]["n_agents"] = n
+                run["topology"]["spectral_gap"] = gap
+                runs.append(run)
+    summary = summary_table(runs_frame(runs))
+    figures = family_figures(runs, summary, overhead_table(runs_frame(runs)))
+    seen: dict[str, set] = {}
+    for name, fig in figures.items():
+        colors = _artist_colors(fig)
+        assert colors, f"{name}: no method artist"
+        for label, rgba in colors:
+            if label.startswith("_unstable "):
+                label = label.removeprefix("_unstable ")
+            method = label.split(" ÷ ")[0].split(" (")[0]
+            if method in methods:
+                seen.setdefault(method, set()).add(rgba)
+                assert rgba == to_rgba(method_color(method)), (name, label)
+        # one legend for the figure, none inside a panel
+        assert len(fig.legends) == 1 and not any(ax.get_legend() for ax in fig.axes), name
+    assert set(seen) == set(methods)
+    assert len({next(iter(c)) for c in seen.values()}) == len(methods)  # all distinct
+    # the band / whisker meaning is written in the legend
+    legend = [t.get_text() for t in figures["learning_curves"].legends[0].get_texts()]
+    assert "band: mean ± 1 std over seeds" in legend
+    # overhead shows the compared methods only, each divided by its base
+    labels = {c.get_label() for ax in figures["overhead"].axes for c in ax.containers}
+    assert labels == {"ccl ÷ qgm", "ccl-mv ÷ qgm", "ccl-dv ÷ qgm"}
+
+
+def test_panels_compared_in_a_row_share_the_y_range() -> None:
+    runs = [_metrics(m, 0, a, acc, 50.0) for a, acc in ((0.1, 30.0), (1.0, 90.0))
+            for m in ("qgm", "ccl", "ccl-mv")]
+    fig = learning_curves_figure(runs)
+    assert fig.axes[0].get_ylim() == fig.axes[1].get_ylim()
+
+
+def test_placeholders_say_which_axis_fills_them() -> None:
+    runs = [_metrics("dsgdm-n", 0, 0.1, 70.0, 60.0)]
+    summary = summary_table(runs_frame(runs))
+    figures = family_figures(runs, summary, overhead_table(runs_frame(runs)))
+    for name, axis in (("ablation", "grid.methods"), ("scaling_agents", "grid.topologies"),
+                       ("spectral_gap", "grid.topologies"), ("overhead", "grid.methods"),
+                       ("heterogeneity", "log_cross_features")):
+        text = " ".join(t.get_text() for ax in figures[name].axes for t in ax.texts)
+        assert axis in text, name
+
+
+def test_html_table_holds_the_cells(results_dir: Path, tmp_path: Path) -> None:
+    written = build_report([results_dir], tmp_path / "reports")
+    cells = html_cells(written["table_html"].read_text())
+    assert ["digits", "lenet5", "ring-8", "0.1", "73.00 ± 3.61", "77.00 ± 2.83 (1 div.)"] in cells
+    assert ["digits", "lenet5", "ring-8", "0.1", "62.00 ± 2.00", "72.00 ± 2.83 (1 div.)"] in cells
+    # status counts: seeds, completed, diverged, unstable per (setting, method)
+    header = next(row for row in cells if "seeds" in row)
+    ccl = next(row for row in cells if len(row) == len(header) and "ccl" in row
+               and "0.1" in row)
+    counts = dict(zip(header, ccl, strict=True))
+    assert (counts["seeds"], counts["completed"], counts["diverged"]) == ("3", "2", "1")
+
+
+def html_cells(text: str) -> list[list[str]]:
+    """Rows of every table of an HTML page, as lists of cell texts (th and td)."""
+    from html.parser import HTMLParser
+
+    rows: list[list[str]] = []
+
+    class Cells(HTMLParser):
+        cell: list[str] | None = None
+
+        def handle_starttag(self, tag, attrs):
+            if tag == "tr":
+                rows.append([])
+            elif tag in ("td", "th"):
+                self.cell = []
+
+        def handle_endtag(self, tag):
+            if tag in ("td", "th") and self.cell is not None:
+                rows[-1].append("".join(self.cell).strip())
+                self.cell = None
+
+        def handle_data(self, data):
+            if self.cell is not None:
+                self.cell.append(data)
+
+    Cells().feed(text)
+    return rows

@@ -1,0 +1,128 @@
+"""Reading result files for a report: find them, check each is a run's ``metrics.json``, and
+refuse (or, with ``skip_invalid``, skip with a warning) what is not.
+
+A report over a folder someone has worked in meets stray files: a hand-edited ``metrics.json``,
+a list saved under that name, a copy of a run folder. Each must be named, with what is wrong,
+never turned into a traceback, a silent NaN or a second "seed" of the same run.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import sys
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from ..errors import ConfigError, UserError
+
+# what a report reads from a run: (dotted path, expected type)
+REQUIRED = (("status", str), ("method", str), ("config", dict), ("history", list),
+            ("final", dict), *((f"config.{k}", object) for k in (
+                "family", "dataset", "model", "topology", "n_agents", "alpha", "seed")))
+
+
+def check_out_dir(out: str | Path, what: str = "out") -> Path:
+    """An output folder that exists or can be created (not a file, not under a file)."""
+    out = Path(out)
+    if str(out) == "":
+        raise ConfigError(what, "", "a folder path")
+    for parent in (out, *out.parents):
+        if parent.exists() and not parent.is_dir():
+            raise ConfigError(what, str(out), "a writable directory", f"{parent} is a file")
+    return out
+
+
+def find_metrics(paths: Iterable[str | Path], command: str = "report") -> list[Path]:
+    """``metrics.json`` files named directly or found under the given folders, sorted.
+
+    A pattern the shell left unexpanded (it matched nothing there) is expanded here, so
+    ``'results/*/digits'`` works quoted, and a pattern matching nothing is one line.
+    """
+    paths = list(paths)
+    found: set[Path] = set()
+    for path in map(str, paths):
+        if glob.has_magic(path):
+            matched = [Path(p) for p in glob.glob(path, recursive=True)]
+            if not matched:
+                raise UserError(f"{command}: {path} matches no file or folder")
+        else:
+            matched = [Path(path)]
+        for one in matched:
+            if one.is_dir():
+                found.update(one.rglob("metrics.json"))
+            elif one.is_file():
+                found.add(one)
+            else:
+                raise UserError(f"{command}: no such file or folder: {one}")
+    if not found:
+        raise UserError(f"{command}: no metrics.json under {', '.join(paths) or '(none)'}")
+    return sorted(found)
+
+
+def problem(data: Any) -> str | None:
+    """What keeps ``data`` from being a run's metrics (None if nothing)."""
+    if not isinstance(data, dict):
+        return f"not a run's metrics (a JSON {type(data).__name__}, expected an object)"
+    missing, wrong = [], []
+    for dotted, kind in REQUIRED:
+        value: Any = data
+        for part in dotted.split("."):
+            value = value.get(part) if isinstance(value, dict) else None
+        if value is None:
+            missing.append(dotted)
+        elif not isinstance(value, kind):
+            wrong.append(f"{dotted} is a {type(value).__name__}, expected a {kind.__name__}")
+    if missing:
+        return "missing " + ", ".join(missing)
+    return "; ".join(wrong) or None
+
+
+def _result_key(data: dict[str, Any]) -> str:
+    """The run's identity: every config field that changes its numbers (seed included) and the
+    protocol it was run under."""
+    from ..config import RunConfig  # TODO(contracts): result_fields() once it lands
+
+    config = data["config"]
+    keep = {k: config.get(k) for k in sorted(RunConfig.model_fields) if k in config}
+    return json.dumps([keep, data.get("protocol") or "fixed"], sort_keys=True, default=str)
+
+
+def load_results(paths: Iterable[str | Path], skip_invalid: bool = False,
+                 command: str = "report") -> list[dict[str, Any]]:
+    """Every run's metrics under ``paths``; a file that is not one, or a second copy of the same
+    run (same config and seed), is an error naming the file(s), or with ``skip_invalid`` a
+    warning on stderr and the file is left out."""
+    paths = list(paths)
+    results: list[dict[str, Any]] = []
+    seen: dict[str, str] = {}
+    for file in find_metrics(paths, command):
+        try:
+            data = json.loads(file.read_text())
+        except json.JSONDecodeError as exc:
+            issue = f"is not valid JSON ({exc.msg}, line {exc.lineno})"
+        except (OSError, UnicodeDecodeError) as exc:
+            issue = f"cannot be read ({type(exc).__name__}: {exc})"
+        else:
+            issue = problem(data)
+            if issue is None:
+                key = _result_key(data)
+                if key in seen:
+                    issue = (f"is the same run (config and seed) as {seen[key]}: a copy or a "
+                             f"rerun elsewhere; remove one of them")
+                else:
+                    seen[key] = str(file)
+            else:
+                issue = f"is not a run's metrics.json: {issue}"
+        if issue is not None:
+            if not skip_invalid:
+                raise UserError(f"{command}: {file} {issue} (or pass --skip-invalid to leave it "
+                                "out)")
+            print(f"warning: {command}: skipping {file}: it {issue}", file=sys.stderr)
+            continue
+        data["_path"] = str(file)
+        results.append(data)
+    if not results:
+        raise UserError(f"{command}: no valid metrics.json under {', '.join(map(str, paths))}")
+    return results
