@@ -67,6 +67,20 @@ def _report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _topology(args: argparse.Namespace) -> int:
+    from .config import build_config, parse_overrides
+    from .stability import describe
+    from .topology import FIXED_SIZES
+
+    options = parse_overrides(args.overrides)
+    options.setdefault("n_agents", FIXED_SIZES.get(args.name, 16))
+    # validated as run options (unknown keys, bad sizes: one line), stability not enforced here
+    c = build_config({"topology": args.name, **options, "allow_unstable": True})
+    print(describe(c.topology, c.n_agents, momentum=c.momentum, seed=c.seed, rows=c.torus_rows,
+                   degree=c.degree))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="benchmark", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -102,6 +116,12 @@ def build_parser() -> argparse.ArgumentParser:
                         help="leave out (with a warning) files that are not a run's metrics.json "
                         "and second copies of a run, instead of stopping")
     report.set_defaults(func=_report)
+    topology = sub.add_parser("topology", help="a graph's degree, diameter, spectral gaps and "
+                              "the gossip step sizes (gamma) each algorithm is stable with")
+    topology.add_argument("name", help="topology name (ring, torus, paper-dyck, ...)")
+    topology.add_argument("overrides", nargs="*", metavar="key=value",
+                          help="n_agents, torus_rows, degree, seed, momentum")
+    topology.set_defaults(func=_topology)
     return parser
 
 

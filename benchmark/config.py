@@ -20,6 +20,7 @@ from pydantic import (
     ValidationError,
     ValidationInfo,
     field_validator,
+    model_validator,
 )
 
 from .errors import ConfigError, UserError
@@ -68,6 +69,9 @@ class RunConfig(BaseModel):
     degree: int = Field(3, ge=1)
     mixing: Literal["uniform", "metropolis"] = "uniform"
     gamma: float = Field(1.0, gt=0, le=1)
+    # a gossip-momentum setting whose zero-gradient iteration diverges is refused (stability.py)
+    # unless this is set, e.g. to show the divergence on purpose
+    allow_unstable: bool = Field(False, json_schema_extra={"changes_results": False})
     # method
     method: str = "dsgdm-n"
     lambda_m: float = Field(0.01, ge=0)
@@ -117,6 +121,14 @@ class RunConfig(BaseModel):
                 "lr_milestones", v, "fractions of the epochs strictly between 0 and 1"
             )
         return sorted(v)
+
+    @model_validator(mode="after")
+    def _stable_gossip(self) -> RunConfig:
+        if not self.allow_unstable:
+            from .stability import check_stable  # numpy + the graph: imported on use
+
+            check_stable(self)
+        return self
 
     # derived views -------------------------------------------------------------------------
     @property

@@ -35,6 +35,8 @@ TOPOLOGIES: tuple[str, ...] = (
     "exponential",
     "random-regular",
 )
+# graphs that exist at one size only
+FIXED_SIZES: dict[str, int] = {"dyck": 32, "paper-dyck": 32, "petersen": 10}
 MIXING_RULES: tuple[str, ...] = ("uniform", "metropolis")
 SPANNING_TREES: tuple[str, ...] = ("auto", "chain", "bfs", "double-binary")
 
@@ -202,14 +204,13 @@ def build_topology(
         # i±1, i.e. n >= 9.
         _check_n(n, 9, "any n >= 9 for paper-torus (circulant C_n(1, 4))")
         return Topology(name, nx.circulant_graph(n, [1, 4]))
+    if name in FIXED_SIZES:
+        _check_exact(n, name, FIXED_SIZES[name])
     if name == "dyck":
-        _check_exact(n, name, 32)
         return Topology(name, nx.LCF_graph(32, [5, -5, 13, -13], 8))
     if name == "paper-dyck":
-        _check_exact(n, name, 32)
         return Topology(name, _graph(32, _paper_dyck_edges()))
     if name == "petersen":
-        _check_exact(n, name, 10)
         return Topology(name, nx.petersen_graph())
     if name == "full":
         _check_n(n, 1, "any n >= 1 for full")
