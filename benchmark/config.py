@@ -143,8 +143,14 @@ class RunConfig(BaseModel):
         """Learning rate of a 0-based epoch: linear warm-up, then x lr_decay at each milestone."""
         if epoch < self.warmup_epochs:
             return self.lr * (epoch + 1) / (self.warmup_epochs + 1)
-        passed = sum(epoch >= round(m * self.epochs) for m in self.lr_milestones)
+        passed = sum(epoch >= m for m in self.milestone_epochs)
         return self.lr * self.lr_decay**passed
+
+    @property
+    def milestone_epochs(self) -> list[int]:
+        """0-based epochs from which each decay applies: ``int(m * epochs)`` as in the authors'
+        code, but never 0 (the first epoch always trains at the full rate)."""
+        return [max(int(m * self.epochs), 1) for m in self.lr_milestones]
 
 
 def _registry(field: str):
