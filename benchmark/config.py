@@ -61,7 +61,9 @@ class RunConfig(BaseModel):
     # model
     model: str = "lenet5"
     norm: str | None = None
-    evonorm_style: Literal["gate-all", "standard"] = "gate-all"
+    # hardsigmoid: the authors' EvoNorm-S0; sigmoid-v: learnable-v gate everywhere; standard:
+    # the EvoNorm paper's layout (models/norms.py)
+    evonorm_style: Literal["hardsigmoid", "sigmoid-v", "standard"] = "hardsigmoid"
     # graph and gossip
     topology: str = "ring"
     n_agents: int = Field(16, ge=1)

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
+import torch
 
 from benchmark.config import RunConfig
+from benchmark.models import DEFAULT_NORM
+from benchmark.models.norms import EvoNormS0
 
 
 @pytest.mark.parametrize(("epochs", "milestones"), [
@@ -23,3 +28,27 @@ def test_lr_milestones_are_int_of_the_fraction_and_never_before_the_first_epoch(
     assert rates == pytest.approx(expected, rel=1e-12)
     if epochs == 50:
         assert rates[36] == pytest.approx(0.01) and rates[37] == pytest.approx(0.001)
+
+
+def test_evonorm_s0_is_the_authors_form_by_hand():
+    """``w * x * hardsigmoid(x) / sqrt(groupvar(x) + eps) + b`` on a 1x2x1x2 tensor, 1 group."""
+    norm = EvoNormS0(2, groups=1)
+    assert norm.gate == "hardsigmoid" and norm.v is None
+    assert [p.numel() for p in norm.parameters()] == [2, 2]  # weight, bias: no v
+    with torch.no_grad():
+        norm.weight.copy_(torch.tensor([2.0, 0.5]))
+        norm.bias.copy_(torch.tensor([0.1, -0.2]))
+    x = torch.tensor([[[[-4.0, 0.0]], [[1.5, 3.0]]]])
+    # hardsigmoid = clamp(x/6 + 1/2, 0, 1): -4 -> 0, 0 -> 0.5, 1.5 -> 0.75, 3 -> 1
+    gated = [-4.0 * 0.0, 0.0 * 0.5, 1.5 * 0.75, 3.0 * 1.0]
+    values = [-4.0, 0.0, 1.5, 3.0]  # one group: all four values, biased variance
+    mean = sum(values) / 4
+    std = math.sqrt(sum((v - mean) ** 2 for v in values) / 4 + 1e-5)
+    expected = [2.0 * gated[0] / std + 0.1, 2.0 * gated[1] / std + 0.1,
+                0.5 * gated[2] / std - 0.2, 0.5 * gated[3] / std - 0.2]
+    torch.testing.assert_close(norm(x).flatten(), torch.tensor(expected))
+
+
+def test_resnet18_defaults_to_the_authors_evonorm():
+    assert DEFAULT_NORM["resnet18"] == "evonorm"
+    assert RunConfig().evonorm_style == "hardsigmoid"

@@ -16,7 +16,7 @@ from torch import nn
 from torch.func import functional_call, grad, stack_module_state, vmap
 
 from benchmark.errors import ConfigError
-from benchmark.models import MODELS, NORMS, build_model
+from benchmark.models import EVONORM_STYLES, MODELS, NORMS, build_model
 from benchmark.models.norms import EvoNormS0, make_norm, num_groups
 
 # name -> (build kwargs, input shape, num_classes, feature dim)
@@ -66,21 +66,27 @@ def test_parameter_counts() -> None:
     assert 250_000 <= _count(_build("resnet20")) <= 300_000
     # Classic LeNet-5 on 28x28 with 10 classes.
     assert _count(_build("lenet5")) == 61_706
-    # Same count as torchvision.models.resnet18() with BatchNorm.
+    # Same count as torchvision.models.resnet18() with BatchNorm; the authors' EvoNorm-S0 has the
+    # same two parameters per channel (no v), the learnable-v gate one more per gated channel.
+    assert _count(_build("resnet18", norm="batchnorm")) == 11_689_512
     assert _count(_build("resnet18")) == 11_689_512
+    norm_channels = sum(m.channels for m in _build("resnet20").modules()
+                        if isinstance(m, EvoNormS0))
+    assert _count(_build("resnet20", evonorm_style="sigmoid-v")) == \
+        _count(_build("resnet20")) + norm_channels
     # kuangliu MobileNetV2 with BatchNorm, 10 classes.
     assert _count(_build("mobilenetv2", norm="batchnorm")) == 2_296_922
     assert _count(_build("mlp")) == 64 * 64 + 64 + 64 * 32 + 32 + 32 * 10 + 10
 
 
 def test_evonorm_models_have_no_running_statistics() -> None:
-    for name in ("resnet20", "mobilenetv2"):
+    for name in ("resnet20", "mobilenetv2", "resnet18"):
         assert list(_build(name).buffers()) == []
 
 
 def test_evonorm_s0_matches_hand_computation() -> None:
     # One sample, 2 channels, 1x2 spatial, one group: the group is {1, 2, 3, 4}.
-    norm = EvoNormS0(2, groups=1)
+    norm = EvoNormS0(2, groups=1, gate="sigmoid-v")
     with torch.no_grad():
         norm.v.copy_(torch.tensor([1.0, 0.5]))
         norm.weight.copy_(torch.tensor([2.0, 0.5]))
@@ -97,7 +103,7 @@ def test_evonorm_s0_matches_hand_computation() -> None:
     ]
     torch.testing.assert_close(norm(x), torch.tensor([expected]), rtol=1e-6, atol=1e-6)
 
-    ungated = EvoNormS0(2, groups=1, nonlinearity=False)
+    ungated = EvoNormS0(2, groups=1, gate="none")
     assert ungated.v is None
     torch.testing.assert_close(ungated(x), x / std, rtol=1e-6, atol=1e-6)
 
@@ -112,7 +118,7 @@ def test_evonorm_groups_are_per_sample() -> None:
         for g in range(8):
             chunk = x[b, 2 * g : 2 * g + 2]
             std = (chunk.var(unbiased=False) + 1e-5).sqrt()
-            torch.testing.assert_close(y[b, 2 * g : 2 * g + 2], chunk * torch.sigmoid(chunk) / std)
+            torch.testing.assert_close(y[b, 2 * g : 2 * g + 2], chunk * F.hardsigmoid(chunk) / std)
     # Changing one sample leaves the others' outputs untouched (no batch statistics).
     x2 = x.clone()
     x2[0] = 100.0 * torch.randn(16, 4, 4)
@@ -131,7 +137,7 @@ def test_make_norm_kinds_and_group_fallback() -> None:
 
 
 @pytest.mark.parametrize("norm", NORMS)
-@pytest.mark.parametrize("style", ["standard", "gate-all"])
+@pytest.mark.parametrize("style", EVONORM_STYLES)
 def test_every_norm_variant_of_resnet20_trains(norm: str, style: str) -> None:
     model = _build("resnet20", norm=norm, evonorm_style=style)
     features, logits = model(torch.randn(4, 3, 32, 32))
@@ -142,21 +148,26 @@ def test_every_norm_variant_of_resnet20_trains(norm: str, style: str) -> None:
 
 def test_evonorm_convention_adds_no_relu_after_gated_norms() -> None:
     standard = _build("resnet20", evonorm_style="standard")
-    gated = [m.nonlinearity for m in standard.modules() if isinstance(m, EvoNormS0)]
+    gated = [m.gate != "none" for m in standard.modules() if isinstance(m, EvoNormS0)]
     # Stem + one gated norm per block (9); ungated: one per block + 2 shortcuts.
     assert gated.count(True) == 10 and gated.count(False) == 11
     block = standard.stages[0][0]
-    assert isinstance(block.norm1, EvoNormS0) and block.norm1.nonlinearity
+    assert isinstance(block.norm1, EvoNormS0) and block.norm1.gate == "sigmoid-v"
     assert not any(isinstance(m, nn.ReLU) for m in standard.stem.modules())
 
     authors = _build("resnet20")  # the default follows the authors' code
-    assert all(m.nonlinearity for m in authors.modules() if isinstance(m, EvoNormS0))
+    assert all(m.gate == "hardsigmoid" and m.v is None
+               for m in authors.modules() if isinstance(m, EvoNormS0))
     assert not any(isinstance(m, nn.ReLU) for m in authors.modules())
+    learned = _build("resnet20", evonorm_style="sigmoid-v")  # the former default
+    assert all(m.gate == "sigmoid-v" for m in learned.modules() if isinstance(m, EvoNormS0))
+    assert not any(isinstance(m, nn.ReLU) for m in learned.modules())
 
 
 def test_default_norms() -> None:
     assert isinstance(_build("resnet20").stem[1], EvoNormS0)
-    assert isinstance(_build("resnet18").stem[1][0], nn.BatchNorm2d)
+    assert isinstance(_build("resnet18").stem[1], EvoNormS0)  # the authors' default
+    assert isinstance(_build("resnet18", norm="batchnorm").stem[1][0], nn.BatchNorm2d)
     assert any(isinstance(m, EvoNormS0) for m in _build("mobilenetv2").modules())
 
 

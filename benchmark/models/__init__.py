@@ -16,7 +16,14 @@ from benchmark.errors import ConfigError
 from benchmark.models.lenet import LeNet5
 from benchmark.models.mlp import MLP
 from benchmark.models.mobilenetv2 import mobilenetv2
-from benchmark.models.norms import EVONORM_STYLES, NORMS, EvoNormS0, check_norm, make_norm
+from benchmark.models.norms import (
+    DEFAULT_EVONORM_STYLE,
+    EVONORM_STYLES,
+    NORMS,
+    EvoNormS0,
+    check_norm,
+    make_norm,
+)
 from benchmark.models.resnet import resnet18, resnet20
 
 MODELS: tuple[str, ...] = ("resnet20", "lenet5", "mobilenetv2", "resnet18", "mlp")
@@ -25,7 +32,7 @@ MODELS: tuple[str, ...] = ("resnet20", "lenet5", "mobilenetv2", "resnet18", "mlp
 DEFAULT_NORM: dict[str, str] = {
     "resnet20": "evonorm",
     "mobilenetv2": "evonorm",
-    "resnet18": "batchnorm",
+    "resnet18": "evonorm",  # the authors' default norm_type for every model
     "lenet5": "none",
     "mlp": "none",
 }
@@ -44,14 +51,13 @@ def build_model(
     in_channels: int = 3,
     norm: str | None = None,
     image_size: int = 32,
-    evonorm_style: str = "gate-all",
+    evonorm_style: str = DEFAULT_EVONORM_STYLE,
 ) -> nn.Module:
     """Build a freshly initialised model by name (seed torch beforehand for reproducibility).
 
     ``norm=None`` picks the model's default (:data:`DEFAULT_NORM`). ``evonorm_style`` only
-    affects evonorm: "standard" gates only where the BatchNorm net has a ReLU; "gate-all"
-    reproduces the CCL authors' code (every norm gated, no ReLUs). Bad values raise
-    :class:`~benchmark.errors.ConfigError` naming the field.
+    affects evonorm (:mod:`benchmark.models.norms`): "hardsigmoid" is the CCL authors' code.
+    Bad values raise :class:`~benchmark.errors.ConfigError` naming the field.
     """
     if name not in MODELS:
         raise ConfigError("model", name, MODELS)
@@ -74,6 +80,7 @@ def build_model(
 
 
 __all__ = [
+    "DEFAULT_EVONORM_STYLE",
     "DEFAULT_NORM",
     "EVONORM_STYLES",
     "MODELS",

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from benchmark.models.norms import make_norm_act
+from benchmark.models.norms import DEFAULT_EVONORM_STYLE, make_norm_act
 
 # (expansion, out_channels, num_blocks, first_stride) per stage.
 CIFAR_CFG: tuple[tuple[int, int, int, int], ...] = (
@@ -72,7 +72,7 @@ class MobileNetV2(nn.Module):
         num_classes: int,
         in_channels: int = 3,
         norm: str = "evonorm",
-        evonorm_style: str = "gate-all",
+        evonorm_style: str = DEFAULT_EVONORM_STYLE,
     ) -> None:
         super().__init__()
         self.stem = nn.Sequential(
@@ -106,7 +106,8 @@ class MobileNetV2(nn.Module):
 
 
 def mobilenetv2(
-    num_classes: int, in_channels: int = 3, norm: str = "evonorm", evonorm_style: str = "gate-all"
+    num_classes: int, in_channels: int = 3, norm: str = "evonorm",
+    evonorm_style: str = DEFAULT_EVONORM_STYLE,
 ) -> MobileNetV2:
     """MobileNet-V2 CIFAR variant; see :class:`MobileNetV2`."""
     return MobileNetV2(num_classes, in_channels, norm, evonorm_style)

@@ -6,25 +6,31 @@ and its running statistics are buffers that gossip does not average. EvoNorm-S0 
 sample on its own (group statistics over channels and space) and has no running statistics, so a
 model is exactly its parameter vector.
 
-Models do not call these classes directly but :func:`make_norm_act`, which encodes the standard
-EvoNorm convention (Liu et al. 2020): a norm that the BatchNorm network follows with a ReLU becomes
-gated EvoNorm-S0 (the gate *is* the nonlinearity), a norm not followed by a ReLU becomes EvoNorm
-without the gate.
+Models do not call these classes directly but :func:`make_norm_act`, which replaces each
+``BatchNorm2d[-> ReLU]`` slot of the reference network according to ``evonorm_style``:
+
+* ``hardsigmoid`` (default): the CCL authors' released code (models/evonorm.py, used by their
+  resnet.py / mobilenetv2.py): every norm is EvoNorm-S0 gated by ``x * hardsigmoid(x)`` (no
+  learnable ``v``), and no ReLU anywhere (the gate is the nonlinearity);
+* ``sigmoid-v``: the same layout with the EvoNorm paper's gate ``x * sigmoid(v x)`` and a learnable
+  ``v`` per channel (C more parameters per norm, gossiped and weight-decayed); the suite's
+  default before it followed the authors' module;
+* ``standard``: the EvoNorm paper's convention (Liu et al. 2020): the ``sigmoid(v x)`` gate only
+  where the BatchNorm network has a ReLU, no gate elsewhere, ReLU after residual additions.
 """
 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from benchmark.errors import ConfigError
 
 NORMS: tuple[str, ...] = ("evonorm", "groupnorm", "batchnorm", "none")
-# "standard": gate only where the BatchNorm network has a ReLU (the EvoNorm paper's convention).
-# "gate-all": every norm is gated EvoNorm-S0 and no ReLU is added anywhere, which is what the CCL
-# authors' released code does (models/resnet.py, models/mobilenetv2.py with norm_type="evonorm"),
-# hence the default (METHOD.md: where the paper is silent, follow the authors' code).
-EVONORM_STYLES: tuple[str, ...] = ("standard", "gate-all")
+EVONORM_STYLES: tuple[str, ...] = ("hardsigmoid", "sigmoid-v", "standard")
+DEFAULT_EVONORM_STYLE = "hardsigmoid"  # the authors' code (METHOD.md section 5)
+GATES: tuple[str, ...] = ("hardsigmoid", "sigmoid-v", "none")
 DEFAULT_GROUPS = 8
 EPS = 1e-5
 
@@ -51,13 +57,14 @@ def group_std(x: Tensor, groups: int, eps: float = EPS) -> Tensor:
 
 
 class EvoNormS0(nn.Module):
-    """EvoNorm-S0: ``y = x * sigmoid(v * x) / group_std(x) * gamma + beta``.
+    """EvoNorm-S0: ``y = weight * gate(x) / group_std(x) + bias``.
 
-    With ``nonlinearity=False`` the gate is dropped (no ``v``): ``y = x / group_std(x) * gamma +
-    beta``, a group normalisation by scale only, for positions where the BatchNorm network has
-    no ReLU. (timm and the TF reference return the bare affine ``x * gamma + beta`` there and
-    zero-init gamma; we keep the scale normalisation so the residual branch stays bounded
-    without that init trick.)
+    ``gate``: ``hardsigmoid`` -> ``x * hardsigmoid(x)`` with ``hardsigmoid(x) = clamp(x/6 + 1/2,
+    0, 1)`` (the authors' code); ``sigmoid-v`` -> ``x * sigmoid(v * x)`` with a learnable ``v``
+    (the EvoNorm paper); ``none`` -> ``x``, a group normalisation by scale only, for positions
+    where the BatchNorm network has no ReLU. (timm and the TF reference return the bare affine
+    ``x * gamma + beta`` there and zero-init gamma; we keep the scale normalisation so the
+    residual branch stays bounded without that init trick.)
     """
 
     def __init__(
@@ -65,29 +72,33 @@ class EvoNormS0(nn.Module):
         channels: int,
         groups: int = DEFAULT_GROUPS,
         eps: float = EPS,
-        nonlinearity: bool = True,
+        gate: str = DEFAULT_EVONORM_STYLE,
     ) -> None:
         super().__init__()
+        if gate not in GATES:
+            raise ConfigError("gate", gate, GATES)
         self.channels = channels
         self.groups = num_groups(channels, groups)
         self.eps = eps
-        self.nonlinearity = nonlinearity
+        self.gate = gate
         self.weight = nn.Parameter(torch.ones(channels))
         self.bias = nn.Parameter(torch.zeros(channels))
-        self.v = nn.Parameter(torch.ones(channels)) if nonlinearity else None
+        self.v = nn.Parameter(torch.ones(channels)) if gate == "sigmoid-v" else None
 
     def forward(self, x: Tensor) -> Tensor:
         # Fold gamma / std into one [B, C, 1, 1] scale so only one full-size multiply-add follows.
         std = group_std(x, self.groups, self.eps)
         scale = (self.weight.view(1, self.groups, -1) / std).reshape(x.shape[0], -1, 1, 1)
-        num = x * torch.sigmoid(self.v.view(1, -1, 1, 1) * x) if self.v is not None else x
+        if self.gate == "hardsigmoid":
+            num = x * F.hardsigmoid(x)
+        elif self.v is not None:
+            num = x * torch.sigmoid(self.v.view(1, -1, 1, 1) * x)
+        else:
+            num = x
         return torch.addcmul(self.bias.view(1, -1, 1, 1), num, scale)
 
     def extra_repr(self) -> str:
-        return (
-            f"{self.channels}, groups={self.groups}, eps={self.eps}, "
-            f"nonlinearity={self.nonlinearity}"
-        )
+        return f"{self.channels}, groups={self.groups}, eps={self.eps}, gate={self.gate}"
 
 
 def check_norm(norm: str) -> str:
@@ -97,11 +108,11 @@ def check_norm(norm: str) -> str:
     return norm
 
 
-def make_norm(kind: str, channels: int, *, nonlinearity: bool = True) -> nn.Module:
-    """One normalisation layer by name; ``nonlinearity`` only matters for EvoNorm."""
+def make_norm(kind: str, channels: int, *, gate: str = DEFAULT_EVONORM_STYLE) -> nn.Module:
+    """One normalisation layer by name; ``gate`` only matters for EvoNorm."""
     check_norm(kind)
     if kind == "evonorm":
-        return EvoNormS0(channels, nonlinearity=nonlinearity)
+        return EvoNormS0(channels, gate=gate)
     if kind == "groupnorm":
         return nn.GroupNorm(num_groups(channels), channels, eps=EPS)
     if kind == "batchnorm":
@@ -110,7 +121,7 @@ def make_norm(kind: str, channels: int, *, nonlinearity: bool = True) -> nn.Modu
 
 
 def make_norm_act(
-    kind: str, channels: int, act: bool, evonorm_style: str = "gate-all"
+    kind: str, channels: int, act: bool, evonorm_style: str = DEFAULT_EVONORM_STYLE
 ) -> nn.Module:
     """The norm(+ReLU) that replaces a ``BatchNorm2d[-> ReLU]`` slot of the reference network.
 
@@ -120,8 +131,9 @@ def make_norm_act(
     if evonorm_style not in EVONORM_STYLES:
         raise ConfigError("evonorm_style", evonorm_style, EVONORM_STYLES)
     if kind == "evonorm":
-        gate = act or evonorm_style == "gate-all"
-        return make_norm(kind, channels, nonlinearity=gate)
+        if evonorm_style == "standard":
+            return make_norm(kind, channels, gate="sigmoid-v" if act else "none")
+        return make_norm(kind, channels, gate=evonorm_style)
     norm = make_norm(kind, channels)
     if not act:
         return norm
@@ -130,8 +142,8 @@ def make_norm_act(
     return nn.Sequential(norm, nn.ReLU())
 
 
-def post_add_act(kind: str, evonorm_style: str = "gate-all") -> nn.Module:
-    """The ReLU after a residual addition; the authors' gate-all EvoNorm nets have none."""
-    if kind == "evonorm" and evonorm_style == "gate-all":
+def post_add_act(kind: str, evonorm_style: str = DEFAULT_EVONORM_STYLE) -> nn.Module:
+    """The ReLU after a residual addition; EvoNorm nets gated everywhere have none."""
+    if kind == "evonorm" and evonorm_style != "standard":
         return nn.Identity()
     return nn.ReLU()

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from benchmark.models.norms import make_norm_act, post_add_act
+from benchmark.models.norms import DEFAULT_EVONORM_STYLE, make_norm_act, post_add_act
 
 
 def conv3x3(in_ch: int, out_ch: int, stride: int = 1) -> nn.Conv2d:
@@ -92,7 +92,8 @@ def _init_weights(model: nn.Module) -> None:
 
 
 def resnet20(
-    num_classes: int, in_channels: int = 3, norm: str = "evonorm", evonorm_style: str = "gate-all"
+    num_classes: int, in_channels: int = 3, norm: str = "evonorm",
+    evonorm_style: str = DEFAULT_EVONORM_STYLE,
 ) -> ResNet:
     """CIFAR ResNet-20: 3x3 stem, 16-32-64 channels, 3 blocks per stage, D=64."""
     stem = nn.Sequential(
@@ -102,7 +103,8 @@ def resnet20(
 
 
 def resnet18(
-    num_classes: int, in_channels: int = 3, norm: str = "batchnorm", evonorm_style: str = "gate-all"
+    num_classes: int, in_channels: int = 3, norm: str = "evonorm",
+    evonorm_style: str = DEFAULT_EVONORM_STYLE,
 ) -> ResNet:
     """ImageNet ResNet-18 (torchvision layout): 7x7/2 stem + 3x3/2 max-pool, 64..512, D=512.
 
