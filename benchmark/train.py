@@ -31,6 +31,7 @@ from .data import (
     load_dataset,
 )
 from .errors import ConfigError
+from .instability import training_instability
 from .models import build_model
 from .swarm import Swarm, pick_device
 from .timing import timed
@@ -284,6 +285,7 @@ def _metrics(exp: Experiment, progress: Progress, status: str) -> dict[str, Any]
         "iterations_per_epoch": exp.batches.iterations_per_epoch,
         "history": history,
         "final": final,
+        "instability": training_instability(history),
         "partition": {"sizes": [len(p) for p in exp.parts], "histogram": hist.tolist()},
         "communication": {
             "bytes_per_agent_per_iteration": bytes_sent,
