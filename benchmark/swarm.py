@@ -1,18 +1,19 @@
 """The simulator: every agent of a run in one process, as rows of stacked tensors.
 
-All agents' trainable parameters live in one tensor ``params`` of shape ``[n, P]`` (row i is
-``parameters_to_vector`` of agent i's model, in ``model.parameters()`` order), their gradients in
-``grads`` of the same shape, and every algorithm buffer likewise. Each agent's ``nn.Module`` has
-parameters that are *views* into its row, and gradients that are views into its row of ``grads``
-(autograd accumulates into an existing ``.grad`` in place), so the forward/backward is ordinary
-PyTorch while gossip is one ``[n, n] @ [n, P]`` product and every optimiser update is a handful
-of whole-tensor operations. Buffers (BatchNorm statistics) stay in each agent's module: local.
+A swarm is assembled from four parts, built in this order so that none sees another half-built:
 
-Across processes (``distributed=true``, :mod:`benchmark.distributed`) each rank builds the same
-Swarm over its shard ``[lo, hi)`` of the agents: the tensors hold only those rows, gossip and CCL
-read remote neighbours' rows from a halo exchanged with the neighbouring ranks, and statistics,
-evaluation and checkpoints are reduced or gathered. With the default single-process communicator
-the halo is empty and every one of those hooks is the identity.
+* :class:`~benchmark.swarm_state.SwarmState`: all agents' parameters ``[n, P]``, gradients,
+  ``X^-``, gossip and the halo of remote rows (it knows nothing of algorithms);
+* the base optimiser (:mod:`benchmark.algorithms`), built from its typed options on that state;
+* the CCL loss (:class:`~benchmark.algorithms.ccl.CrossFeatureLoss`), likewise, when asked for;
+* the forward/backward path over agents (loop, agent threads or one vmap pass).
+
+``Swarm(model, topology, algorithm="qgm", ccl={...}, lr=..., ...)`` assembles them from names
+(the public contract of docs/DESIGN.md); the run's assembler (``train.build_experiment``) passes
+the typed options it built from the config instead. Across processes (``distributed=true``,
+:mod:`benchmark.distributed`) each rank builds the same swarm over its shard of the agents:
+statistics, evaluation and checkpoints are reduced or gathered; in one process those hooks are
+the identity.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import copy
 import threading
 import time
 import weakref
+from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -28,41 +30,39 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .algorithms import algorithm_class
-from .distributed import Communicator, Halo
+from .algorithms import ALGORITHMS, algorithm_class, algorithm_for, algorithm_options
+from .algorithms.base import build_options, option_names
+from .algorithms.ccl import CCLOptions, CrossFeatureLoss
+from .distributed import Communicator
 from .errors import ConfigError
+from .swarm_state import SwarmState, bind_to_rows, pick_device
 from .timing import PhaseTimer
+
+__all__ = ["Swarm", "bind_to_rows", "pick_device"]
 
 VECTORIZE: tuple[str, ...] = ("auto", "loop", "vmap")
 
 
-def pick_device(device: str | torch.device | None = "auto") -> torch.device:
-    """``auto`` -> CUDA when a GPU is present, else the CPU."""
-    if device in (None, "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
-
-
-def bind_to_rows(model: nn.Module, params_row: torch.Tensor, grads_row: torch.Tensor) -> None:
-    """Make the model's parameters (and their .grad) views into one row of the stacked tensors."""
-    offset = 0
-    for p in model.parameters():
-        k = p.numel()
-        params_row[offset : offset + k].copy_(p.detach().reshape(-1))
-        p.data = params_row[offset : offset + k].view_as(p)
-        p.grad = grads_row[offset : offset + k].view_as(p)
-        offset += k
+def _read_through(name: str) -> property:
+    return property(lambda self: getattr(self.state, name), doc=f"``self.state.{name}``")
 
 
 class Swarm:
-    """All agents of one run: state, gossip, and one synchronous iteration (``step``)."""
+    """All agents of one run: state, base optimiser, CCL loss and one iteration (``step``)."""
+
+    # the state's members, read through the swarm (train.py, tests and scripts use them)
+    n, agents, device, comm, timer, topology, halo = map(
+        _read_through, ("n", "agents", "device", "comm", "timer", "topology", "halo"))
+    params, grads, pre_params, mixing, models, lr, iteration = map(
+        _read_through, ("params", "grads", "pre_params", "mixing", "models", "lr", "iteration"))
+    gossip, add_weight_decay = map(_read_through, ("gossip", "add_weight_decay"))
 
     def __init__(
         self,
         model: nn.Module,
         topology,
-        algorithm: str = "dsgdm-n",
-        ccl: dict[str, float] | None = None,
+        algorithm: str | Any = "dsgdm-n",
+        ccl: Mapping[str, float] | CCLOptions | None = None,
         lr: float = 0.1,
         momentum: float = 0.9,
         weight_decay: float = 1e-4,
@@ -78,31 +78,23 @@ class Swarm:
         timer: PhaseTimer | None = None,
         **options: Any,
     ) -> None:
-        self.device = pick_device(device)
-        # per-phase seconds of every iteration (train.py writes them per epoch to metrics.json)
-        self.timer = timer if timer is not None else PhaseTimer(self.device)
-        self.topology = topology
-        self.n = topology.n  # agents of the whole run (all ranks)
-        # this process's agents: all of them, or one rank's shard (rows of every tensor below)
-        self.comm = comm if comm is not None else Communicator(self.n)
-        self.agents = self.comm.agents
+        """``algorithm``: a name or its typed options; ``ccl``: the weights ``{lambda_m,
+        lambda_d}`` or :class:`CCLOptions`. ``options``: the named algorithm's or the CCL loss's
+        other options (``qgm_variant=``, ``feature_distance=``...); any other name is an error."""
+        algorithm, ccl = _typed_options(algorithm, ccl, log_cross_features, options)
+        method = algorithm_for(algorithm)
+        reads = method.neighbors_of(topology, algorithm)  # the halo must hold these rows too
+        self.state = SwarmState(
+            model, topology, reads, lr=lr, momentum=momentum, weight_decay=weight_decay,
+            gamma=gamma, device=device, mixing=mixing, wd_skip_norm=wd_skip_norm, comm=comm,
+            timer=timer,
+        )
+        self.algorithm = method(self.state, algorithm)
+        self.cross_features = None if ccl is None else CrossFeatureLoss(self.state, ccl, reads)
         self.seed = seed
-        self.lr = self.prev_lr = float(lr)
-        self.momentum_factor = float(momentum)
-        self.weight_decay = float(weight_decay)
-        self.gamma = float(gamma)
-        self.iteration = 0
 
-        template = copy.deepcopy(model).to(self.device)
+        template = self.state.template
         self._template = template
-        n_params = sum(p.numel() for p in template.parameters())
-        self.params = torch.empty(len(self.agents), n_params, device=self.device)
-        self.grads = torch.zeros_like(self.params)
-        # every agent starts from the same parameters: one initialisation, copied (METHOD.md 1)
-        self.models = [copy.deepcopy(template) for _ in self.agents]
-        for i, agent_model in enumerate(self.models):
-            bind_to_rows(agent_model, self.params[i], self.grads[i])
-            agent_model.train()
         self.vectorize, self.vectorize_reason = self._resolve_vectorize(vectorize)
         if isinstance(agent_threads, bool) or not isinstance(agent_threads, int) \
                 or agent_threads < 1:
@@ -118,37 +110,6 @@ class Swarm:
         self._param_names = [name for name, _ in named]
         self._param_shapes = [p.shape for _, p in named]
         self._param_sizes = [p.numel() for _, p in named]
-        mixing_matrix = topology.mixing_matrix(mixing)
-        # wd_skip_norm: no decay on 1-d parameters (norm scales/shifts, biases)
-        self._wd_mask = None
-        if wd_skip_norm:
-            self._wd_mask = torch.cat(
-                [torch.full((p.numel(),), float(p.dim() > 1)) for p in template.parameters()]
-            ).to(self.device)
-
-        self.algorithm = algorithm_class(algorithm)(self, **options)
-        # remote neighbours' rows (empty in one process): graph neighbours for gossip, plus whom
-        # CCL reads (RelaySGD: tree neighbours); gossip mixes [own rows; halo rows]
-        reads = self.algorithm.cross_feature_neighbors()
-        self.halo = Halo(self.comm, [sorted({*topology.neighbors(i), *reads[i]})
-                                     for i in range(self.n)], self.device)
-        if self.comm.distributed:
-            mixing_matrix = mixing_matrix[self.comm.lo : self.comm.hi][:, self.halo.agents]
-        self.mixing = torch.as_tensor(mixing_matrix, dtype=self.params.dtype, device=self.device)
-        # X^-: what each agent sent this iteration; with remote neighbours, followed by their
-        # rows (``pre_params_ext``, filled once per iteration by ``fill_pre_halo``)
-        self.pre_params_ext = self.params.new_empty(self.halo.size, n_params)
-        self.pre_params = self.pre_params_ext[: len(self.agents)]
-        self._pre_halo_at: int | None = None  # iteration whose X^- halo is in pre_params_ext
-        self._params_are_pre = False  # params still equal X^- (before_gradients, before gossip)
-        self.cross_features = None
-        if log_cross_features is None:
-            log_cross_features = bool(ccl)
-        if ccl or log_cross_features:
-            from .algorithms.ccl import CrossFeatureLoss
-
-            weights = ccl or {"lambda_m": 0.0, "lambda_d": 0.0}
-            self.cross_features = CrossFeatureLoss(self, **weights, **options)
 
     # -- the public contract -------------------------------------------------------------------
     @property
@@ -157,7 +118,7 @@ class Swarm:
         return self.params
 
     def set_lr(self, lr: float) -> None:
-        self.lr = float(lr)
+        self.state.lr = float(lr)
 
     def step(self, xs: torch.Tensor, ys: torch.Tensor) -> dict[str, torch.Tensor]:
         """One synchronous iteration of every agent (METHOD.md 4.1); returns detached statistics.
@@ -166,58 +127,21 @@ class Swarm:
         """
         if self.comm.distributed and xs.shape[0] == self.n:
             xs, ys = xs[self.comm.lo : self.comm.hi], ys[self.comm.lo : self.comm.hi]
+        state = self.state
         with self.timer.phase("communication"):
-            self.pre_params.copy_(self.params)
-            self._params_are_pre = True
+            state.pre_params.copy_(state.params)
+            state.params_are_pre = True
             self.algorithm.before_gradients()
-            self._params_are_pre = False
+            state.params_are_pre = False
         stats = self._gradients(xs.to(self.device), ys.to(self.device))
         with self.timer.phase("update"):  # gossip/relay inside it count as communication
             self.algorithm.apply_gradients()
-        self.prev_lr = self.lr
-        self.iteration += 1
+        state.prev_lr = state.lr
+        state.iteration += 1
         if self.comm.distributed:  # partial sums over my agents / n -> means over all agents
             values = self.comm.all_reduce_(torch.stack(list(stats.values())))
             stats = dict(zip(stats, values, strict=True))
         return stats
-
-    def fill_pre_halo(self) -> torch.Tensor:
-        """``pre_params_ext``: X^- of my agents, then of remote neighbours (once per iteration)."""
-        if self.comm.distributed and self._pre_halo_at != self.iteration:
-            with self.timer.phase("communication"):
-                self.halo.fill(self.pre_params_ext)
-            self._pre_halo_at = self.iteration
-        return self.pre_params_ext
-
-    def gossip(self, x: torch.Tensor) -> None:
-        """``X <- X + gamma (W X - X)`` in place, every agent using the others' current rows."""
-        with self.timer.phase("communication"):
-            self._gossip(x)
-
-    def _gossip(self, x: torch.Tensor) -> None:
-        if self.comm.distributed:
-            if x is self.params and self._params_are_pre:
-                ext = self.fill_pre_halo()  # the halo CCL needs too: exchanged once, not twice
-            else:
-                ext = x.new_empty(self.halo.size, x.shape[1])
-                ext[: len(self.agents)] = x
-                self.halo.fill(ext)
-            self._params_are_pre = False
-            mixed = self.mixing @ ext
-        else:
-            mixed = self.mixing @ x
-        if self.gamma == 1.0:
-            x.copy_(mixed)
-        else:
-            x.lerp_(mixed, self.gamma)
-
-    def add_weight_decay(self, grads: torch.Tensor, params: torch.Tensor) -> None:
-        if self.weight_decay == 0:
-            return
-        if self._wd_mask is None:
-            grads.add_(params, alpha=self.weight_decay)
-        else:
-            grads.addcmul_(params, self._wd_mask, value=self.weight_decay)
 
     def consensus_model(self) -> nn.Module:
         """A fresh model holding the average of all agents' parameters (and float buffers)."""
@@ -256,8 +180,8 @@ class Swarm:
             "params": self.params.clone(),
             "algorithm": {k: v.clone() for k, v in self.algorithm.state_dict().items()},
             "buffers": [{k: v.clone() for k, v in m.named_buffers()} for m in self.models],
-            "lr": self.lr,
-            "prev_lr": self.prev_lr,
+            "lr": self.state.lr,
+            "prev_lr": self.state.prev_lr,
             "iteration": self.iteration,
         }
         if not self.comm.distributed:
@@ -286,8 +210,8 @@ class Swarm:
         for agent_model, buffers in zip(self.models, state["buffers"], strict=True):
             for name, buf in agent_model.named_buffers():
                 buf.copy_(buffers[name])
-        self.lr, self.prev_lr = state["lr"], state["prev_lr"]
-        self.iteration = state["iteration"]
+        self.state.lr, self.state.prev_lr = state["lr"], state["prev_lr"]
+        self.state.iteration = state["iteration"]
 
     # -- internals -----------------------------------------------------------------------------
     def _gradients(self, xs: torch.Tensor, ys: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -297,7 +221,8 @@ class Swarm:
         cross = self.cross_features
         if cross is not None:
             with self.timer.phase("cross_features"):
-                cross.prepare(xs, ys)  # no-grad passes from X^- (METHOD.md 4.1 step 4)
+                rows_forward = self.vmap_forward if self.vectorize == "vmap" else None
+                cross.prepare(xs, ys, rows_forward)  # no-grad passes from X^- (METHOD 4.1 step 4)
         with self.timer.phase("forward_backward"):
             self.grads.zero_()
             if self.vectorize == "vmap":
@@ -428,3 +353,29 @@ def _to_cpu(value: Any) -> Any:
     if isinstance(value, list):
         return [_to_cpu(v) for v in value]
     return value
+
+
+def _typed_options(
+    algorithm: str | Any, ccl: Mapping[str, float] | CCLOptions | None,
+    log_cross_features: bool | None, options: Mapping[str, Any],
+) -> tuple[Any, CCLOptions | None]:
+    """Names -> typed options: ``options`` are split between the algorithm and the CCL loss by
+    the fields each declares. Another base optimiser's option is ignored (as in a RunConfig,
+    ``qgm_variant`` on a DSGDm-N run); a name that no options type declares is a ConfigError."""
+    own = option_names(algorithm_class(algorithm).Options) if isinstance(algorithm, str) else ()
+    loss_keys = option_names(CCLOptions)
+    known = {*loss_keys, *(k for cls in ALGORITHMS.values() for k in option_names(cls.Options))}
+    for key in options:
+        if key not in known:
+            raise ConfigError(key, "(unknown option)", sorted(known))
+    if isinstance(algorithm, str):
+        algorithm = algorithm_options(algorithm, {k: v for k, v in options.items() if k in own})
+    if log_cross_features is None:
+        log_cross_features = bool(ccl)
+    if isinstance(ccl, CCLOptions):
+        return algorithm, ccl
+    if not ccl and not log_cross_features:
+        return algorithm, None
+    # logging only: both weights 0, the terms computed on detached features
+    values = {**(ccl or {}), **{k: v for k, v in options.items() if k in loss_keys}}
+    return algorithm, build_options(CCLOptions, values)

@@ -20,6 +20,8 @@ import torch
 from tqdm import tqdm
 
 from . import distributed
+from .algorithms import options_from
+from .algorithms.ccl import CCLOptions
 from .checkpoint import Progress, RunDir
 from .config import RunConfig
 from .data import (
@@ -84,13 +86,16 @@ def build_experiment(config: RunConfig) -> Experiment:
         config.model, num_classes=bundle.num_classes, in_channels=bundle.in_channels,
         norm=config.norm, image_size=bundle.image_size, evonorm_style=config.evonorm_style,
     )
+    # the base optimiser's and the CCL loss's own typed options, read from the config
+    ccl = None
+    if config.ccl is not None or config.log_cross_features:
+        weights = config.ccl or {"lambda_m": 0.0, "lambda_d": 0.0}  # logging only: weights 0
+        ccl = CCLOptions(**weights, feature_distance=config.feature_distance)
     swarm = Swarm(
-        model, topology, algorithm=config.algorithm, ccl=config.ccl, lr=config.lr_at(0),
-        momentum=config.momentum, weight_decay=config.weight_decay, gamma=config.gamma,
-        seed=config.seed, device=device, mixing=config.mixing, wd_skip_norm=config.wd_skip_norm,
-        log_cross_features=config.log_cross_features, qgm_variant=config.qgm_variant,
-        relay_tree=config.relay_tree, relay_norm=config.relay_norm,
-        feature_distance=config.feature_distance, comm=comm, vectorize=config.vectorize,
+        model, topology, algorithm=options_from(config.algorithm, config), ccl=ccl,
+        lr=config.lr_at(0), momentum=config.momentum, weight_decay=config.weight_decay,
+        gamma=config.gamma, seed=config.seed, device=device, mixing=config.mixing,
+        wd_skip_norm=config.wd_skip_norm, comm=comm, vectorize=config.vectorize,
         agent_threads=config.agent_threads,
     )
     batches = AgentBatches(

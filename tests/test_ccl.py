@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from benchmark.algorithms.ccl import CrossFeatureLoss
+from benchmark.algorithms.ccl import CCLOptions, CrossFeatureLoss
 from benchmark.methods import METHODS, resolve_method
 from benchmark.swarm import Swarm
 from benchmark.topology import build_topology
@@ -155,8 +155,11 @@ def test_losses_equal_brute_force(graph, n, algorithm, batchnorm, distance):
     # the first half of Swarm.step: snapshot X^-, then the base's pre-gradient communication
     swarm.pre_params.copy_(swarm.params)
     swarm.algorithm.before_gradients()
-    mv = CrossFeatureLoss(swarm, lambda_m=1.0, feature_distance=distance)
-    dv = CrossFeatureLoss(swarm, lambda_d=1.0, feature_distance=distance)
+    neighbors = swarm.algorithm.cross_feature_neighbors()
+    mv = CrossFeatureLoss(swarm.state, CCLOptions(lambda_m=1.0, feature_distance=distance),
+                          neighbors)
+    dv = CrossFeatureLoss(swarm.state, CCLOptions(lambda_d=1.0, feature_distance=distance),
+                          neighbors)
     mv.prepare(xs, ys)
     dv.prepare(xs, ys)
     got_mv, got_dv, own = [], [], []

@@ -6,29 +6,69 @@ An algorithm owns the communication and the update of one synchronous iteration;
     snapshot X^-  ->  algorithm.before_gradients()  ->  forward/backward (+ CCL)  ->
     algorithm.apply_gradients()
 
-All state is whole-swarm tensors of shape ``[n, P]``: no Python loop over agents or parameters.
+An algorithm is built from its own typed options (a frozen dataclass whose field names are the
+``RunConfig`` keys it reads) and acts on a :class:`~benchmark.swarm_state.SwarmState`, never on
+the ``Swarm``. All state is whole-swarm tensors of shape ``[n, P]``: no Python loop over agents
+or parameters.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, ClassVar
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import torch
 
-if TYPE_CHECKING:
-    from ..swarm import Swarm
+from ..errors import ConfigError
+from ..swarm_state import SwarmState
+from ..topology import Topology
 
 BYTES_PER_FLOAT = 4
+
+
+def check_choice(field: str, value: str, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise ConfigError(field, value, allowed)
+
+
+def option_names(options_type: type) -> tuple[str, ...]:
+    return tuple(f.name for f in dataclasses.fields(options_type))
+
+
+def build_options(options_type: type, values: Mapping[str, Any]):
+    """Typed options from ``name: value`` pairs; a name the type lacks is an error naming it."""
+    known = option_names(options_type)
+    for key in values:
+        if key not in known:
+            raise ConfigError(key, "(unknown option)", list(known) or "no options")
+    return options_type(**values)
+
+
+@dataclass(frozen=True)
+class NoOptions:
+    """An algorithm without options."""
 
 
 class Algorithm:
     """Base optimiser interface; subclasses register themselves in ``ALGORITHMS`` by ``name``."""
 
     name: ClassVar[str]
+    Options: ClassVar[type] = NoOptions
 
-    def __init__(self, swarm: Swarm, **options: object) -> None:
-        self.swarm = swarm
-        self.momentum = torch.zeros_like(swarm.params)
+    def __init__(self, state: SwarmState, options: Any = None) -> None:
+        self.state = state
+        self.options = options if options is not None else self.Options()
+        self.momentum = torch.zeros_like(state.params)
+        self._neighbors = self.neighbors_of(state.topology, self.options)
+
+    @classmethod
+    def neighbors_of(cls, topology: Topology, options: Any) -> list[list[int]]:
+        """Whose models agent i receives (and computes cross-features with): graph neighbours.
+
+        A class method: the swarm's halo must hold these rows before the algorithm is built."""
+        return [topology.neighbors(i) for i in range(topology.n)]
 
     # -- one iteration ------------------------------------------------------------------------
     def before_gradients(self) -> None:
@@ -40,13 +80,12 @@ class Algorithm:
 
     # -- what CCL and the accounting need --------------------------------------------------------
     def cross_feature_neighbors(self) -> list[list[int]]:
-        """Whose models agent i receives (and computes cross-features with): graph neighbours."""
-        return [self.swarm.topology.neighbors(i) for i in range(self.swarm.n)]
+        return self._neighbors
 
     def bytes_sent(self) -> dict[str, float]:
         """Mean bytes one agent sends per iteration, by kind: one model per neighbour."""
         degrees = [len(nb) for nb in self.cross_feature_neighbors()]
-        params = self.swarm.params.shape[1] * BYTES_PER_FLOAT * sum(degrees) / len(degrees)
+        params = self.state.params.shape[1] * BYTES_PER_FLOAT * sum(degrees) / len(degrees)
         return {"parameters": params}
 
     # -- checkpoints ---------------------------------------------------------------------------
@@ -64,13 +103,13 @@ class Algorithm:
 
     def local_state(self, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """This rank's part of a whole-swarm state: its agents' rows."""
-        rows = slice(self.swarm.comm.lo, self.swarm.comm.hi)
+        rows = slice(self.state.comm.lo, self.state.comm.hi)
         return {key: value[rows] for key, value in state.items()}
 
 
-def nesterov_step(swarm: Swarm, momentum: torch.Tensor, lr: float) -> None:
+def nesterov_step(state: SwarmState, momentum: torch.Tensor, lr: float) -> None:
     """``g += wd x;  m = beta m + g;  x -= lr (g + beta m)`` for all agents at once (METHOD 3.1)."""
-    x, g, beta = swarm.params, swarm.grads, swarm.momentum_factor
-    swarm.add_weight_decay(g, x)
+    x, g, beta = state.params, state.grads, state.momentum_factor
+    state.add_weight_decay(g, x)
     momentum.mul_(beta).add_(g)
     x.add_(g, alpha=-lr).add_(momentum, alpha=-lr * beta)

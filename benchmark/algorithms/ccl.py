@@ -23,19 +23,32 @@ EvoNorm nets) are grouped. Own features come from a train-mode forward, so on a 
 from __future__ import annotations
 
 import copy
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..errors import ConfigError
-from .base import BYTES_PER_FLOAT
-
-if TYPE_CHECKING:
-    from ..swarm import Swarm
+from ..swarm_state import SwarmState
+from .base import BYTES_PER_FLOAT, check_choice
 
 FEATURE_DISTANCES: tuple[str, ...] = ("squared", "normalized")
+# ``(features, logits)`` of the models whose stacked parameter rows are given, each on its own
+# batch, in one vectorised pass (the forward/backward strategy's, when it uses vmap)
+RowsForward = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, ...]]
+
+
+@dataclass(frozen=True)
+class CCLOptions:
+    """The loss's weights and distance; field names are the ``RunConfig`` keys."""
+
+    lambda_m: float = 0.0
+    lambda_d: float = 0.0
+    feature_distance: str = "squared"
+
+    def __post_init__(self) -> None:
+        check_choice("feature_distance", self.feature_distance, FEATURE_DISTANCES)
 
 
 def view_parameters(model: nn.Module, row: torch.Tensor) -> None:
@@ -58,47 +71,47 @@ class CrossFeatureLoss:
     """
 
     def __init__(
-        self,
-        swarm: Swarm,
-        lambda_m: float = 0.0,
-        lambda_d: float = 0.0,
-        feature_distance: str = "squared",
-        **_: object,
+        self, state: SwarmState, options: CCLOptions, neighbors: Sequence[Sequence[int]]
     ) -> None:
-        if feature_distance not in FEATURE_DISTANCES:
-            raise ConfigError("feature_distance", feature_distance, FEATURE_DISTANCES)
-        self.swarm = swarm
-        self.lambda_m, self.lambda_d = float(lambda_m), float(lambda_d)
-        self.normalized = feature_distance == "normalized"
+        """``neighbors[i]`` (every agent, global ids): whose models agent ``i`` receives."""
+        self.state = state
+        self.neighbors = neighbors
+        self.lambda_m, self.lambda_d = float(options.lambda_m), float(options.lambda_d)
+        self.normalized = options.feature_distance == "normalized"
         self.active = self.lambda_m > 0 or self.lambda_d > 0
-        heads = [m for m in swarm.models[0].modules() if isinstance(m, nn.Linear)]
+        heads = [m for m in state.models[0].modules() if isinstance(m, nn.Linear)]
         # classifier = last linear layer: its input is the feature vector (models/__init__.py)
         self.feature_dim = heads[-1].in_features if heads else None
         self.num_classes = heads[-1].out_features if heads else None
         self._models: list[nn.Module] | None = None
         self._edges: tuple[torch.Tensor, torch.Tensor, list[int]] | None = None
-        self._mv_sum = self._dv_sum = torch.zeros((), device=swarm.device)
+        self._mv_sum = self._dv_sum = torch.zeros((), device=state.device)
 
     # -- one iteration -----------------------------------------------------------------------
     @torch.no_grad()
-    def prepare(self, xs: torch.Tensor, ys: torch.Tensor) -> None:
-        """Cross-feature passes from ``X^-`` and the class statistics every agent receives."""
-        self.swarm.fill_pre_halo()  # sharded run: remote neighbours' X^- (no-op in one process)
+    def prepare(
+        self, xs: torch.Tensor, ys: torch.Tensor, rows_forward: RowsForward | None = None
+    ) -> None:
+        """Cross-feature passes from ``X^-`` and the class statistics every agent receives.
+
+        With ``rows_forward`` (the vmap path) every edge's pass is one vectorised call."""
+        self.state.fill_pre_halo()  # sharded run: remote neighbours' X^- (no-op in one process)
         receivers, senders, offsets = self._edge_lists()
-        cross = self._cross_features(xs, receivers, senders)  # [E, B, D], edge e = (i <- j)
+        # [E, B, D], edge e = (i <- j)
+        cross = self._cross_features(xs, receivers, senders, rows_forward)
         if self.normalized:
             cross = F.normalize(cross, dim=-1)
         onehot = F.one_hot(ys, self.num_classes).to(cross.dtype)  # [n, B, C]
         # agent i sends neighbour j the class sums of j's model on i's batch, and its counts
         sums = torch.bmm(onehot[receivers].transpose(1, 2), cross)  # [E, C, D]
-        n = self.swarm.halo.size  # senders' rows: all agents (one process) or mine + halo
+        n = self.state.halo.size  # senders' rows: all agents (one process) or mine + halo
         self._received_sums = cross.new_zeros(n, *sums.shape[1:]).index_add_(0, senders, sums)
         self._received_counts = cross.new_zeros(n, self.num_classes).index_add_(
             0, senders, onehot.sum(dim=1)[receivers]
         )
-        if self.swarm.comm.distributed:  # statistics for remote senders travel to their owners
+        if self.state.comm.distributed:  # statistics for remote senders travel to their owners
             packed = torch.cat([self._received_sums, self._received_counts.unsqueeze(-1)], -1)
-            packed = self.swarm.halo.reduce(packed)
+            packed = self.state.halo.reduce(packed)
             self._received_sums, self._received_counts = packed[..., :-1], packed[..., -1]
         self._cross, self._offsets = cross, offsets
         self._mv_sum = self._dv_sum = cross.new_zeros(())
@@ -131,31 +144,30 @@ class CrossFeatureLoss:
 
     def stats(self) -> dict[str, torch.Tensor]:
         """Mean over agents of this iteration's ``L_mv`` and ``L_dv``: the heterogeneity measure."""
-        n = self.swarm.n
+        n = self.state.n
         return {"l_mv": self._mv_sum / n, "l_dv": self._dv_sum / n}
 
     def bytes_sent(self) -> dict[str, float]:
         """Class sums and counts, ``C*D + C`` floats per neighbour, only when ``L_dv`` is used."""
         if self.lambda_d == 0 or self.feature_dim is None or self.num_classes is None:
             return {"class_statistics": 0.0}
-        edges = sum(len(nb) for nb in self.swarm.algorithm.cross_feature_neighbors())
+        edges = sum(len(nb) for nb in self.neighbors)
         per_edge = (self.num_classes * self.feature_dim + self.num_classes) * BYTES_PER_FLOAT
-        return {"class_statistics": edges * per_edge / self.swarm.n}
+        return {"class_statistics": edges * per_edge / self.state.n}
 
     # -- internals -----------------------------------------------------------------------------
     def _edge_lists(self) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
         """Edges ``(receiver i, sender j)`` sorted by receiver, and each receiver's slice start."""
         if self._edges is None:
-            swarm = self.swarm
-            neighbors = swarm.algorithm.cross_feature_neighbors()  # every agent, global ids
+            state, neighbors = self.state, self.neighbors  # every agent, global ids
             # receivers: my rows; senders: rows of X^- extended by the halo (ids in one process)
-            row, lo = swarm.halo.row, swarm.comm.lo
-            pairs = [(i - lo, row[j]) for i in swarm.agents for j in neighbors[i]]
-            device = self.swarm.device
+            row, lo = state.halo.row, state.comm.lo
+            pairs = [(i - lo, row[j]) for i in state.agents for j in neighbors[i]]
+            device = state.device
             receivers = torch.tensor([i for i, _ in pairs], dtype=torch.long, device=device)
             senders = torch.tensor([j for _, j in pairs], dtype=torch.long, device=device)
             offsets = [0]
-            for i in swarm.agents:
+            for i in state.agents:
                 offsets.append(offsets[-1] + len(neighbors[i]))
             self._edges = (receivers, senders, offsets)
         return self._edges
@@ -164,8 +176,8 @@ class CrossFeatureLoss:
         """One eval-mode model per agent whose parameters view its row of ``X^-`` (built once)."""
         if self._models is None:
             models = []
-            own = self.swarm.models
-            for j, row in enumerate(self.swarm.pre_params_ext):  # my agents, then the halo's
+            own = self.state.models
+            for j, row in enumerate(self.state.pre_params_ext):  # my agents, then the halo's
                 model = copy.deepcopy(own[j] if j < len(own) else own[0])
                 view_parameters(model, row)
                 models.append(model.eval())
@@ -173,11 +185,12 @@ class CrossFeatureLoss:
         return self._models
 
     def _cross_features(
-        self, xs: torch.Tensor, receivers: torch.Tensor, senders: torch.Tensor
+        self, xs: torch.Tensor, receivers: torch.Tensor, senders: torch.Tensor,
+        rows_forward: RowsForward | None,
     ) -> torch.Tensor:
         """``c_{j->i} = F(x_j^-; X_i)`` for every edge, grouped by sender model where exact."""
-        if self.swarm.vectorize == "vmap" and len(senders):  # all edges in one pass (a GPU)
-            return self.swarm.vmap_forward(self.swarm.pre_params_ext[senders], xs[receivers])[0]
+        if rows_forward is not None and len(senders):  # all edges in one pass (a GPU)
+            return rows_forward(self.state.pre_params_ext[senders], xs[receivers])[0]
         models = self._cross_models()
         cross: torch.Tensor | None = None
         for j, model in enumerate(models):
@@ -190,7 +203,7 @@ class CrossFeatureLoss:
             groups = [edges[k : k + 1] for k in range(len(edges))] if buffers else [edges]
             for group in groups:
                 if buffers:
-                    receiver = self.swarm.models[int(receivers[group[0]])]
+                    receiver = self.state.models[int(receivers[group[0]])]
                     for name, buf in receiver.named_buffers():
                         buffers[name].copy_(buf)
                 batch = xs[receivers[group]]  # [g, B, ...]

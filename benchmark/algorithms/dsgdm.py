@@ -9,7 +9,7 @@ class DSGDm(Algorithm):
     name = "dsgdm-n"
 
     def before_gradients(self) -> None:
-        self.swarm.gossip(self.swarm.params)
+        self.state.gossip(self.state.params)
 
     def apply_gradients(self) -> None:
-        nesterov_step(self.swarm, self.momentum, self.swarm.lr)
+        nesterov_step(self.state, self.momentum, self.state.lr)

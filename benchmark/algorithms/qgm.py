@@ -11,52 +11,55 @@ the buffer track the *global* direction by feeding it the model displacement tha
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from dataclasses import dataclass
 
-from ..errors import ConfigError
-from .base import Algorithm, nesterov_step
-
-if TYPE_CHECKING:
-    from ..swarm import Swarm
+from .base import Algorithm, check_choice, nesterov_step
 
 QGM_VARIANTS: tuple[str, ...] = ("aketi", "lin")
 LIN_MU = 0.1  # Lin et al.'s averaging rate of the quasi-global buffer
 
 
+@dataclass(frozen=True)
+class QGMOptions:
+    qgm_variant: str = "aketi"
+
+    def __post_init__(self) -> None:
+        check_choice("qgm_variant", self.qgm_variant, QGM_VARIANTS)
+
+
 class QGM(Algorithm):
     name = "qgm"
+    Options = QGMOptions
 
-    def __init__(self, swarm: Swarm, qgm_variant: str = "aketi", **_: object) -> None:
-        if qgm_variant not in QGM_VARIANTS:
-            raise ConfigError("qgm_variant", qgm_variant, QGM_VARIANTS)
-        super().__init__(swarm)
-        self.variant = qgm_variant
+    @property
+    def variant(self) -> str:
+        return self.options.qgm_variant
 
     def before_gradients(self) -> None:
         if self.variant != "aketi":
             return  # `lin` gossips after the local step
-        swarm = self.swarm
-        swarm.gossip(swarm.params)
+        state = self.state
+        state.gossip(state.params)
         # Skip at the first iteration (no eta_{t-1}) and when eta_{t-1} = 0 (a division by zero
         # that a zero learning rate, e.g. a consensus-only check, would otherwise cause).
-        if swarm.iteration > 0 and swarm.prev_lr != 0:
+        if state.iteration > 0 and state.prev_lr != 0:
             # m += (x_before_gossip - x_after_gossip) / eta_{t-1}; pre_params is x_before_gossip
-            self.momentum.add_(swarm.pre_params - swarm.params, alpha=1.0 / swarm.prev_lr)
+            self.momentum.add_(state.pre_params - state.params, alpha=1.0 / state.prev_lr)
 
     def apply_gradients(self) -> None:
         if self.variant == "aketi":
-            nesterov_step(self.swarm, self.momentum, self.swarm.lr)
+            nesterov_step(self.state, self.momentum, self.state.lr)
         else:
             self._lin_step()
 
     def _lin_step(self) -> None:
         """``mtilde = b mhat + g; x_half = x - eta (g + b mtilde); x = W x_half; mhat <- ...``."""
-        swarm = self.swarm
-        x, g, beta, lr = swarm.params, swarm.grads, swarm.momentum_factor, swarm.lr
-        start = swarm.pre_params  # x_i at the start of the iteration (nothing moved it yet)
-        swarm.add_weight_decay(g, x)
+        state = self.state
+        x, g, beta, lr = state.params, state.grads, state.momentum_factor, state.lr
+        start = state.pre_params  # x_i at the start of the iteration (nothing moved it yet)
+        state.add_weight_decay(g, x)
         mtilde = self.momentum * beta + g
         x.add_(g, alpha=-lr).add_(mtilde, alpha=-lr * beta)
-        swarm.gossip(x)
+        state.gossip(x)
         if lr != 0:  # the displacement per unit step is undefined at a zero learning rate
             self.momentum.mul_(1 - LIN_MU).add_(start - x, alpha=LIN_MU / lr)

@@ -20,19 +20,26 @@ edge and direction, as a message would be) and ``msg_{j->i}(t-1)``, which this r
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from dataclasses import dataclass
 
 import torch
 
 from ..distributed import Communicator, Halo
-from ..errors import ConfigError
-from ..topology import Topology, double_binary_trees
-from .base import BYTES_PER_FLOAT, Algorithm, nesterov_step
-
-if TYPE_CHECKING:
-    from ..swarm import Swarm
+from ..swarm_state import SwarmState
+from ..topology import SPANNING_TREES, Topology, double_binary_trees
+from .base import BYTES_PER_FLOAT, Algorithm, check_choice, nesterov_step
 
 RELAY_NORMS: tuple[str, ...] = ("counts", "world")
+
+
+@dataclass(frozen=True)
+class RelayOptions:
+    relay_tree: str = "auto"
+    relay_norm: str = "counts"
+
+    def __post_init__(self) -> None:
+        check_choice("relay_tree", self.relay_tree, SPANNING_TREES)
+        check_choice("relay_norm", self.relay_norm, RELAY_NORMS)
 
 
 class TreeRelay:
@@ -101,44 +108,43 @@ def relay_trees(topology: Topology, kind: str) -> list[Topology]:
 
 class RelaySGD(Algorithm):
     name = "relaysgd"
+    Options = RelayOptions
 
-    def __init__(
-        self, swarm: Swarm, relay_tree: str = "auto", relay_norm: str = "counts", **_: object
-    ) -> None:
-        if relay_norm not in RELAY_NORMS:
-            raise ConfigError("relay_norm", relay_norm, RELAY_NORMS)
-        super().__init__(swarm)
-        self.norm = relay_norm
-        self.initial = swarm.params[0].clone()  # x0 of the `world` rule: all agents start here
-        trees = relay_trees(swarm.topology, relay_tree)
-        n_params = swarm.params.shape[1]
+    def __init__(self, state: SwarmState, options: RelayOptions | None = None) -> None:
+        super().__init__(state, options)
+        self.norm = self.options.relay_norm
+        self.initial = state.params[0].clone()  # x0 of the `world` rule: all agents start here
+        trees = relay_trees(state.topology, self.options.relay_tree)
+        n_params = state.params.shape[1]
         bounds = [round(k * n_params / len(trees)) for k in range(len(trees) + 1)]
         self.slices = [slice(a, b) for a, b in zip(bounds, bounds[1:], strict=False)]
         self.relays = [
-            TreeRelay(tree, s.stop - s.start, swarm.params.device, swarm.params.dtype, swarm.comm)
+            TreeRelay(tree, s.stop - s.start, state.params.device, state.params.dtype, state.comm)
             for tree, s in zip(trees, self.slices, strict=True)
         ]
 
-    def apply_gradients(self) -> None:
-        swarm = self.swarm
-        nesterov_step(swarm, self.momentum, swarm.lr)  # params now hold x_half
-        for relay, cols in zip(self.relays, self.slices, strict=True):
-            with swarm.timer.phase("communication"):  # the relay is this algorithm's gossip
-                total, count = relay(swarm.params[:, cols])
-            if self.norm == "counts":
-                swarm.params[:, cols] = total / count[:, None]
-            else:  # world: the agents not heard from yet count as the initial model
-                missing = (swarm.n - count)[:, None]
-                swarm.params[:, cols] = (total + missing * self.initial[cols]) / swarm.n
-
-    def cross_feature_neighbors(self) -> list[list[int]]:
+    @classmethod
+    def neighbors_of(cls, topology: Topology, options: RelayOptions) -> list[list[int]]:
         """Tree neighbours (both trees' for double-binary): the models an agent is in touch with."""
-        return [sorted({j for r in self.relays for j in r.tree.neighbors(i)})
-                for i in range(self.swarm.n)]
+        trees = relay_trees(topology, options.relay_tree)
+        return [sorted({j for tree in trees for j in tree.neighbors(i)})
+                for i in range(topology.n)]
+
+    def apply_gradients(self) -> None:
+        state = self.state
+        nesterov_step(state, self.momentum, state.lr)  # params now hold x_half
+        for relay, cols in zip(self.relays, self.slices, strict=True):
+            with state.timer.phase("communication"):  # the relay is this algorithm's gossip
+                total, count = relay(state.params[:, cols])
+            if self.norm == "counts":
+                state.params[:, cols] = total / count[:, None]
+            else:  # world: the agents not heard from yet count as the initial model
+                missing = (state.n - count)[:, None]
+                state.params[:, cols] = (total + missing * self.initial[cols]) / state.n
 
     def bytes_sent(self) -> dict[str, float]:
         """Per agent per iteration: one (partial) model and one count per tree message."""
-        n = self.swarm.n
+        n = self.state.n
         params = sum(r.n_edges_total * (s.stop - s.start) for r, s in
                      zip(self.relays, self.slices, strict=True))
         counts = sum(r.n_edges_total for r in self.relays)
@@ -149,7 +155,7 @@ class RelaySGD(Algorithm):
         state = {"momentum": self.momentum, "initial": self.initial}
         for k, relay in enumerate(self.relays):
             state[f"messages{k}"], state[f"counts{k}"] = relay.messages, relay.counts
-            if self.swarm.comm.distributed:  # which tree edges these rows are (gather_state)
+            if self.state.comm.distributed:  # which tree edges these rows are (gather_state)
                 state[f"edges{k}"] = relay.edge_ids
         return state
 
@@ -167,7 +173,7 @@ class RelaySGD(Algorithm):
         return state
 
     def local_state(self, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        rows = slice(self.swarm.comm.lo, self.swarm.comm.hi)
+        rows = slice(self.state.comm.lo, self.state.comm.hi)
         local = {"momentum": state["momentum"][rows], "initial": state["initial"]}
         for k, relay in enumerate(self.relays):
             edges = relay.edge_ids.to(state[f"messages{k}"].device)
