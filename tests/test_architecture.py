@@ -26,7 +26,7 @@ LAYERS: list[tuple[str, set[str]]] = [
     ("algorithms", {"algorithms", "stability"}),
     ("config", {"config", "checkpoint", "grid"}),
     ("swarm", {"swarm", "forward_backward"}),
-    ("outputs", {"report", "tracking"}),
+    ("outputs", {"report", "tracking", "instability"}),
     ("train", {"train"}),
     ("entry points", {"tuning", "cli", "__main__"}),
 ]
