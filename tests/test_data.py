@@ -152,6 +152,31 @@ def test_digits_bundle(digits):
     assert torch.equal(load_dataset("digits", seed=5).test.x, digits.test.x)
 
 
+def test_digits_equals_scikit_learn_load_and_split(digits):
+    """Read without importing scikit-learn, yet exactly its images, labels and stratified split
+    (train_test_split, 20%, seed 0), at 28 px (upsampled) and at the native 8 px."""
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    from benchmark.data.registry import DIGITS_SPLIT_SEED, DIGITS_TEST_FRACTION
+
+    ref = load_digits()
+    train_idx, test_idx = train_test_split(
+        np.arange(len(ref.target)), test_size=DIGITS_TEST_FRACTION, stratify=ref.target,
+        random_state=DIGITS_SPLIT_SEED,
+    )
+    train_idx, test_idx = np.sort(train_idx), np.sort(test_idx)
+    images = torch.as_tensor(ref.images, dtype=torch.float32).unsqueeze(1) / 16.0
+    for size, bundle in ((28, digits), (8, load_dataset("digits", image_size=8))):
+        scaled = images if size == 8 else torch.nn.functional.interpolate(
+            images, size=(size, size), mode="bilinear")
+        x = (scaled * 255).round().clamp(0, 255).to(torch.uint8)
+        assert torch.equal(bundle.train.x, x[train_idx])
+        assert torch.equal(bundle.test.x, x[test_idx])
+        assert torch.equal(bundle.train.y, torch.as_tensor(ref.target[train_idx]))
+        assert torch.equal(bundle.test.y, torch.as_tensor(ref.target[test_idx]))
+
+
 def test_synthetic_shapes_and_learnability():
     options = {
         "num_classes": 4,
