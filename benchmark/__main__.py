@@ -1,5 +1,20 @@
+"""``python -m benchmark``: the command line, then a quick exit.
+
+Python's normal shutdown frees every module one by one; with torch loaded that costs about one
+CPU-second per process, i.e. per workflow job (measured by benchmarks/fixed_cost.py). When
+``main`` returns, every file is written (atomically) and every MLflow call has returned, so the
+process runs its exit handlers (logging, torch.distributed), flushes and leaves. An uncaught
+exception (a bug) takes the normal path, traceback included.
+"""
+
+import atexit
+import os
 import sys
 
 from .cli import main
 
-sys.exit(main())
+code = main()
+atexit._run_exitfuncs()
+sys.stdout.flush()
+sys.stderr.flush()
+os._exit(code)
