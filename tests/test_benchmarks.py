@@ -79,3 +79,20 @@ def test_gpu_check_script_is_valid_bash():
     text = script.read_text()
     for name in ("r1_overhead", "r2_ccl", "r3_scaling", "--vectorize"):
         assert name in text
+
+
+def test_fixed_cost_tiny_splits_a_real_run(bench, capsys):
+    """One real run in a fresh process: its phases are positive, add up to the fixed cost, and
+    fit inside the run's wall and CPU time."""
+    summary = bench("fixed_cost").main(["--tiny"])
+    assert _summary(capsys.readouterr().out) == json.loads(json.dumps(summary, default=float))
+    assert summary["status"] == "completed" and summary["epochs"] == 2
+    med = {k: v["median"] for k, v in summary.items() if isinstance(v, dict) and "median" in v}
+    for suffix in ("", "_cpu"):
+        parts = [med[f"{p}{suffix}"] for p in ("startup", "imports", "setup",
+                                                "first_iteration_excess", "finish", "exit")]
+        assert all(p >= 0 for p in parts) and med[f"imports{suffix}"] > 0
+        assert math.isclose(sum(parts), med[f"fixed{suffix}"])
+        assert med[f"fixed{suffix}"] < med[f"total{suffix}"]
+        assert 0 < med[f"fixed_share{suffix}"] < 1
+    assert 0 < med["final_evaluation"] <= med["evaluation"] < med["total"]

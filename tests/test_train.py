@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import math
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -90,3 +92,22 @@ def test_history_and_final_figures(result):
     # it learns: cross-entropy falls, and the consensus model beats chance (10%) clearly
     assert history[1]["train_ce"] < history[0]["train_ce"] < math.log(10) + 0.05
     assert final["consensus_acc"] > 20
+
+
+def test_a_run_imports_no_optional_heavy_library():
+    """What a run without MLflow does not use, it does not import: each of these costs a
+    workflow job CPU-seconds of imports (scikit-learn alone ~2.5 s; benchmarks/fixed_cost.py)."""
+    code = (
+        "import sys\n"
+        "from benchmark.config import load_config\n"
+        "from benchmark.train import run\n"
+        "run(load_config('config/digits.yaml', ['tracking=false', 'epochs=1', 'n_agents=4',"
+        " 'model=mlp', 'image_size=8']), None)\n"
+        "heavy = {'sklearn', 'scipy', 'mlflow', 'matplotlib', 'pandas', 'optuna'}\n"
+        "print(sorted(heavy & {m.split('.')[0] for m in sys.modules}))\n"
+    )
+    root = Path(__file__).resolve().parent.parent
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          cwd=root, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip().splitlines()[-1] == "[]"

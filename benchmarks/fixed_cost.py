@@ -1,0 +1,194 @@
+"""Fixed cost of one run: what a training job pays besides its iterations.
+
+Each round starts a fresh interpreter that runs one run exactly as a workflow job does
+(``benchmark.train.run`` on a family file, MLflow on by default, into a temporary store prepared
+beforehand like the workflow's ``onstart``), and splits its wall time into:
+
+- ``startup``: interpreter start (spawn -> first line of the child);
+- ``imports``: ``benchmark.config`` and ``benchmark.train``, what ``python -m benchmark train`` loads;
+- ``setup``: config, data, partition, graph, models, swarm, run folder, MLflow run (-> first step);
+- ``first_iteration_excess``: the first step minus the median step (lazy allocations, warm-up);
+- ``evaluation``: every evaluation, and ``final_evaluation`` the last one alone;
+- ``finish``: after the last step (final evaluation, ``metrics.json``, MLflow results, artifacts);
+- ``exit``: ``run`` returned -> process gone (the CLI's summary line, interpreter exit).
+
+``fixed = startup + imports + setup + first_iteration_excess + finish + exit``; its share of the
+run's wall time is the figure the digits default is sized by (issue 17: <= 15%). CPU seconds of
+the child (user + sys) are reported too: on a shared machine they move less than wall time.
+
+    python benchmarks/fixed_cost.py                       # the digits default, 3 rounds
+    python benchmarks/fixed_cost.py --config config/digits-lenet.yaml --rounds 1 epochs=12
+"""
+
+from __future__ import annotations
+
+import time
+
+# first thing the child does: wall (CLOCK_MONOTONIC, system-wide) and CPU since the process began
+CHILD_START = (time.monotonic(), time.process_time())
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import os  # noqa: E402
+import runpy  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+import tempfile  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+CHILD_PREFIX = "FIXED_COST "
+TINY_OVERRIDES = ["epochs=2", "n_agents=4", "eval_every=1", "tracking=false"]
+
+
+def child(config_path: str, out_dir: str, overrides: list[str]) -> None:
+    """One run in this (fresh) process through ``python -m benchmark train`` (exit path
+    included), timed at the phase boundaries; prints one JSON line when the run returns."""
+
+    def now() -> tuple[float, float]:
+        return time.monotonic(), time.process_time()
+
+    t_imports0 = now()
+    from benchmark import config as _config  # noqa: F401  (what `train` loads)
+    from benchmark import train
+
+    t_imports = now()
+    steps: list[tuple[tuple[float, float], tuple[float, float]]] = []
+    build, run = train.build_experiment, train.run
+
+    def timed_build(config):  # time every swarm step of the run (the wrapper costs ~1 us)
+        exp = build(config)
+        step = exp.swarm.step
+
+        def timed_step(*args, **kwargs):
+            t0 = now()
+            out = step(*args, **kwargs)
+            steps.append((t0, now()))
+            return out
+
+        exp.swarm.step = timed_step
+        return exp
+
+    def timed_run(config, out, **kwargs):
+        metrics = run(config, out, **kwargs)
+        history = metrics["history"]
+        print(CHILD_PREFIX + json.dumps({
+            "child_start": CHILD_START, "imports_start": t_imports0, "imports_end": t_imports,
+            "steps": steps, "run_end": now(),
+            "evaluations": [r["phases"].get("evaluation", 0.0) for r in history],
+            "epochs": len(history), "iterations_per_epoch": metrics["iterations_per_epoch"],
+            "model": config.model, "n_agents": config.n_agents, "status": metrics["status"],
+            "tracking": config.tracking,
+        }), flush=True)
+        return metrics
+
+    train.build_experiment, train.run = timed_build, timed_run
+    sys.argv = ["benchmark", "train", "--config", config_path, "--out", out_dir, *overrides]
+    runpy.run_module("benchmark", run_name="__main__", alter_sys=True)
+
+
+def one_round(config: str, overrides: list[str], threads: int | None, env: dict) -> dict:
+    """Spawn a child running one run; its phase durations (seconds) and CPU seconds."""
+    with tempfile.TemporaryDirectory() as out:
+        extra = [f"threads={threads}"] if threads else []
+        cmd = [sys.executable, __file__, "--child", "--config", config, "--out", f"{out}/run",
+               *overrides, *extra]
+        t_spawn = time.monotonic()
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                env=env, cwd=ROOT)
+        stdout, stderr = proc.communicate()
+        t_exit = time.monotonic()
+    if proc.returncode != 0:
+        raise SystemExit(f"child failed ({proc.returncode}):\n{stderr[-3000:]}")
+    line = next(x for x in stdout.splitlines() if x.startswith(CHILD_PREFIX))
+    c = json.loads(line.removeprefix(CHILD_PREFIX))
+    cpu = _children_cpu_delta()
+    out: dict = {}
+    # k = 0: wall seconds; k = 1: CPU seconds of the child (less sensitive to other users' load)
+    for k, (suffix, start, end) in enumerate((("", t_spawn, t_exit), ("_cpu", 0.0, cpu))):
+        durations = sorted(b[k] - a[k] for a, b in c["steps"])
+        median_step = durations[len(durations) // 2]
+        first_start, first_end = c["steps"][0]
+        last_end = c["steps"][-1][1]
+        phases = {
+            "startup": c["child_start"][k] - start,
+            "imports": c["imports_end"][k] - c["imports_start"][k],
+            "setup": first_start[k] - c["imports_end"][k],
+            "first_iteration_excess": max(0.0, first_end[k] - first_start[k] - median_step),
+            "finish": c["run_end"][k] - last_end[k],
+            "exit": end - c["run_end"][k],
+        }
+        fixed = sum(phases.values())
+        out.update({f"{name}{suffix}": v for name, v in phases.items()})
+        out.update({f"median_iteration{suffix}": median_step, f"fixed{suffix}": fixed,
+                    f"total{suffix}": end - start, f"fixed_share{suffix}": fixed / (end - start)})
+    return {
+        **out,
+        "final_evaluation": c["evaluations"][-1],
+        "evaluation": sum(c["evaluations"]),
+        "evaluation_share": sum(c["evaluations"]) / out["total"],
+        "info": {k: c[k] for k in ("epochs", "iterations_per_epoch", "model", "n_agents",
+                                   "status", "tracking")},
+    }
+
+
+_LAST_CHILDREN_CPU = [0.0]
+
+
+def _children_cpu_delta() -> float:
+    """User + system CPU seconds of the children reaped since the previous call (one child per
+    round, so: that round's run)."""
+    import resource
+
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    total = usage.ru_utime + usage.ru_stime
+    delta, _LAST_CHILDREN_CPU[0] = total - _LAST_CHILDREN_CPU[0], total
+    return delta
+
+
+def main(argv: list[str] | None = None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--config", default="config/digits.yaml", help="family or run file")
+    p.add_argument("--rounds", type=int, default=3, help="runs, each in a fresh process")
+    p.add_argument("--threads", type=int, default=1, help="torch threads of the run (jobs: 1)")
+    p.add_argument("--no-tracking", action="store_true", help="tracking=false")
+    p.add_argument("--tiny", action="store_true",
+                   help="2 epochs, 4 agents, no MLflow, 1 round: checks the script runs")
+    p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--out", help=argparse.SUPPRESS)
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="run option overrides")
+    args = p.parse_args(argv)
+    if args.child:
+        child(args.config, args.out, args.overrides)
+        return {}
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import torch
+    from common import report, spread
+
+    overrides = list(args.overrides)
+    if args.tiny:
+        args.rounds = 1
+        overrides = TINY_OVERRIDES + overrides
+    if args.no_tracking:
+        overrides.append("tracking=false")
+    config = str(Path(args.config).resolve())
+    _children_cpu_delta()
+    with tempfile.TemporaryDirectory() as store:
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(
+            [str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])])}
+        if "tracking=false" not in overrides:
+            from benchmark.tracking import prepare_store
+
+            env["MLFLOW_TRACKING_URI"] = prepare_store(["digits", "default"],
+                                                       f"sqlite:///{store}/mlflow.db")
+        rounds = [one_round(config, overrides, args.threads, env) for _ in range(args.rounds)]
+    keys = [k for k in rounds[0] if k != "info"]
+    figures = {"config": args.config, "overrides": overrides, **rounds[0]["info"],
+               "rounds": args.rounds}
+    figures.update({k: spread([r[k] for r in rounds]) for k in keys})
+    torch.set_num_threads(args.threads)
+    return report("fixed_cost", figures, torch.device("cpu"))
+
+
+if __name__ == "__main__":
+    main()
