@@ -5,7 +5,7 @@ Each round starts a fresh interpreter that runs one run exactly as a workflow jo
 beforehand like the workflow's ``onstart``), and splits its wall time into:
 
 - ``startup``: interpreter start (spawn -> first line of the child);
-- ``imports``: ``benchmark.config`` and ``benchmark.train``, what ``python -m benchmark train`` loads;
+- ``imports``: ``benchmark.config`` and ``benchmark.train`` (what ``benchmark train`` loads);
 - ``setup``: config, data, partition, graph, models, swarm, run folder, MLflow run (-> first step);
 - ``first_iteration_excess``: the first step minus the median step (lazy allocations, warm-up);
 - ``evaluation``: every evaluation, and ``final_evaluation`` the last one alone;
