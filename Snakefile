@@ -31,6 +31,7 @@ WORKFLOW_DIR = Path(workflow.basedir) / "workflow"
 
 
 include: "workflow/rules/common.smk"
+include: "workflow/rules/data.smk"
 include: "workflow/rules/train.smk"
 include: "workflow/rules/tuning.smk"
 include: "workflow/rules/report.smk"

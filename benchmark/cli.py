@@ -81,6 +81,13 @@ def _topology(args: argparse.Namespace) -> int:
     return 0
 
 
+def _fetch(args: argparse.Namespace) -> int:
+    from .data.fetch import fetch
+
+    print(fetch(args.item, args.data_dir))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="benchmark", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -122,6 +129,13 @@ def build_parser() -> argparse.ArgumentParser:
     topology.add_argument("overrides", nargs="*", metavar="key=value",
                           help="n_agents, torus_rows, degree, seed, momentum")
     topology.set_defaults(func=_topology)
+    from .data.fetch import ITEMS
+
+    fetch = sub.add_parser("fetch", help="download a dataset into data_dir once, atomically "
+                           "(the workflow's fetch_data job)")
+    fetch.add_argument("item", choices=ITEMS, help="dataset (imagenette: its source size)")
+    fetch.add_argument("--data-dir", default="data", help="the runs' data_dir (default: data)")
+    fetch.set_defaults(func=_fetch)
     return parser
 
 

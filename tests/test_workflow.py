@@ -184,6 +184,11 @@ def test_dry_run_plans_the_cifar10_grid_without_reading_data(tmp_path: Path) -> 
     planned = re.search(r"^train\s+(\d+)\s*$", out, re.MULTILINE)
     assert planned and int(planned.group(1)) == expected
     assert re.search(r"^report_family\s+1\s*$", out, re.MULTILINE)
+    # the data are fetched once, before every training and tuning job (workflow/rules/data.smk)
+    assert re.search(r"^fetch_data\s+1\s*$", out, re.MULTILINE)
+    rules = re.findall(r"^(?:local)?rule (\w+):", out, re.MULTILINE)
+    assert rules[0] == "fetch_data" and rules.count("fetch_data") == 1
+    assert "benchmark fetch cifar10 --data-dir data" in out
     # with two GPUs visible every training job takes one, pinned by the slot picker
     assert "gpu=1" in out and "gpu_slot.py --gpus 0,1" in out
     # no data read, nothing created: not the data folder, not the MLflow store
@@ -239,6 +244,15 @@ def test_tiny_grid_jobs_are_limited_to_and_pinned_on_the_gpus(tiny_grid: dict) -
     for log in tiny_grid["work"].glob("results/tiny/**/log.txt"):
         assert log.read_text().splitlines()[0] in {"gpu_slot: CUDA_VISIBLE_DEVICES=0",
                                                    "gpu_slot: CUDA_VISIBLE_DEVICES=1"}
+
+
+def test_tiny_grid_fetches_its_data_once_before_the_runs(tiny_grid: dict) -> None:
+    """synthetic data need no download: the one fetch job only leaves its marker, first."""
+    rules = re.findall(r"^(?:local)?rule (\w+):", tiny_grid["log"], re.MULTILINE)
+    assert rules.count("fetch_data") == 1 and rules.index("fetch_data") < rules.index("train")
+    work = tiny_grid["work"]
+    assert (work / "data" / ".ready" / "synthetic").exists()
+    assert "nothing to fetch" in (work / "data" / ".ready" / "synthetic.log").read_text()
 
 
 def test_tiny_grid_writes_runs_tables_and_figures(tiny_grid: dict) -> None:

@@ -239,6 +239,11 @@ def _resize_transform(size: int, crop: int | None = None):
     )
 
 
+def imagenette_source(image_size: int) -> str:
+    """The Imagenette release a size is resized from: 160 px suffices up to 160, else 320 px."""
+    return "160px" if image_size <= 160 else "320px"
+
+
 def _load_imagenette(root: Path, download: bool, image_size: int) -> DatasetBundle:
     """Imagenette resized once to ``image_size`` (32 in the paper) and cached as uint8 tensors.
 
@@ -249,7 +254,7 @@ def _load_imagenette(root: Path, download: bool, image_size: int) -> DatasetBund
     import torchvision.datasets as tvd
     from torch.utils.data import DataLoader
 
-    source = "160px" if image_size <= 160 else "320px"
+    source = imagenette_source(image_size)
     folder = root / f"imagenette2-{source[:3]}"
     cache_dir = root / "imagenette_cache"
     splits = []

@@ -48,6 +48,8 @@ def study_options(wildcards):
 
 
 rule tune:
+    input:
+        data=lambda wildcards: data_ready(tuning_family(wildcards).base),  # rules/data.smk
     output:
         best=f"{STUDY_OUT}/best.json",
         history=report(f"{STUDY_OUT}/history.png", category="{family}",
