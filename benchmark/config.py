@@ -106,6 +106,9 @@ class RunConfig(BaseModel):
     # CPU: agents' forward/backward spread over this many worker threads (1 intra-op thread
     # each); ~1.1x faster than one 2-thread loop on 2 cores; 1 = the plain loop (default)
     agent_threads: int = Field(1, ge=1, json_schema_extra=MACHINE)
+    # runs sharing one GPU (workflow slots; a run's memory share is 1/k of its GPU): README
+    # "Several runs per GPU"; `--config gpu_slots_per_device=k` overrides it for a workflow
+    gpu_slots_per_device: int | None = Field(None, ge=1, json_schema_extra=MACHINE)
     tracking: bool = Field(True, json_schema_extra=MACHINE)
     # a sharded run computes the single-process run's numbers (tests/test_distributed.py)
     distributed: bool = Field(False, json_schema_extra=MACHINE)
