@@ -88,6 +88,52 @@ def _fetch(args: argparse.Namespace) -> int:
     return 0
 
 
+def _families(args: argparse.Namespace) -> list:
+    from .grid import load_families
+
+    families = load_families(args.config_dir)
+    unknown = [name for name in args.family if name not in families]
+    if unknown:
+        from .errors import ConfigError
+
+        raise ConfigError("family", unknown[0], list(families))
+    return [families[name] for name in args.family] if args.family else list(families.values())
+
+
+def _calibrate(args: argparse.Namespace) -> int:
+    from .calibrate import calibrate
+
+    cal = calibrate(_families(args), args.out, iterations=args.iterations, warmup=args.warmup,
+                    agents=set(args.agents) if args.agents else None, device=args.device,
+                    concurrency_ks=args.concurrency, concurrency_s=args.concurrency_seconds)
+    print(f"{args.out}: {len(cal.entries)} workloads timed on {cal.device} ({cal.device_name})"
+          + (f"; concurrency speed-ups {cal.concurrency}" if cal.concurrency else ""))
+    return 0
+
+
+def _plan(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from .plan import Calibration, describe, plan_family
+
+    family = _families(args)[0]
+    calibration = Calibration.load(args.calibration) if Path(args.calibration).exists() else None
+    slots = args.slots or family.base.gpu_slots_per_device or 1
+    plan = plan_family(family, calibration)
+    for line in describe(family.name, plan, calibration, args.calibration, args.gpus, slots):
+        print(line)
+    return 0
+
+
+def _ints(text: str) -> list[int]:
+    """``1,2,4`` -> [1, 2, 4] (argparse type)."""
+    try:
+        return [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected integers separated by commas"
+                                         ) from None
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="benchmark", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -136,6 +182,29 @@ def build_parser() -> argparse.ArgumentParser:
     fetch.add_argument("item", choices=ITEMS, help="dataset (imagenette: its source size)")
     fetch.add_argument("--data-dir", default="data", help="the runs' data_dir (default: data)")
     fetch.set_defaults(func=_fetch)
+    calibrate = sub.add_parser("calibrate", help="time each workload of the families on this "
+                               "machine's device -> calibration.json (for `plan`)")
+    calibrate.add_argument("--family", action="append", default=[],
+                           help="family to calibrate (repeatable; default: every family)")
+    calibrate.add_argument("--config-dir", default="config", help="family files (default: config)")
+    calibrate.add_argument("--out", default="calibration.json")
+    calibrate.add_argument("--iterations", type=int, default=3, help="timed iterations each")
+    calibrate.add_argument("--warmup", type=int, default=1, help="untimed iterations first")
+    calibrate.add_argument("--agents", type=_ints, metavar="N,N",
+                           help="only these agent counts (plan scales the others linearly)")
+    calibrate.add_argument("--device", help="cpu, cuda... (default: the families' device)")
+    calibrate.add_argument("--concurrency", type=_ints, metavar="K,K",
+                           help="also measure k runs sharing the device, e.g. 1,2,4,8")
+    calibrate.add_argument("--concurrency-seconds", type=float, default=10.0)
+    calibrate.set_defaults(func=_calibrate)
+    plan = sub.add_parser("plan", help="runs, iterations, device-hours and wall time of a family")
+    plan.add_argument("family", nargs=1, help="family name (config/<name>.yaml)")
+    plan.add_argument("--config-dir", default="config", help="family files (default: config)")
+    plan.add_argument("--calibration", default="calibration.json")
+    plan.add_argument("--gpus", type=int, default=1, help="GPUs the grid runs on (default 1)")
+    plan.add_argument("--slots", type=int, help="runs per GPU (default: the family's "
+                      "gpu_slots_per_device, else 1)")
+    plan.set_defaults(func=_plan)
     return parser
 
 
