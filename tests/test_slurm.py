@@ -67,7 +67,7 @@ def test_slurm_profile_plans_the_grid_with_gpus_memory_time_account_partition(tm
         assert job["slurm_account"] == "proj42" and job["slurm_partition"] == "gpu"
         assert job["mem_mb"] == "4000" and job["runtime"] == "720"
     # SLURM pins the GPU (CUDA_VISIBLE_DEVICES): the local slot picker is not used
-    assert "gpu_slot.py" not in out
+    assert "benchmark.gpu_slots" not in out
 
 
 def test_slurm_tuning_jobs_ask_for_a_gpu_like_train_jobs(tmp_path):
@@ -75,7 +75,7 @@ def test_slurm_tuning_jobs_ask_for_a_gpu_like_train_jobs(tmp_path):
     out = _dry_run(tmp_path, "reports/tuning_digits.csv", "lambdas=tuned")
     jobs = _train_resources(out, "tune")
     assert len(jobs) == 3 and all(job["gpu"] == "1" for job in jobs)  # one study per alpha
-    assert "gpu_slot.py" not in out
+    assert "benchmark.gpu_slots" not in out
 
 
 def test_slurm_profile_without_account_leaves_the_choice_to_slurm(tmp_path):

@@ -112,34 +112,6 @@ def test_override_args_are_read_back_as_the_same_values() -> None:
     assert build_config({**family.spec.run, **parse_overrides(run.override_args)}) == run.config
 
 
-# ---------------------------------------------------------------------------- GPU slots
-def test_gpu_slots_pin_concurrent_jobs_to_different_gpus(tmp_path: Path) -> None:
-    """Two jobs at once get different GPUs; a third waits until one of them has finished."""
-    slot = REPO / "workflow" / "scripts" / "gpu_slot.py"
-    job = ("import os, sys, time; open(sys.argv[1], 'w').write(os.environ['CUDA_VISIBLE_DEVICES']);"
-           " time.sleep(float(sys.argv[2]))")
-    locks = tmp_path / "locks"
-
-    def start(name: str, hold: float) -> subprocess.Popen:
-        return subprocess.Popen([sys.executable, str(slot), "--gpus", "3,5", "--lock-dir",
-                                 str(locks), "--poll", "0.1", "--", sys.executable, "-c", job,
-                                 str(tmp_path / name), str(hold)])
-
-    first, second = start("a", 8), start("b", 8)
-    while not ((tmp_path / "a").exists() and (tmp_path / "b").exists()):
-        time.sleep(0.1)
-        assert first.poll() is None and second.poll() is None
-    assert {(tmp_path / "a").read_text(), (tmp_path / "b").read_text()} == {"3", "5"}
-    third = start("c", 0)
-    while not (tmp_path / "c").exists():
-        time.sleep(0.05)
-        assert third.poll() is None or (tmp_path / "c").exists()
-    # the third job only got a GPU once a holder had exited (its lock died with it)
-    assert first.poll() is not None or second.poll() is not None
-    assert [p.wait(timeout=120) for p in (first, second, third)] == [0, 0, 0]
-    assert (tmp_path / "c").read_text() in {"3", "5"}
-
-
 # ---------------------------------------------------------------------------- dry run
 AUDIT = textwrap.dedent("""
     import os, sys
@@ -190,7 +162,8 @@ def test_dry_run_plans_the_cifar10_grid_without_reading_data(tmp_path: Path) -> 
     assert rules[0] == "fetch_data" and rules.count("fetch_data") == 1
     assert "benchmark fetch cifar10 --data-dir data" in out
     # with two GPUs visible every training job takes one, pinned by the slot picker
-    assert "gpu=1" in out and "gpu_slot.py --gpus 0,1" in out
+    assert "gpu=1" in out and "benchmark.gpu_slots --gpus 0,1 --slots 1 --" in out
+    assert re.search(r"^\s+threads: 2$", out, re.MULTILINE)  # a GPU job: few CPU threads
     # no data read, nothing created: not the data folder, not the MLflow store
     lines = log.read_text().splitlines()
     assert lines and set(lines) == {"hook installed"}, lines[:5]
@@ -217,16 +190,22 @@ def test_bad_family_stops_the_workflow_before_any_job(tmp_path: Path) -> None:
 def tiny_grid(tmp_path_factory) -> dict:
     """2 methods x 2 alphas x 1 seed x 1 epoch through `snakemake`, offline.
 
-    Two GPUs are declared visible (`CUDA_VISIBLE_DEVICES=0,1`): on this CPU-only machine torch
-    still trains on the CPU, but the scheduling is the real one: each job takes gpu=1, the
-    workflow limits them to the GPU count (4 cores would allow 4 jobs) and pins each to a GPU.
+    One GPU is declared visible (`CUDA_VISIBLE_DEVICES=0`) and the family shares it between 3
+    runs (`gpu_slots_per_device: 3`): on this CPU-only machine torch still trains on the CPU,
+    but the scheduling is the real one: each job takes gpu=1 of the 3 slots, the workflow
+    limits them to the slot count (4 cores would allow 4 jobs) and pins each to its own
+    (GPU, slot); `gpu_threads=1` gives each GPU job 1 CPU thread.
     """
     work = tmp_path_factory.mktemp("grid")
     (work / "config").mkdir()
-    _family_file(work / "config", TINY, "tiny")
+    family = json.loads(json.dumps(TINY))
+    family["run"]["gpu_slots_per_device"] = 3
+    _family_file(work / "config", family, "tiny")
     uri = f"sqlite:///{work / 'mlflow.db'}"
-    env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "CUDA_VISIBLE_DEVICES": "0,1"}
-    proc = subprocess.run([*SNAKEMAKE, "-d", str(work), "--cores", "4", "reports/table_tiny.csv"],
+    env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "CUDA_VISIBLE_DEVICES": "0",
+           "BENCHMARK_GPU_LOCKS": str(work / "gpu-locks")}
+    proc = subprocess.run([*SNAKEMAKE, "-d", str(work), "--cores", "4", "reports/table_tiny.csv",
+                           "--config", "gpu_threads=1"],
                           capture_output=True, text=True, env=env, timeout=900)
     assert proc.returncode == 0, proc.stderr[-4000:]
     return {"work": work, "uri": uri, "env": env, "log": proc.stdout + proc.stderr}
@@ -240,10 +219,11 @@ def test_tiny_grid_jobs_are_limited_to_and_pinned_on_the_gpus(tiny_grid: dict) -
             peak = max(peak, running)
         elif line.startswith("Finished jobid") and "(Rule: train)" in line:
             running -= 1
-    assert peak == 2  # gpu=2 bounds the 4 cores' worth of 1-thread jobs
-    for log in tiny_grid["work"].glob("results/tiny/**/log.txt"):
-        assert log.read_text().splitlines()[0] in {"gpu_slot: CUDA_VISIBLE_DEVICES=0",
-                                                   "gpu_slot: CUDA_VISIBLE_DEVICES=1"}
+    assert peak == 3  # gpu=3 (1 GPU x 3 slots) bounds the 4 cores' worth of 1-thread jobs
+    slots = [log.read_text().splitlines()[0]
+             for log in tiny_grid["work"].glob("results/tiny/**/log.txt")]
+    assert len(slots) == 4
+    assert set(slots) <= {f"gpu_slot: CUDA_VISIBLE_DEVICES=0 (slot 0:{s}/3)" for s in (0, 1, 2)}
 
 
 def test_tiny_grid_fetches_its_data_once_before_the_runs(tiny_grid: dict) -> None:

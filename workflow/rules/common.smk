@@ -47,10 +47,31 @@ def visible_gpus():
     return [str(i) for i in range(torch.cuda.device_count())]
 
 
+def _positive_int(key, default):
+    value = config.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise WorkflowError(f"error: --config {key}: invalid value {value!r}; allowed: an "
+                            f"integer >= 1")
+    return value
+
+
+def slots_per_device(run_config):
+    """Runs sharing one GPU: `--config gpu_slots_per_device=k` (command line or profile), else
+    the family's `gpu_slots_per_device` run option, else 1 (README "Several runs per GPU")."""
+    return _positive_int("gpu_slots_per_device", run_config.gpu_slots_per_device or 1)
+
+
+# CPU threads of a GPU job (it mostly launches kernels): `--config gpu_threads=N`, default 2;
+# the family's `threads` is what its CPU jobs use
+GPU_THREADS = _positive_int("gpu_threads", 2)
+
+
 GPUS = visible_gpus()
 if GPUS and "gpu" not in workflow.global_resources.keys():
-    # without --resources gpu=N, Snakemake would not limit GPU jobs at all
-    workflow.register_resource("gpu", len(GPUS))
+    # the `gpu` resource counts slots (GPUs x runs per GPU); without it, or --resources gpu=N,
+    # Snakemake would not limit GPU jobs at all
+    slots = max(slots_per_device(family.base) for family in FAMILIES.values())
+    workflow.register_resource("gpu", len(GPUS) * slots)
 
 
 # Set by profiles/slurm (`config: cluster=slurm`): jobs run on compute nodes, so this host's GPUs
@@ -70,13 +91,19 @@ def uses_gpu(wildcards):
 
 
 def gpu_launcher(config):
-    """Prefix that pins a GPU job to one free GPU (Snakemake does not set CUDA_VISIBLE_DEVICES):
-    a file lock per GPU, held by the job's process itself, so concurrent jobs never share.
-    Every GPU rule (train, tune) starts its command with this."""
+    """Prefix that pins a GPU job to one free (GPU, slot) pair (Snakemake does not set
+    CUDA_VISIBLE_DEVICES): a file lock per slot, held by the job's process itself, so no slot
+    is ever shared and a GPU runs at most k jobs (benchmark/gpu_slots.py; hand-started runs
+    take the same locks). Every GPU rule (train, tune) starts its command with this."""
     if not on_gpu(config) or CLUSTER:  # SLURM sets CUDA_VISIBLE_DEVICES for --gpus itself
         return ""
-    return (f"{PYTHON} {WORKFLOW_DIR / 'scripts' / 'gpu_slot.py'} "
-            f"--gpus {','.join(GPUS)} --lock-dir .snakemake/gpu-slots -- ")
+    return (f"{PYTHON} -m benchmark.gpu_slots --gpus {','.join(GPUS)} "
+            f"--slots {slots_per_device(config)} -- ")
+
+
+def job_threads(config):
+    """CPU threads of a job: few for a GPU job, the family's `threads` (else 1) otherwise."""
+    return GPU_THREADS if on_gpu(config) and not CLUSTER else config.threads or 1
 
 
 def result_options(options):

@@ -34,7 +34,7 @@ rule train:
     params:
         command=job_command,
         options=run_options,
-    threads: lambda wildcards: run_spec(wildcards).config.threads or 1
+    threads: lambda wildcards: job_threads(run_spec(wildcards).config)
     resources:
         gpu=lambda wildcards: 1 if uses_gpu(wildcards) else 0,
     shell:

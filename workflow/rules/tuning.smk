@@ -63,7 +63,7 @@ rule tune:
     params:
         command=tune_command,
         options=study_options,
-    threads: lambda wildcards: tuning_family(wildcards).base.threads or 1
+    threads: lambda wildcards: job_threads(tuning_family(wildcards).base)
     resources:
         gpu=lambda wildcards: 1 if on_gpu(tuning_family(wildcards).base) else 0,
     shell:
