@@ -41,13 +41,13 @@ import torch
 
 from .config import RunConfig, result_fields
 from .errors import CheckpointError, ConfigError, UserError
-from .io import atomic_open, atomic_write_json
+from .io import atomic_open
+from .metrics import RunMetrics
 
 CHECKPOINT = "checkpoint.pt"
 METRICS = "metrics.json"
 LOCK = ".lock"
 FORMAT = 1
-FINISHED = ("completed", "diverged")
 RESTART_HINT = "run the same command with --restart to discard it and start over"
 
 
@@ -129,7 +129,7 @@ class RunDir:
         _check_writable(self.path)
 
     # -- reading (before any work) --------------------------------------------------------------
-    def finished(self) -> dict[str, Any] | None:
+    def finished(self) -> RunMetrics | None:
         """The metrics of a finished run of this config, None if there is none.
 
         Raises :class:`CheckpointError` when ``metrics.json`` is unreadable or belongs to a
@@ -138,15 +138,10 @@ class RunDir:
         if not self.metrics.is_file():
             return None
         try:
-            metrics = json.loads(self.metrics.read_text())
-            saved, status = metrics["config"], metrics["status"]
-        except (OSError, ValueError, KeyError, TypeError) as err:
-            raise CheckpointError(
-                f"{self.metrics}: unreadable result ({type(err).__name__}: {err}); {RESTART_HINT}"
-            ) from None
-        if status not in FINISHED:
-            return None
-        changes = config_difference(saved, self.config)
+            metrics = RunMetrics.load(self.metrics)
+        except UserError as err:
+            raise CheckpointError(f"unreadable result: {err}; {RESTART_HINT}") from None
+        changes = config_difference(fingerprint(metrics.config), self.config)
         if changes:
             raise CheckpointError(
                 f"{self.metrics}: a finished run of a different config ({'; '.join(changes)}); "
@@ -250,10 +245,10 @@ class RunDir:
             with atomic_open(self.checkpoint) as fh:
                 torch.save(state, fh)
 
-    def finish(self, metrics: dict[str, Any]) -> None:
+    def finish(self, metrics: RunMetrics) -> None:
         """Write ``metrics.json`` atomically, then drop the checkpoint it supersedes."""
         with _writing(self.metrics, "the checkpoint is intact"):
-            atomic_write_json(self.metrics, metrics)
+            metrics.save(self.metrics)
         self.checkpoint.unlink(missing_ok=True)
 
 

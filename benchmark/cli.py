@@ -28,11 +28,11 @@ def _train(args: argparse.Namespace) -> int:
 
         config = build_config({**config.model_dump(), **tuned_lambdas(args.tuned, config)})
     metrics = run(config, args.out, restart=args.restart)
-    final = metrics["final"]
-    summary = f"{metrics['status']}: wall {metrics['wall_time_s']:.1f}s"
-    if final:
-        summary += (f", consensus acc {final['consensus_acc']:.2f}%, local acc "
-                    f"{final['local_acc_mean']:.2f} ± {final['local_acc_std']:.2f}%")
+    final = metrics.final
+    summary = f"{metrics.status}: wall {metrics.wall_time_s:.1f}s"
+    if final is not None:
+        summary += (f", consensus acc {final.consensus_acc:.2f}%, local acc "
+                    f"{final.local_acc_mean:.2f} ± {final.local_acc_std:.2f}%")
     if not config.distributed or os.environ.get("RANK", "0") == "0":  # torchrun: rank 0 speaks
         print(summary)
     return 0

@@ -8,9 +8,8 @@ in its first second rather than after an hour.
 
 from __future__ import annotations
 
-import difflib
 from pathlib import Path
-from typing import Any, Literal, get_args
+from typing import Any, Literal
 
 import yaml
 from pydantic import (
@@ -23,7 +22,7 @@ from pydantic import (
     model_validator,
 )
 
-from .errors import ConfigError, UserError
+from .errors import ConfigError, UserError, validation_error
 from .methods import METHODS, resolve_method
 
 # Option metadata: a field declared with ``json_schema_extra=MACHINE`` says where or how fast a
@@ -174,26 +173,6 @@ def _choice(field: str, value: str, allowed) -> str:
     return value
 
 
-def _raise_first(err: ValidationError, data: dict[str, Any]) -> None:
-    """Turn pydantic's report into one line naming the field, the value and what is allowed."""
-    first = err.errors()[0]
-    field = ".".join(str(p) for p in first["loc"]) or "config"
-    if first["type"] == "extra_forbidden":
-        close = difflib.get_close_matches(field, RunConfig.model_fields, n=1)
-        hint = f"did you mean '{close[0]}'?" if close else "see README for the options"
-        raise ConfigError(field, "(unknown key)", "a known config key", hint) from None
-    ctx_error = (first.get("ctx") or {}).get("error")
-    if isinstance(ctx_error, ConfigError):
-        raise ctx_error from None
-    value = data.get(field, first.get("input"))
-    if first["type"] == "literal_error" and field in RunConfig.model_fields:
-        choices = get_args(RunConfig.model_fields[field].annotation)
-        raise ConfigError(field, value, choices) from None  # with a did-you-mean
-    # "Input should be greater than 0" -> "allowed: greater than 0"
-    msg = first["msg"].removeprefix("Value error, ").removeprefix("Input should be ")
-    raise ConfigError(field, value, msg) from None
-
-
 def parse_overrides(pairs: list[str]) -> dict[str, Any]:
     """``key=value`` strings -> dict; values are read as YAML (numbers, booleans, lists)."""
     out: dict[str, Any] = {}
@@ -233,8 +212,7 @@ def build_config(data: dict[str, Any]) -> RunConfig:
     try:
         return RunConfig(**data)
     except ValidationError as err:
-        _raise_first(err, data)
-        raise  # unreachable: _raise_first always raises
+        raise validation_error(err, RunConfig) from None
 
 
 def load_config(path: str | Path | None, overrides: list[str] | None = None) -> RunConfig:

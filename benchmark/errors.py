@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import difflib
 from collections.abc import Iterable
+from typing import Literal, get_args, get_origin
+
+from pydantic import BaseModel, ValidationError
 
 EXIT_USER_ERROR = 2
 
@@ -27,7 +30,10 @@ class ConfigError(UserError):
             close = difflib.get_close_matches(str(value), choices, n=1)
             if close and not hint:
                 hint = f"did you mean '{close[0]}'?"
-        message = f"{field}: invalid value {value!r}; allowed: {allowed}"
+        shown = repr(value)
+        if len(shown) > 80:  # a whole list or mapping: its start says enough
+            shown = shown[:77] + "..."
+        message = f"{field}: invalid value {shown}; allowed: {allowed}"
         if hint:
             message += f" ({hint})"
         super().__init__(message)
@@ -40,3 +46,63 @@ class DataMissingError(UserError):
 
 class CheckpointError(UserError):
     """A checkpoint that cannot be trusted (corrupted, truncated or from another config)."""
+
+
+def validation_error(err: ValidationError, model: type[BaseModel], prefix: str = "") -> ConfigError:
+    """pydantic's first complaint as one :class:`ConfigError`: the field as the user spells it
+    (``prefix`` + ``grid.topologies[0].n_agents``), the bad value and what is allowed.
+
+    The one translator for every schema (run options, family files, tuning, metrics.json). An
+    unknown key comes first: a typo (``alphas:``) also makes the real key look missing, and
+    "did you mean 'alpha'?" is the useful message. A :class:`ConfigError` raised by one of our
+    validators already names its field and passes through unchanged.
+    """
+    first = min(err.errors(), key=lambda e: e["type"] != "extra_forbidden")
+    own = (first.get("ctx") or {}).get("error")
+    if isinstance(own, ConfigError):
+        return own
+    loc = first["loc"]
+    path = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in loc).lstrip(".")
+    name = (prefix + path) or prefix.rstrip(".") or model.__name__
+    owner = _model_at(model, loc[:-1])
+    key = str(loc[-1]) if loc else ""
+    if first["type"] == "extra_forbidden":
+        known = list(owner.model_fields) if owner else []
+        close = difflib.get_close_matches(key, known, n=1)
+        allowed = ", ".join(known) if 0 < len(known) <= 16 else "see README for the options"
+        hint = f"did you mean '{close[0]}'?" if close else ""
+        return ConfigError(name, "(unknown key)", f"a known key ({allowed})", hint)
+    if first["type"] == "missing":
+        return ConfigError(name, "(missing)", "a value is required")
+    value = first.get("input")
+    if first["type"] == "literal_error" and owner and key in owner.model_fields:
+        return ConfigError(name, value, literal_choices(owner.model_fields[key].annotation))
+    # "Input should be greater than 0" -> "allowed: greater than 0"
+    problem = first["msg"].removeprefix("Value error, ").removeprefix("Input should be ")
+    return ConfigError(name, value, problem)
+
+
+def literal_choices(annotation: object) -> list[object]:
+    """The values a ``Literal[...]`` annotation allows (through ``| None`` and ``Annotated``)."""
+    if get_origin(annotation) is Literal:
+        return list(get_args(annotation))
+    return [c for arg in get_args(annotation) for c in literal_choices(arg)]
+
+
+def _model_at(model: type[BaseModel], path: tuple) -> type[BaseModel] | None:
+    """The (nested) model that holds the field at ``path`` (list indices and dict keys skipped)."""
+    for part in path:
+        field = model.model_fields.get(str(part)) if not isinstance(part, int) else None
+        if field is None:
+            continue
+        inner = _inner_model(field.annotation)
+        if inner is None:
+            return None
+        model = inner
+    return model
+
+
+def _inner_model(annotation: object) -> type[BaseModel] | None:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    return next(filter(None, map(_inner_model, get_args(annotation))), None)

@@ -22,7 +22,6 @@ so ``snakemake -n`` over the paper grid costs only this validation.
 
 from __future__ import annotations
 
-import difflib
 import json
 import shlex
 from dataclasses import dataclass, field
@@ -40,7 +39,7 @@ from pydantic import (
 )
 
 from .config import MACHINE, RunConfig, build_config, read_yaml
-from .errors import ConfigError, UserError
+from .errors import ConfigError, UserError, validation_error
 from .methods import METHODS
 from .topology import TOPOLOGIES, build_topology
 
@@ -299,10 +298,7 @@ def _load_family(path: str | Path, lambdas: str | None = None) -> Family:
     try:
         spec = FamilyFile(**raw)
     except ValidationError as err:
-        _raise_first(err, raw, path)
-        raise  # unreachable
-    # a ConfigError raised by our validators passes through pydantic as is (load_family
-    # prefixes the file name)
+        raise validation_error(err, FamilyFile) from None  # load_family adds the file name
     run = dict(spec.run)
     named = "family" in run  # if the file does not name its family, every job must say it
     name = run.setdefault("family", path.stem)
@@ -374,32 +370,6 @@ def _run_config(data: dict[str, Any], ctx: str, path: Path) -> RunConfig:
         return build_config(data)
     except ConfigError as err:
         raise UserError(f"{path}: {ctx}: {err}") from None
-
-
-def _raise_first(err: ValidationError, raw: dict[str, Any], path: Path) -> None:
-    """pydantic's first complaint as one line: ``<file>: <field>: <problem>``.
-
-    An unknown key comes first: a typo (``alphas:``) also makes the real key look missing, and
-    "did you mean 'alpha'?" is the useful message.
-    """
-    first = sorted(err.errors(), key=lambda e: e["type"] != "extra_forbidden")[0]
-    loc = first["loc"]
-    field_name = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in loc).lstrip(".")
-    ctx_error = (first.get("ctx") or {}).get("error")
-    if isinstance(ctx_error, ConfigError):
-        raise UserError(f"{path}: {field_name}: {ctx_error}") from None
-    if first["type"] == "extra_forbidden":
-        sections = {"grid": Grid, "tuning": Tuning}
-        allowed = list(sections.get(str(loc[0]), FamilyFile).model_fields) if len(loc) > 1 \
-            else list(FamilyFile.model_fields)
-        close = difflib.get_close_matches(str(loc[-1]), allowed, n=1)
-        hint = f"did you mean '{close[0]}'?" if close else ""
-        raise ConfigError(f"{path}: {field_name}", "(unknown key)", allowed, hint) from None
-    if first["type"] == "missing":
-        raise ConfigError(f"{path}: {field_name}", "(missing)", "a value is required") from None
-    raise ConfigError(
-        f"{path}: {field_name}", first.get("input"), first["msg"].removeprefix("Value error, ")
-    ) from None
 
 
 def _yaml_scalar(value: Any) -> str:

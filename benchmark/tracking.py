@@ -24,8 +24,6 @@ Results never depend on MLflow: reports read ``metrics.json`` only.
 
 from __future__ import annotations
 
-import json
-import math
 import os
 import random
 import sqlite3
@@ -34,9 +32,12 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import yaml
+
+if TYPE_CHECKING:
+    from .metrics import RunMetrics
 
 T = TypeVar("T")
 
@@ -165,7 +166,7 @@ class NullTracker:
     def log_epoch(self, epoch: int, record: dict[str, Any]) -> None:
         pass
 
-    def log_result(self, metrics: dict[str, Any]) -> None:
+    def log_result(self, metrics: RunMetrics) -> None:
         pass
 
 
@@ -203,40 +204,35 @@ class MlflowTracker:
         self.log_batch(metrics=[(k, v, epoch) for k, v in epoch_metrics(record).items()])
         self.logged.add(epoch)
 
-    def log_result(self, metrics: dict[str, Any]) -> None:
+    def log_result(self, metrics: RunMetrics) -> None:
         # epochs this process did not log: those before a resume, and a diverged last epoch
-        for record in metrics.get("history", []):
-            if record.get("epoch") not in self.logged:
+        for record in metrics.history:
+            if record["epoch"] not in self.logged:
                 self.log_epoch(record["epoch"], record)
-        final = {f"final_{k}": v for k, v in (metrics.get("final") or {}).items()}
-        final["wall_time_s"] = metrics.get("wall_time_s", math.nan)
-        comm = metrics.get("communication", {})
-        if "bytes_per_agent_total" in comm:
-            final["bytes_per_agent_total"] = comm["bytes_per_agent_total"]
-        topo = metrics.get("topology", {})
-        if "spectral_gap" in topo:
-            final["spectral_gap"] = topo["spectral_gap"]
-        step = len(metrics.get("history", []))
-        epoch = metrics.get("diverged_epoch")
+        final = {f"final_{k}": v for k, v in
+                 (metrics.final.model_dump() if metrics.final is not None else {}).items()}
+        final["wall_time_s"] = metrics.wall_time_s
+        final["bytes_per_agent_total"] = metrics.communication.bytes_per_agent_total
+        final["spectral_gap"] = metrics.topology.spectral_gap
+        epoch = metrics.diverged_epoch
         diverged = [("diverged_epoch", epoch)] if epoch else []
         self.log_batch(
-            metrics=[(k, float(v), step) for k, v in final.items() if isinstance(v, int | float)],
-            tags=[("status", metrics.get("status", "unknown"))] + diverged,
+            metrics=[(k, float(v), len(metrics.history)) for k, v in final.items()],
+            tags=[("status", metrics.status)] + diverged,
         )
         self._log_artifacts(metrics)
 
-    def _log_artifacts(self, metrics: dict[str, Any]) -> None:
+    def _log_artifacts(self, metrics: RunMetrics) -> None:
         from .report import partition_figure, run_curves_figure
 
         with tempfile.TemporaryDirectory() as tmp:
             tmp = Path(tmp)
-            (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2, allow_nan=True))
+            (tmp / "metrics.json").write_text(metrics.to_json())
             resolved = yaml.safe_dump(self.config.model_dump(), sort_keys=False)
             (tmp / "config.yaml").write_text(resolved)
-            figures = {"learning_curves.png": run_curves_figure(metrics.get("history", []))}
-            histogram = metrics.get("partition", {}).get("histogram")
-            if histogram:
-                figures["partition.png"] = partition_figure(histogram)
+            figures = {"learning_curves.png": run_curves_figure(metrics.history)}
+            if metrics.partition.histogram:
+                figures["partition.png"] = partition_figure(metrics.partition.histogram)
             for name, fig in figures.items():
                 fig.savefig(tmp / name, dpi=110, bbox_inches="tight")
             self.log_files(sorted(tmp.iterdir()))

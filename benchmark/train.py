@@ -34,6 +34,7 @@ from .data import (
 )
 from .errors import ConfigError
 from .instability import training_instability
+from .metrics import RunMetrics
 from .models import build_model
 from .swarm import Swarm, pick_device
 from .timing import timed
@@ -165,8 +166,8 @@ def run(
     eval_split: str = "test",
     on_epoch: EpochCallback | None = None,
     restart: bool = False,
-) -> dict[str, Any]:
-    """Train for ``config.epochs`` and (when ``out_dir`` is given) write ``metrics.json``.
+) -> RunMetrics:
+    """Train for ``config.epochs``; the result, also written to ``out_dir/metrics.json``.
 
     With ``out_dir``, the run is crash-safe (:mod:`benchmark.checkpoint`): it checkpoints every
     epoch, resumes from the checkpoint when restarted, and returns the existing metrics without
@@ -177,7 +178,7 @@ def run(
     if store is not None and not restart:
         done = store.finished()
         if done is not None:
-            print(f"{store.metrics}: finished run ({done['status']}), nothing to do", flush=True)
+            print(f"{store.metrics}: finished run ({done.status}), nothing to do", flush=True)
             return done
     progress = Progress()
     exp = build_experiment(config)
@@ -270,15 +271,15 @@ def _epoch_line(record: dict[str, Any], epochs: int) -> str:
     return " | ".join(parts)
 
 
-def _metrics(exp: Experiment, progress: Progress, status: str) -> dict[str, Any]:
+def _metrics(exp: Experiment, progress: Progress, status: str) -> RunMetrics:
     config, swarm, topo = exp.config, exp.swarm, exp.topology
     history, final = progress.history, progress.final
     hist = class_histogram(exp.bundle.train.y.numpy(), exp.parts, exp.bundle.num_classes)
     bytes_sent = swarm.bytes_sent()
-    return {
+    return RunMetrics.parse({
         "status": status,
         "diverged_epoch": history[-1]["epoch"] if status == "diverged" else None,
-        "config": config.model_dump(),
+        "config": config,
         "method": config.method,
         "algorithm": config.algorithm,
         "ccl": config.ccl,
@@ -299,7 +300,7 @@ def _metrics(exp: Experiment, progress: Progress, status: str) -> dict[str, Any]
         "wall_time_s": progress.wall_time(),
         "resumed_after_epochs": progress.resumed_after,
         **_distributed_metrics(swarm),
-    }
+    })
 
 
 def _distributed_metrics(swarm: Swarm) -> dict[str, Any]:

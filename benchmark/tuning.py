@@ -39,7 +39,7 @@ from optuna.trial import FrozenTrial, TrialState
 from pydantic import ValidationError
 
 from .config import RunConfig, build_config, parse_overrides, read_yaml, result_fields
-from .errors import ConfigError, UserError
+from .errors import ConfigError, UserError, validation_error
 from .grid import Tuning, format_float
 from .io import atomic_write_json, atomic_write_text
 from .train import run
@@ -53,16 +53,7 @@ def build_spec(data: dict[str, Any]) -> Tuning:
     try:
         return Tuning(**data)
     except ValidationError as err:
-        first = err.errors()[0]
-        ctx_error = (first.get("ctx") or {}).get("error")
-        if isinstance(ctx_error, ConfigError):
-            raise ctx_error from None
-        field = ".".join(str(p) for p in first["loc"]) or "tuning"
-        if first["type"] == "extra_forbidden":
-            raise ConfigError(f"tuning.{field}", "(unknown key)",
-                              sorted(Tuning.model_fields)) from None
-        value = data.get(field, first.get("input"))
-        raise ConfigError(f"tuning.{field}", value, first["msg"]) from None
+        raise validation_error(err, Tuning, prefix="tuning.") from None
 
 
 def load_tuning(path: str | Path | None, overrides: list[str] | None = None
@@ -298,11 +289,11 @@ class _Objective:
                 raise optuna.TrialPruned(f"pruned at epoch {epoch}")
 
         metrics = run(config, None, eval_split="val", on_epoch=on_epoch)
-        value = metrics["final"].get("consensus_acc", float("nan"))
-        if metrics["status"] == "diverged" or not math.isfinite(value):
+        value = metrics.final_value("consensus_acc")
+        if metrics.status == "diverged" or not math.isfinite(value):
             trial.set_user_attr("diverged", True)
-            trial.set_user_attr("diverged_epoch", metrics["diverged_epoch"])
-            raise optuna.TrialPruned(f"diverged at epoch {metrics['diverged_epoch']}")
+            trial.set_user_attr("diverged_epoch", metrics.diverged_epoch)
+            raise optuna.TrialPruned(f"diverged at epoch {metrics.diverged_epoch}")
         return float(value)
 
 

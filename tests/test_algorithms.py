@@ -232,14 +232,14 @@ def test_run_records_bytes_by_kind_per_epoch_and_in_total():
                            "n_agents": 4, "epochs": 2, "batch_size": 32, "method": "ccl-relay",
                            "tracking": False, "device": "cpu"})
     metrics = run(config, None)
-    n, p, iters = 4, metrics["n_params"], metrics["iterations_per_epoch"]
-    per_iteration = metrics["communication"]["bytes_per_agent_per_iteration"]
+    n, p, iters = 4, metrics.n_params, metrics.iterations_per_epoch
+    per_iteration = metrics.communication.bytes_per_agent_per_iteration
     messages = 2 * (n - 1) / n  # per agent, on the chain 0-1-2-3
     assert per_iteration["parameters"] == pytest.approx(messages * p * 4)
     assert per_iteration["relay_counts"] == pytest.approx(messages * 4)
     assert per_iteration["class_statistics"] == pytest.approx(messages * (4 * 32 + 4) * 4)
-    for record in metrics["history"]:
+    for record in metrics.history:
         assert record["bytes_per_agent_parameters"] == pytest.approx(messages * p * 4 * iters)
         assert record["bytes_per_agent"] == pytest.approx(sum(per_iteration.values()) * iters)
-    assert metrics["communication"]["bytes_per_agent_total"] == pytest.approx(
+    assert metrics.communication.bytes_per_agent_total == pytest.approx(
         2 * sum(per_iteration.values()) * iters)

@@ -207,7 +207,7 @@ def test_torchrun_train_resumes_a_checkpoint_and_writes_the_single_process_metri
     options = ["dataset=digits", "model=mlp", "n_agents=8", "topology=ring", "method=ccl",
                "alpha=0.1", "epochs=3", "batch_size=32", "lambda_m=0.1", "lambda_d=0.1",
                "tracking=false", "device=cpu"]
-    single = run(load_config(None, options), tmp_path / "single")
+    single = run(load_config(None, options), tmp_path / "single").to_dict()
 
     class Stop(Exception):
         pass

@@ -164,7 +164,7 @@ def test_rerunning_a_finished_run_is_a_no_op(tmp_path, capsys):
     again = run(config, out, on_epoch=lambda epoch, record: epochs_trained.append(epoch))
     assert epochs_trained == []
     assert (out / METRICS).read_bytes() == written
-    assert _results(again) == _results(json.loads(json.dumps(first)))
+    assert again == first  # the typed result read back from metrics.json
     assert "nothing to do" in capsys.readouterr().out
 
 
@@ -192,6 +192,6 @@ def test_same_config_and_seed_give_identical_metrics(tmp_path, method):
     _skip_unless_available(method)
     config = load_config(None, [*ARGS, f"method={method}", "epochs=2"])
     first, second = run(config, tmp_path / "a"), run(config, tmp_path / "b")
-    assert first["status"] == "completed"
+    assert first.status == "completed"
     assert _results(_read(tmp_path / "a")) == _results(_read(tmp_path / "b"))
-    assert _results(first) == _results(second)
+    assert _results(first.to_dict()) == _results(second.to_dict())

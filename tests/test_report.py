@@ -35,7 +35,7 @@ def _metrics(method: str, seed: int, alpha: float, consensus: float | None, loca
              *, status: str = "completed", epoch_time: float = 1.0, bytes_: float = 100.0,
              l_mv: float | None = None, curve: list[float] | None = None,
              protocol: str | None = None, instability: list[int] | None = None) -> dict:
-    """A minimal metrics.json as train.py writes it (the fields the report reads); ``curve``:
+    """A metrics.json as train.py writes it (benchmark.metrics.RunMetrics); ``curve``:
     consensus accuracy per epoch (default: two epochs ending at the final value, plateaued)."""
     final = {} if consensus is None else {"consensus_acc": consensus, "local_acc_mean": local,
                                           "local_acc_std": 1.0, "consensus_distance": 0.1}
@@ -52,11 +52,14 @@ def _metrics(method: str, seed: int, alpha: float, consensus: float | None, loca
         "config": {"family": "hand", "dataset": "digits", "model": "lenet5", "topology": "ring",
                    "n_agents": 8, "alpha": alpha, "seed": seed, "method": method,
                    "epochs": len(curve)},
-        "method": method, "algorithm": "x",
-        "topology": {"name": "ring", "n_agents": 8, "diameter": 4, "spectral_gap": 0.2},
+        "method": method, "algorithm": "x", "ccl": None, "n_params": 100,
+        "topology": {"name": "ring", "n_agents": 8, "diameter": 4, "spectral_gap": 0.2,
+                     "mixing": "uniform"},
         "iterations_per_epoch": 10, "history": history, "final": final,
+        "partition": {"sizes": [10] * 8, "histogram": [[1] * 10] * 8},
         "communication": {"bytes_per_agent_per_iteration": {"parameters": bytes_ - 10.0,
-                                                            "class_statistics": 10.0}},
+                                                            "class_statistics": 10.0},
+                          "bytes_per_agent_total": bytes_ * 10 * len(curve)},
         "wall_time_s": len(curve) * epoch_time,
     }
 

@@ -59,7 +59,7 @@ def test_every_epoch_records_its_phases(tmp_path):
         "eval_every=2", "method=ccl", "lambda_m=0.01", "lambda_d=0.01", "tracking=false",
         "threads=1", "device=cpu",
     ])
-    history = run(config, tmp_path)["history"]
+    history = run(config, tmp_path).history
     for record in history:
         phases = record["phases"]
         assert set(phases) == set(PHASES)

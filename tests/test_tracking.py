@@ -16,6 +16,7 @@ from mlflow.tracking import MlflowClient  # noqa: E402
 
 from benchmark import tracking  # noqa: E402
 from benchmark.config import build_config  # noqa: E402
+from benchmark.metrics import RunMetrics  # noqa: E402
 from benchmark.tracking import NullTracker, prepare_store, track_run  # noqa: E402
 
 
@@ -32,12 +33,19 @@ def _config(**kw):
     return build_config({**base, **kw})
 
 
-def _metrics(history: list[dict]) -> dict:
-    return {"status": "completed", "diverged_epoch": None, "history": history,
-            "final": {"consensus_acc": 55.0, "local_acc_mean": 50.0},
-            "partition": {"histogram": [[3, 0], [1, 2]]},
-            "topology": {"spectral_gap": 0.5}, "communication": {"bytes_per_agent_total": 10.0},
-            "wall_time_s": 1.5}
+def _metrics(history: list[dict]) -> RunMetrics:
+    config = _config()
+    return RunMetrics.parse({
+        "status": "completed", "diverged_epoch": None, "config": config, "history": history,
+        "method": config.method, "algorithm": config.algorithm, "ccl": config.ccl,
+        "final": {"consensus_acc": 55.0, "local_acc_mean": 50.0, "local_acc_std": 1.0,
+                  "consensus_distance": 0.1},
+        "partition": {"sizes": [3, 3], "histogram": [[3, 0], [1, 2]]},
+        "topology": {"name": "ring", "n_agents": 4, "diameter": 2, "spectral_gap": 0.5,
+                     "mixing": "uniform"},
+        "communication": {"bytes_per_agent_per_iteration": {"parameters": 1.0},
+                          "bytes_per_agent_total": 10.0},
+        "n_params": 10, "iterations_per_epoch": 1, "wall_time_s": 1.5})
 
 
 def _records(epochs: int) -> list[dict]:

@@ -18,6 +18,7 @@ import pytest
 
 from benchmark.checkpoint import CHECKPOINT, METRICS
 from benchmark.config import load_config
+from benchmark.metrics import RunMetrics
 from benchmark.train import run
 
 DIGITS_TRAIN, DIGITS_TEST = 1437, 360  # 1797 images, a fixed stratified 20% held out
@@ -35,13 +36,14 @@ def result(tmp_path_factory):
         f"batch_size={BATCH}", "alpha=10", "lr=0.1", "lr_milestones=[0.5]", "method=dsgdm-n",
         "tracking=false", "threads=1", "seed=0", "device=cpu",
     ])
-    metrics = run(config, out)
-    return out, metrics
+    return out, run(config, out)
 
 
 def test_metrics_json_is_the_returned_result(result):
-    out, metrics = result
-    assert json.loads((out / METRICS).read_text()) == json.loads(json.dumps(metrics))
+    out, typed = result
+    assert RunMetrics.load(out / METRICS) == typed
+    metrics = json.loads((out / METRICS).read_text())
+    assert metrics == json.loads(typed.to_json())
     assert not (out / CHECKPOINT).exists()
     assert metrics["status"] == "completed" and metrics["diverged_epoch"] is None
     assert metrics["config"]["n_agents"] == AGENTS and metrics["method"] == "dsgdm-n"
@@ -50,7 +52,7 @@ def test_metrics_json_is_the_returned_result(result):
 
 
 def test_partition_and_schedule_by_hand(result):
-    _, metrics = result
+    metrics = result[1].to_dict()
     shard = DIGITS_TRAIN // AGENTS  # lin partition: equal shards of floor(N / n)
     assert metrics["partition"]["sizes"] == [shard] * AGENTS
     histogram = np.array(metrics["partition"]["histogram"])
@@ -63,7 +65,7 @@ def test_partition_and_schedule_by_hand(result):
 
 
 def test_topology_and_communication_by_hand(result):
-    _, metrics = result
+    metrics = result[1].to_dict()
     topo = metrics["topology"]
     assert (topo["name"], topo["n_agents"], topo["diameter"]) == ("ring", AGENTS, AGENTS // 2)
     # W = 1/3 on i-1, i, i+1: eigenvalues (1 + 2 cos(2 pi k / n)) / 3; gap = 1 - lambda_2
@@ -75,7 +77,7 @@ def test_topology_and_communication_by_hand(result):
 
 
 def test_history_and_final_figures(result):
-    _, metrics = result
+    metrics = result[1].to_dict()
     history, final = metrics["history"], metrics["final"]
     assert [r["epoch"] for r in history] == [1, 2]
     keys = {"train_ce", "lr", "local_acc_mean", "local_acc_std", "consensus_acc",

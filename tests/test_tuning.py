@@ -4,6 +4,7 @@ and the guarantee that the objective never looks at the test split."""
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import signal
@@ -11,6 +12,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import optuna
 import pytest
@@ -189,11 +191,12 @@ def _fake_run(config, out_dir, eval_split="test", on_epoch=None):
     assert eval_split == "val" and config.val_fraction > 0 and not config.tracking
     assert out_dir is None
     if config.lambda_m > 0.8:
-        return {"status": "diverged", "diverged_epoch": 1, "final": {}}
+        return SimpleNamespace(status="diverged", diverged_epoch=1,
+                               final_value=lambda key: math.nan)
     acc = 100 * (1 - config.lambda_m)
     for epoch in range(1, config.epochs + 1):
         on_epoch(epoch, {"epoch": epoch, "consensus_acc": acc, "train_ce": 0.5})
-    return {"status": "completed", "diverged_epoch": None, "final": {"consensus_acc": acc}}
+    return SimpleNamespace(status="completed", diverged_epoch=None, final_value=lambda key: acc)
 
 
 def test_pruned_and_diverged_trials_count_towards_the_budget(tmp_path, monkeypatch):

@@ -15,12 +15,9 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from ..config import result_fields
 from ..errors import ConfigError, UserError
-
-# what a report reads from a run: (dotted path, expected type)
-REQUIRED = (("status", str), ("method", str), ("config", dict), ("history", list),
-            ("final", dict), *((f"config.{k}", object) for k in (
-                "family", "dataset", "model", "topology", "n_agents", "alpha", "seed")))
+from ..metrics import NotRunMetrics, RunMetrics
 
 
 def check_out_dir(out: str | Path, what: str = "out") -> Path:
@@ -61,32 +58,11 @@ def find_metrics(paths: Iterable[str | Path], command: str = "report") -> list[P
     return sorted(found)
 
 
-def problem(data: Any) -> str | None:
-    """What keeps ``data`` from being a run's metrics (None if nothing)."""
-    if not isinstance(data, dict):
-        return f"not a run's metrics (a JSON {type(data).__name__}, expected an object)"
-    missing, wrong = [], []
-    for dotted, kind in REQUIRED:
-        value: Any = data
-        for part in dotted.split("."):
-            value = value.get(part) if isinstance(value, dict) else None
-        if value is None:
-            missing.append(dotted)
-        elif not isinstance(value, kind):
-            wrong.append(f"{dotted} is a {type(value).__name__}, expected a {kind.__name__}")
-    if missing:
-        return "missing " + ", ".join(missing)
-    return "; ".join(wrong) or None
-
-
-def _result_key(data: dict[str, Any]) -> str:
+def _result_key(metrics: RunMetrics) -> str:
     """The run's identity: every config field that changes its numbers (seed included) and the
     protocol it was run under."""
-    from ..config import RunConfig  # TODO(contracts): result_fields() once it lands
-
-    config = data["config"]
-    keep = {k: config.get(k) for k in sorted(RunConfig.model_fields) if k in config}
-    return json.dumps([keep, data.get("protocol") or "fixed"], sort_keys=True, default=str)
+    keep = metrics.config.model_dump(mode="json", include=set(result_fields()))
+    return json.dumps([keep, metrics.protocol], sort_keys=True, default=str)
 
 
 def load_results(paths: Iterable[str | Path], skip_invalid: bool = False,
@@ -105,16 +81,19 @@ def load_results(paths: Iterable[str | Path], skip_invalid: bool = False,
         except (OSError, UnicodeDecodeError) as exc:
             issue = f"cannot be read ({type(exc).__name__}: {exc})"
         else:
-            issue = problem(data)
-            if issue is None:
-                key = _result_key(data)
+            issue = None
+            try:
+                metrics = RunMetrics.parse(data, str(file))
+            except NotRunMetrics as err:
+                issue = f"is {err.problem}"
+            else:
+                key = _result_key(metrics)
                 if key in seen:
                     issue = (f"is the same run (config and seed) as {seen[key]}: a copy or a "
                              f"rerun elsewhere; remove one of them")
                 else:
                     seen[key] = str(file)
-            else:
-                issue = f"is not a run's metrics.json: {issue}"
+                    data = metrics.to_dict()  # the typed file, every section present
         if issue is not None:
             if not skip_invalid:
                 raise UserError(f"{command}: {file} {issue} (or pass --skip-invalid to leave it "

@@ -1,0 +1,192 @@
+"""``metrics.json``: the result of one run, as one typed model.
+
+:func:`benchmark.train.run` builds a :class:`RunMetrics` and writes it; every reader (the CLI,
+checkpoint's finished-run check, MLflow tracking, tuning, the report) loads it back with
+:meth:`RunMetrics.load` and reads typed attributes. A file of another version or a foreign JSON
+file fails there, in one line naming the file and the field, instead of deep in a reader.
+
+The file's layout is the one the suite always wrote; sections added later are optional (absent
+in older files, ``null`` when a run has nothing to say). Add a new section here, optional with a
+default, and the file stays readable both ways.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, ValidationError, field_serializer, field_validator
+
+from .config import RunConfig
+from .errors import UserError, validation_error
+from .io import atomic_write_json
+
+Status = Literal["completed", "diverged"]
+
+
+class NotRunMetrics(UserError):
+    """A file that is not a ``metrics.json`` of this version: ``<file>: <problem>``."""
+
+    def __init__(self, source: str, problem: str) -> None:
+        super().__init__(f"{source}: {problem}")
+        self.source, self.problem = source, problem
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class TopologySummary(_Section):
+    name: str
+    n_agents: int
+    diameter: int
+    spectral_gap: float
+    mixing: str
+
+
+class Evaluation(_Section):
+    """Accuracies (%) of the local models and the consensus model on one split."""
+
+    local_acc_mean: float
+    local_acc_std: float
+    consensus_acc: float
+    consensus_distance: float
+
+
+class PartitionSummary(_Section):
+    sizes: list[int]  # training samples per agent
+    histogram: list[list[int]]  # agents x classes
+
+
+class Communication(_Section):
+    bytes_per_agent_per_iteration: dict[str, float]  # by kind (parameters, class_statistics...)
+    bytes_per_agent_total: float
+
+
+class DistributedLayout(_Section):
+    world_size: int
+    backend: str
+    shards: list[list[int]]  # [first, last + 1) agents of each rank
+    bytes_between_processes: float
+
+
+class Instability(_Section):
+    """Epochs whose training loss jumped above ``threshold`` times its running minimum
+    (:mod:`benchmark.instability`); ``max_jump`` is None before a second finite epoch."""
+
+    threshold: float
+    epochs: list[int]
+    max_jump: float | None = None
+
+
+class Environment(_Section):
+    """Where the run went: device, GPU, library versions and the forward/backward path."""
+
+    device: str
+    gpu_name: str | None = None
+    torch: str | None = None
+    cuda: str | None = None
+    vectorize: str | None = None
+    vectorize_reason: str | None = None
+
+
+class Memory(_Section):
+    estimated_bytes: int | None = None
+    peak_bytes: int | None = None
+
+
+class TunedLambdas(_Section):
+    values: dict[str, float]  # lambda_m / lambda_d taken from the study
+    study: str  # the study's best.json
+
+
+class RunMetrics(_Section):
+    """Everything one run wrote: status, resolved config, graph, history, final figures."""
+
+    status: Status
+    diverged_epoch: int | None = None
+    config: RunConfig
+    method: str
+    algorithm: str
+    ccl: dict[str, float] | None
+    topology: TopologySummary
+    n_params: int
+    iterations_per_epoch: int
+    # one record per epoch: "epoch", "lr", "train_ce", the method's losses, bytes, "phases"
+    # (seconds per phase), "time_s", and the evaluation's keys on evaluated epochs
+    history: list[dict[str, Any]]
+    final: Evaluation | None  # the last evaluation; none for a diverged run (written as {})
+    partition: PartitionSummary
+    communication: Communication
+    wall_time_s: float
+    resumed_after_epochs: list[int] = []
+    # optional sections (absent in files of older versions)
+    distributed: DistributedLayout | None = None
+    instability: Instability | None = None
+    environment: Environment | None = None
+    memory: Memory | None = None
+    protocol: Literal["fixed", "tuned"] = "fixed"
+    tuned: TunedLambdas | None = None
+    models: dict[str, str] | None = None  # saved model files, relative to the run folder
+
+    @field_validator("final", mode="before")
+    @classmethod
+    def _empty_is_none(cls, v: Any) -> Any:
+        return None if v == {} else v
+
+    @field_serializer("final")
+    def _none_is_empty(self, v: Evaluation | None) -> dict[str, float]:
+        return v.model_dump() if v is not None else {}
+
+    @field_validator("history")
+    @classmethod
+    def _epochs(cls, v: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        if any(not isinstance(r.get("epoch"), int) for r in v):
+            raise ValueError("records with an integer 'epoch'")
+        return v
+
+    # -- derived views -------------------------------------------------------------------------
+    @property
+    def completed(self) -> bool:
+        return self.status == "completed"
+
+    def final_value(self, key: str) -> float:
+        """A final figure (``consensus_acc``...), NaN when the run diverged."""
+        return getattr(self.final, key) if self.final is not None else math.nan
+
+    # -- files ----------------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready values, NaN kept as NaN (a diverged history keeps its non-finite losses)."""
+        return self.model_dump()
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, allow_nan=True) + "\n"
+
+    def save(self, path: str | Path) -> None:
+        atomic_write_json(path, self.to_dict())
+
+    @classmethod
+    def load(cls, path: str | Path) -> RunMetrics:
+        """Read and validate a ``metrics.json``; one :class:`NotRunMetrics` line naming the file
+        and the field when it is unreadable, of another version or not a metrics file at all."""
+        path = Path(path)
+        try:
+            data = json.loads(path.read_text())
+        except OSError as err:
+            raise NotRunMetrics(str(path), f"cannot read ({err.strerror or err})") from None
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            raise NotRunMetrics(str(path), f"not valid JSON ({err})") from None
+        return cls.parse(data, str(path))
+
+    @classmethod
+    def parse(cls, data: Any, source: str = "metrics") -> RunMetrics:
+        if not isinstance(data, dict):
+            raise NotRunMetrics(source, f"not a run's metrics (a JSON {type(data).__name__}, "
+                                "expected an object)")
+        try:
+            return cls.model_validate(data)
+        except ValidationError as err:
+            raise NotRunMetrics(source, "not a run's metrics.json of this version: "
+                                f"{validation_error(err, cls)}") from None
