@@ -51,3 +51,4 @@ rule all:
 
 onstart:
     prepare_tracking()
+    start_preload()

@@ -226,6 +226,12 @@ def test_tiny_grid_jobs_are_limited_to_and_pinned_on_the_gpus(tiny_grid: dict) -
     assert set(slots) <= {f"gpu_slot: CUDA_VISIBLE_DEVICES=0 (slot 0:{s}/3)" for s in (0, 1, 2)}
 
 
+def test_tiny_grid_jobs_ran_in_the_preload_server(tiny_grid: dict) -> None:
+    """Every training job was forked from the one server that imported torch (preload.py)."""
+    log = (tiny_grid["work"] / ".snakemake" / "preload.log").read_text()
+    assert log.count(": benchmark train --config ") == 4
+
+
 def test_tiny_grid_fetches_its_data_once_before_the_runs(tiny_grid: dict) -> None:
     """synthetic data need no download: the one fetch job only leaves its marker, first."""
     rules = re.findall(r"^(?:local)?rule (\w+):", tiny_grid["log"], re.MULTILINE)

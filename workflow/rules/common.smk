@@ -121,3 +121,22 @@ def prepare_tracking():
 
     uri = prepare_store(names)
     print(f"MLflow: {uri} (experiments: {', '.join(names)})", file=sys.stderr)
+
+
+def start_preload():
+    """One fork server for this invocation's jobs (benchmark/preload.py): torch and the training
+    path are imported once instead of once per job (~3.5 CPU-s each, more than a digits run's
+    training). Jobs find it through BENCHMARK_PRELOAD; stopped (and its CPU time accounted to
+    this process) when Snakemake exits. Local runs only: `--config preload=false` turns it off,
+    and cluster jobs run on other hosts."""
+    if CLUSTER or str(config.get("preload", True)).lower() in ("false", "0", "no"):
+        return
+    import atexit
+
+    from benchmark.preload import ENV, start_server, stop_server
+
+    log = Path(".snakemake") / "preload.log"
+    log.parent.mkdir(exist_ok=True)
+    proc, socket = start_server(log)
+    os.environ[ENV] = socket
+    atexit.register(stop_server, proc)
