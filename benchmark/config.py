@@ -108,6 +108,9 @@ class RunConfig(BaseModel):
     # runs sharing one GPU (workflow slots; a run's memory share is 1/k of its GPU): README
     # "Several runs per GPU"; `--config gpu_slots_per_device=k` overrides it for a workflow
     gpu_slots_per_device: int | None = Field(None, ge=1, json_schema_extra=MACHINE)
+    # refuse, before writing anything, a run whose estimated peak memory (benchmark.memory)
+    # exceeds its device or its slot's share; false runs it anyway
+    memory_check: bool = Field(True, json_schema_extra=MACHINE)
     tracking: bool = Field(True, json_schema_extra=MACHINE)
     # a sharded run computes the single-process run's numbers (tests/test_distributed.py)
     distributed: bool = Field(False, json_schema_extra=MACHINE)

@@ -96,7 +96,9 @@ def claim_gpu(per_device: int, poll_s: float = 2.0):
     slot = acquire([str(i) for i in range(count)], per_device, poll_s=poll_s)
     os.environ[SLOT_ENV] = slot.label
     print(f"gpu_slots: cuda:{slot.gpu} (slot {slot.label})", file=sys.stderr, flush=True)
-    return torch.device(f"cuda:{slot.gpu}")
+    device = torch.device(f"cuda:{slot.gpu}")
+    torch.cuda.set_device(device)  # what "cuda" means for the rest of this process
+    return device
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from . import distributed
+from . import distributed, memory
 from .algorithms import options_from
 from .algorithms.ccl import CCLOptions
 from .checkpoint import Progress, RunDir
@@ -33,6 +33,7 @@ from .data import (
     load_dataset,
 )
 from .errors import ConfigError
+from .gpu_slots import claim_gpu
 from .instability import training_instability
 from .metrics import RunMetrics
 from .models import build_model
@@ -54,13 +55,17 @@ class Experiment:
     topology: Topology
     swarm: Swarm
     batches: AgentBatches
+    estimated_memory: int | None = None  # bytes at the run's peak (benchmark.memory)
 
 
 def build_experiment(config: RunConfig) -> Experiment:
     """Config -> data, partition, topology, identical initial models, swarm, batch source."""
     if config.threads:
         torch.set_num_threads(config.threads)
-    device = pick_device(config.device)
+    # several GPUs visible and no slot given by the workflow: take a free one (benchmark.gpu_slots)
+    claimed = None if config.distributed or config.device not in ("auto", "cuda") else \
+        claim_gpu(config.gpu_slots_per_device or 1)
+    device = claimed or pick_device(config.device)
     comm = None
     if config.distributed:  # join torchrun's process group: this rank simulates a shard of agents
         comm, device = distributed.setup(config.n_agents, config.device)
@@ -87,6 +92,10 @@ def build_experiment(config: RunConfig) -> Experiment:
         config.model, num_classes=bundle.num_classes, in_channels=bundle.in_channels,
         norm=config.norm, image_size=bundle.image_size, evonorm_style=config.evonorm_style,
     )
+    # before the swarm takes the device: refuse a run that cannot fit its (share of the) device
+    estimated = None if config.distributed else memory.estimate(config, model, bundle, device)
+    if estimated is not None and config.memory_check:
+        memory.check(estimated, device)
     # the base optimiser's and the CCL loss's own typed options, read from the config
     ccl = None
     if config.ccl is not None or config.log_cross_features:
@@ -103,7 +112,8 @@ def build_experiment(config: RunConfig) -> Experiment:
         bundle.train, parts, config.batch_size, bundle.augment, bundle.mean, bundle.std,
         seed=config.seed, device=device,
     )
-    return Experiment(config, bundle, parts, topology, swarm, batches)
+    return Experiment(config, bundle, parts, topology, swarm, batches,
+                      estimated and estimated.total)
 
 
 @torch.inference_mode()
@@ -299,6 +309,9 @@ def _metrics(exp: Experiment, progress: Progress, status: str) -> RunMetrics:
         },
         "wall_time_s": progress.wall_time(),
         "resumed_after_epochs": progress.resumed_after,
+        # this process's peak: CUDA allocator high-water mark, or the peak resident set on a CPU
+        "memory": {"estimated_bytes": exp.estimated_memory,
+                   "peak_bytes": memory.peak_bytes(swarm.device)},
         **_distributed_metrics(swarm),
     })
 

@@ -87,6 +87,7 @@ def test_hand_started_run_with_several_gpus_claims_a_free_one(tmp_path, monkeypa
     monkeypatch.setenv(gpu_slots.LOCKS_ENV, str(tmp_path))
     monkeypatch.delenv(gpu_slots.SLOT_ENV, raising=False)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "set_device", lambda device: None)
     taken = gpu_slots.try_acquire(["0", "1"], 1)  # e.g. a workflow job on GPU 0
     assert taken.gpu == "0"
     assert gpu_slots.claim_gpu(per_device=1) == torch.device("cuda:1")

@@ -1,0 +1,221 @@
+"""A run's peak device memory: estimated before it starts (and refused if it cannot fit), measured
+after (``metrics.json`` ``memory`` block: ``estimated_bytes``, ``peak_bytes``).
+
+The estimate adds what the run holds on its device at its worst moment:
+
+* **state**: the stacked ``[n, P]`` parameters, gradients and pre-gossip copy, plus the
+  algorithm's own state, counted exactly by building the algorithm on a stand-in swarm of the
+  same graph with two tiny models (its state is linear in P: momentum ``n P``, RelaySGD's
+  messages ``E (P + 1)``...), plus one transient of the update (gossip's ``W X``, relayed
+  messages): twice the larger of ``n P`` and the algorithm's extra state;
+* **activations** of the forward/backward: the tensors autograd saves, per sample, measured with
+  ``saved_tensors_hooks`` on a 2-image CPU forward of the run's model (plus the largest
+  activation twice over for the gradients in flight), times the per-agent batch, times ``n``
+  on the vmap path (all agents at once) or 1 on the loop; CCL's no-grad cross-feature passes
+  (a sender's receivers' batches at once, or every edge on vmap, with the gathered rows);
+* **batches**: the stacked float batch and its augmentation copy; **data**: the training and
+  test sets held on the device (nothing extra on a CPU, where they already live);
+* **evaluation**: the consensus model and an inference pass on 1,000 test images.
+
+Peak = data + state + max(iteration, evaluation). The measured peak is
+``torch.cuda.max_memory_allocated`` on CUDA and the process's peak resident set (``VmHWM``) on a
+CPU, which also holds Python, torch and the dataset: compare them on CUDA. Tested on CPU against
+the resident-set growth of a run (tests/test_memory.py): within 35%.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .errors import UserError
+
+FLOAT = 4  # bytes: every stacked tensor is float32
+EVAL_BATCH = 1000  # images per evaluation batch (data.loader.eval_batches)
+HEADROOM = 0.95  # of a device's share: the CUDA context and allocator rounding need the rest
+
+
+@dataclass
+class Estimate:
+    state: int
+    iteration: int
+    evaluation: int
+    data: int
+
+    @property
+    def total(self) -> int:
+        return self.data + self.state + max(self.iteration, self.evaluation)
+
+    def as_dict(self) -> dict[str, int]:
+        return {**asdict(self), "total": self.total}
+
+
+def activation_profile(model: nn.Module, in_channels: int, image_size: int) -> tuple[int, int]:
+    """(bytes autograd saves per sample, bytes of the largest activation per sample) of one
+    forward/backward, from a 2-image forward on the CPU (parameters excluded)."""
+    model = _cpu_copy(model)
+    own = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    saved: dict[int, int] = {}
+    largest = 0
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        ptr = t.untyped_storage().data_ptr()
+        if ptr not in own:
+            saved[ptr] = t.untyped_storage().nbytes()
+        return t
+
+    def track(module, inputs, output) -> None:
+        nonlocal largest
+        for t in output if isinstance(output, tuple) else (output,):
+            largest = max(largest, t.numel() * t.element_size())
+
+    hooks = [m.register_forward_hook(track) for m in model.modules()]
+    x = torch.rand(2, in_channels, image_size, image_size)
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        features, logits = model(x)
+    for hook in hooks:
+        hook.remove()
+    largest = max(largest, x.numel() * x.element_size())
+    return sum(saved.values()) // 2, largest // 2
+
+
+def _cpu_copy(model: nn.Module) -> nn.Module:
+    import copy
+
+    model = copy.deepcopy(model).cpu().train()
+    for p in model.parameters():
+        p.requires_grad_(True)
+    return model
+
+
+def algorithm_state_floats(config, n_params: int) -> tuple[int, int]:
+    """(floats of the algorithm's own state, of its momentum) for ``n_params`` parameters:
+    counted on a stand-in swarm of the run's graph with two tiny linear models (state is linear
+    in P, so two sizes give it exactly)."""
+    from .algorithms import options_from
+    from .swarm import Swarm
+    from .topology import build_topology
+
+    topology = build_topology(config.topology, config.n_agents, seed=config.seed,
+                              rows=config.torus_rows, degree=config.degree)
+    counts = []
+    for width in (1, 2):
+        model = _Tiny(width)
+        swarm = Swarm(model, topology, algorithm=options_from(config.algorithm, config),
+                      lr=0.0, momentum=config.momentum, device="cpu", mixing=config.mixing,
+                      vectorize="loop")
+        p = swarm.params.shape[1]
+        state = swarm.algorithm.state_dict()
+        counts.append((p, sum(t.numel() for t in state.values() if torch.is_tensor(t)
+                              and t.is_floating_point())))
+    (p1, c1), (p2, c2) = counts
+    slope = (c2 - c1) / (p2 - p1)
+    floats = round(c1 + slope * (n_params - p1))
+    return floats, config.n_agents * n_params
+
+
+class _Tiny(nn.Module):
+    """A model of ``2 width`` parameters that returns (features, logits) like the real ones."""
+
+    def __init__(self, width: int) -> None:
+        super().__init__()
+        self.layer = nn.Linear(1, width)
+
+    def forward(self, x):
+        out = self.layer(x.reshape(len(x), -1)[:, :1])
+        return out, out
+
+
+def estimate(config, model: nn.Module, bundle, device: torch.device) -> Estimate:
+    """Peak bytes of a run of ``config`` with ``model`` on ``bundle``'s data (module doc).
+    Leaves torch's random state as it found it: the run's numbers do not depend on the check."""
+    with torch.random.fork_rng(devices=[]):
+        return _estimate(config, model, bundle, device)
+
+
+def _estimate(config, model: nn.Module, bundle, device: torch.device) -> Estimate:
+    n, b = config.n_agents, config.batch_size
+    in_channels, image_size = bundle.in_channels, bundle.image_size
+    vectorize = config.vectorize
+    if vectorize == "auto":  # CUDA may pick vmap, the hungrier path: count that one
+        has_buffers = any(True for _ in model.buffers())
+        vectorize = "vmap" if device.type == "cuda" and not has_buffers else "loop"
+    n_params = sum(p.numel() for p in model.parameters())
+    saved, largest = activation_profile(model, in_channels, image_size)
+    algo, momentum = algorithm_state_floats(config, n_params)
+    rows = 3 * n * n_params + algo  # params, grads, pre-gossip copy + the algorithm's state
+    update = 2 * max(n * n_params, algo - momentum)
+    state = FLOAT * (rows + n_params)  # + the template model
+    step = (saved + 2 * largest) * b * (n if vectorize == "vmap" else 1)
+    sample = in_channels * image_size * image_size
+    batches = 2 * FLOAT * n * b * sample
+    cross = 0
+    if config.ccl or config.log_cross_features:
+        from .topology import build_topology
+
+        topology = build_topology(config.topology, n, seed=config.seed,
+                                  rows=config.torus_rows, degree=config.degree)
+        edges = sum(len(topology.neighbors(i)) for i in range(n))
+        if vectorize == "vmap":  # every edge at once: gathered rows, receivers' batches
+            cross = FLOAT * edges * (n_params + b * sample) + 2 * largest * edges * b
+        else:  # one sender at a time, on all its receivers' batches
+            degree = max(len(topology.neighbors(i)) for i in range(n))
+            cross = FLOAT * degree * b * sample + 2 * largest * degree * b
+    iteration = max(FLOAT * update, batches + step + cross)
+    images = min(EVAL_BATCH, len(bundle.test))
+    evaluation = FLOAT * (n_params + images * sample) + 2 * largest * images
+    # a CPU run reads the loaded tensors in place; a GPU run holds a copy (lazy splits: none)
+    data = 0 if device.type == "cpu" else sum(
+        split.x.numel() * split.x.element_size() + split.y.numel() * split.y.element_size()
+        for split in (bundle.train, bundle.val, bundle.test)
+        if split is not None and split.x is not None)
+    return Estimate(state, iteration, evaluation, data)
+
+
+def capacity(device: torch.device) -> tuple[int, str]:
+    """Bytes a run may use on ``device`` (its slot's share of a GPU) and how that was found."""
+    from .gpu_slots import slot_share
+
+    if device.type == "cuda":
+        total = torch.cuda.get_device_properties(device).total_memory
+        k = slot_share()
+        share = f" / {k} slots" if k > 1 else ""
+        return int(total * HEADROOM / k), f"{device} ({_gb(total)} GB{share})"
+    pages = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    return int(pages * HEADROOM), f"this machine's memory ({_gb(pages)} GB)"
+
+
+def check(estimated: Estimate, device: torch.device) -> None:
+    """Refuse, in one line, a run that cannot fit its device or its slot's share."""
+    limit, where = capacity(device)
+    if estimated.total > limit:
+        raise UserError(
+            f"memory: this run needs about {_gb(estimated.total)} GB (estimate: state "
+            f"{_gb(estimated.state)}, iteration {_gb(estimated.iteration)}, evaluation "
+            f"{_gb(estimated.evaluation)}, data {_gb(estimated.data)} GB) but may use "
+            f"{_gb(limit)} GB of {where}; use fewer gpu_slots_per_device, agents or batch_size "
+            f"(or memory_check: false to run anyway)")
+
+
+def peak_bytes(device: torch.device) -> int:
+    """What the run used at its peak: CUDA's allocator high-water mark, else the peak RSS."""
+    if device.type == "cuda":
+        return int(torch.cuda.max_memory_allocated(device))
+    status = Path("/proc/self/status")
+    if status.exists():
+        for line in status.read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    import resource
+
+    unit = 1 if sys.platform == "darwin" else 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * unit
+
+
+def _gb(n: float) -> str:
+    return f"{n / 1e9:.2f}"
