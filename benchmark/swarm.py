@@ -6,7 +6,7 @@ A swarm is assembled from four parts, built in this order so that none sees anot
   ``X^-``, gossip and the halo of remote rows (it knows nothing of algorithms);
 * the base optimiser (:mod:`benchmark.algorithms`), built from its typed options on that state;
 * the CCL loss (:class:`~benchmark.algorithms.ccl.CrossFeatureLoss`), likewise, when asked for;
-* the forward/backward path over agents (loop, agent threads or one vmap pass).
+* the forward/backward path over agents (:mod:`benchmark.forward_backward`).
 
 ``Swarm(model, topology, algorithm="qgm", ccl={...}, lr=..., ...)`` assembles them from names
 (the public contract of docs/DESIGN.md); the run's assembler (``train.build_experiment``) passes
@@ -19,15 +19,10 @@ the identity.
 from __future__ import annotations
 
 import copy
-import threading
-import time
-import weakref
 from collections.abc import Mapping
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from .algorithms import ALGORITHMS, algorithm_class, algorithm_for, algorithm_options
@@ -35,12 +30,11 @@ from .algorithms.base import build_options, option_names
 from .algorithms.ccl import CCLOptions, CrossFeatureLoss
 from .distributed import Communicator
 from .errors import ConfigError
+from .forward_backward import choose
 from .swarm_state import SwarmState, bind_to_rows, pick_device
 from .timing import PhaseTimer
 
 __all__ = ["Swarm", "bind_to_rows", "pick_device"]
-
-VECTORIZE: tuple[str, ...] = ("auto", "loop", "vmap")
 
 
 def _read_through(name: str) -> property:
@@ -92,24 +86,19 @@ class Swarm:
         self.algorithm = method(self.state, algorithm)
         self.cross_features = None if ccl is None else CrossFeatureLoss(self.state, ccl, reads)
         self.seed = seed
-
-        template = self.state.template
-        self._template = template
-        self.vectorize, self.vectorize_reason = self._resolve_vectorize(vectorize)
-        if isinstance(agent_threads, bool) or not isinstance(agent_threads, int) \
-                or agent_threads < 1:
-            raise ConfigError("agent_threads", agent_threads, "an integer >= 1")
+        # how every agent's forward/backward runs (loop, agent threads, vmap; auto settles on
+        # the first batch on CUDA)
+        self.forward_backward = choose(self.state, vectorize, agent_threads)
         self.agent_threads = min(agent_threads, len(self.agents))
-        self._pool: ThreadPoolExecutor | None = None  # agent threads, started on first use
-        self._loss_lock = threading.Lock()  # CCL's loss() accumulates statistics: one at a time
-        # the vectorised path differentiates w.r.t. one [n, P] leaf that aliases ``params``, with
-        # ``grads`` as its .grad: backward then accumulates into ``grads`` in place, like the loop
-        self._stacked = self.params.detach().requires_grad_(True)
-        self._stacked.grad = self.grads
-        named = list(template.named_parameters())
-        self._param_names = [name for name, _ in named]
-        self._param_shapes = [p.shape for _, p in named]
-        self._param_sizes = [p.numel() for _, p in named]
+
+    @property
+    def vectorize(self) -> str:
+        """The forward/backward path: ``loop``, ``vmap``, or ``auto`` until the first batch."""
+        return self.forward_backward.name
+
+    @property
+    def vectorize_reason(self) -> str:
+        return self.forward_backward.reason
 
     # -- the public contract -------------------------------------------------------------------
     @property
@@ -145,7 +134,7 @@ class Swarm:
 
     def consensus_model(self) -> nn.Module:
         """A fresh model holding the average of all agents' parameters (and float buffers)."""
-        model = copy.deepcopy(self._template)
+        model = copy.deepcopy(self.state.template)
         mean = self._agent_mean(self.params)
         torch.nn.utils.vector_to_parameters(mean, model.parameters())
         for name, buf in model.named_buffers():
@@ -216,133 +205,20 @@ class Swarm:
     # -- internals -----------------------------------------------------------------------------
     def _gradients(self, xs: torch.Tensor, ys: torch.Tensor) -> dict[str, torch.Tensor]:
         """Forward/backward of every agent on its own batch; gradients land in ``self.grads``."""
-        if self.vectorize == "auto":
-            self.vectorize, self.vectorize_reason = self._measure_paths(xs, ys)
+        fb = self.forward_backward = self.forward_backward.settle(xs, ys)
         cross = self.cross_features
         if cross is not None:
             with self.timer.phase("cross_features"):
-                rows_forward = self.vmap_forward if self.vectorize == "vmap" else None
-                cross.prepare(xs, ys, rows_forward)  # no-grad passes from X^- (METHOD 4.1 step 4)
+                # no-grad passes from X^- (METHOD.md 4.1 step 4)
+                cross.prepare(xs, ys, fb.rows_forward)
         with self.timer.phase("forward_backward"):
             self.grads.zero_()
-            if self.vectorize == "vmap":
-                ce_sum = self._forward_backward_vmap(xs, ys, cross)
-            else:
-                ce_sum = self._forward_backward_loop(xs, ys, cross)
+            ce_sum = fb(xs, ys, cross)
         stats = {"ce": ce_sum / self.n}  # sharded: my agents' part, summed over ranks in step
         if cross is not None:
             stats.update(cross.stats())
         return stats
 
-    def _forward_backward_loop(self, xs, ys, cross) -> torch.Tensor:
-        """One agent after the other: ordinary modules whose parameters view rows of ``params``."""
-        if self.agent_threads > 1:
-            return self._forward_backward_threads(xs, ys, cross)
-        ce_sum = torch.zeros((), device=self.device)
-        for i, agent_model in enumerate(self.models):
-            features, logits = agent_model(xs[i])
-            ce = F.cross_entropy(logits, ys[i])
-            loss = ce if cross is None else ce + cross.loss(i, features, ys[i])
-            loss.backward()
-            ce_sum += ce.detach()
-        return ce_sum
-
-    def _forward_backward_threads(self, xs, ys, cross) -> torch.Tensor:
-        """The loop, with agents spread over ``agent_threads`` worker threads (a CPU option).
-
-        One agent's batch (32 CIFAR images) is too small for a CPU's intra-op threads to share
-        well: every op synchronises them. Giving each worker thread whole agents and one intra-op
-        thread instead measured about 1.2x faster on 2 cores (benchmarks/r1_overhead.py). Safe
-        because agents share nothing in the forward/backward: each accumulates into its own row
-        of ``grads``; only CCL's ``loss`` (which sums statistics) is taken one at a time.
-        """
-        if self._pool is None:
-            self._pool = ThreadPoolExecutor(self.agent_threads, thread_name_prefix="agent",
-                                            initializer=torch.set_num_threads, initargs=(1,))
-            weakref.finalize(self, self._pool.shutdown, wait=False)  # no threads left behind
-
-        def agent(i: int) -> torch.Tensor:
-            features, logits = self.models[i](xs[i])
-            ce = F.cross_entropy(logits, ys[i])
-            loss = ce
-            if cross is not None:
-                with self._loss_lock:
-                    loss = ce + cross.loss(i, features, ys[i])
-            loss.backward()
-            return ce.detach()
-
-        return torch.stack(list(self._pool.map(agent, range(len(self.models))))).sum()
-
-    def _forward_backward_vmap(self, xs, ys, cross) -> torch.Tensor:
-        """All agents in one vectorised forward (``torch.func.vmap`` over stacked parameters).
-
-        Agent i's loss depends only on row i, so one backward of the *sum* of the agents' losses
-        gives every agent its own gradient, in one pass of a few large kernels instead of ``n``
-        passes of many small ones (what a GPU needs; a CPU gains nothing from it). ``split`` +
-        ``view`` hand ``functional_call`` views of the rows (no copy); the split's backward is
-        one concatenation, accumulated into ``grads`` in place.
-        """
-        n = len(self.models)
-        features, logits = self.vmap_forward(self._stacked, xs)
-        ce = F.cross_entropy(logits.flatten(0, 1), ys.flatten(), reduction="none")
-        ce = ce.view(n, -1).mean(dim=1)
-        loss = ce.sum()
-        if cross is not None:
-            loss = loss + sum(cross.loss(i, features[i], ys[i]) for i in range(n))
-        loss.backward()
-        return ce.detach().sum()
-
-    def vmap_forward(self, rows: torch.Tensor, xs: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        """``(features, logits)`` of model ``rows[k]`` on batch ``xs[k]`` for every k, at once.
-
-        ``rows`` is ``[k, P]`` stacked parameter vectors (agents' rows, or any gathered rows, e.g.
-        the senders of CCL's cross-feature passes); only for models without buffers.
-        """
-        k = rows.shape[0]
-        pieces = rows.split(self._param_sizes, dim=1)
-        params = {name: piece.view(k, *shape) for name, piece, shape in
-                  zip(self._param_names, pieces, self._param_shapes, strict=True)}
-        return torch.func.vmap(self._functional_forward)(params, xs)
-
-    def _functional_forward(self, params: dict[str, torch.Tensor], x: torch.Tensor):
-        return torch.func.functional_call(self._template, params, (x,))
-
-    def _resolve_vectorize(self, requested: str) -> tuple[str, str]:
-        """The forward/backward path and why: ``loop``, ``vmap``, or ``auto`` (decided later).
-
-        Buffers (BatchNorm running statistics) are updated in place by each agent's forward,
-        which vmap cannot batch; such models keep the loop. On a CPU the loop is as fast as the
-        arithmetic allows (R1 in benchmarks/), so ``auto`` only considers vmap on CUDA.
-        """
-        if requested not in VECTORIZE:
-            raise ConfigError("vectorize", requested, VECTORIZE)
-        has_buffers = any(True for _ in self._template.buffers())
-        if has_buffers:
-            if requested == "vmap":
-                raise ConfigError("vectorize", requested, "loop or auto for a model with buffers",
-                                  hint="BatchNorm running statistics cannot be updated under vmap")
-            return "loop", "model has buffers (BatchNorm running statistics): loop"
-        if requested == "auto" and self.device.type != "cuda":
-            return "loop", "auto on a CPU: loop (vmap brings no speed-up there)"
-        return requested, f"{requested} (as configured)"
-
-    def _measure_paths(self, xs: torch.Tensor, ys: torch.Tensor) -> tuple[str, str]:
-        """``auto`` on CUDA: time both paths on the first batch (cross-entropy only), keep the
-        faster. The gradients computed here are discarded (``grads`` is zeroed before use)."""
-        times = {}
-        for path, run in (("loop", self._forward_backward_loop),
-                          ("vmap", self._forward_backward_vmap)):
-            samples = []
-            for _ in range(3):  # the first call warms up (cuDNN autotuning, allocator)
-                torch.cuda.synchronize(self.device)
-                start = time.perf_counter()
-                run(xs, ys, None)
-                torch.cuda.synchronize(self.device)
-                samples.append(time.perf_counter() - start)
-            times[path] = min(samples[1:])
-        choice = min(times, key=times.get)
-        return choice, (f"auto on CUDA: {choice} (measured loop {times['loop'] * 1e3:.1f} ms, "
-                        f"vmap {times['vmap'] * 1e3:.1f} ms per forward/backward)")
 
 def _to_cpu(value: Any) -> Any:
     """Tensors of a nested state moved to the CPU (what goes through a gather)."""
