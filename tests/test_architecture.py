@@ -20,15 +20,16 @@ PACKAGE = Path(__file__).resolve().parents[1] / "benchmark"
 # registries and refuses unstable gossip settings (stability.py); no algorithm reads a
 # RunConfig: train turns the config into their typed options.
 LAYERS: list[tuple[str, set[str]]] = [
-    ("foundations", {"benchmark", "errors", "io", "methods", "timing", "distributed"}),
+    ("foundations", {"benchmark", "errors", "io", "methods", "timing", "distributed",
+                     "gpu_slots"}),
     ("data, topology, models", {"data", "topology", "models"}),
     ("swarm state", {"swarm_state"}),
     ("algorithms", {"algorithms", "stability"}),
-    ("config", {"config", "checkpoint", "grid"}),
+    ("config", {"config", "metrics", "checkpoint", "grid"}),
     ("swarm", {"swarm", "forward_backward"}),
     ("outputs", {"report", "tracking", "instability"}),
-    ("train", {"train"}),
-    ("entry points", {"tuning", "cli", "__main__"}),
+    ("train", {"train", "run_output"}),
+    ("entry points", {"tuning", "plan", "calibrate", "cli", "preload", "__main__"}),
 ]
 
 
