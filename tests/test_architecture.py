@@ -26,7 +26,7 @@ LAYERS: list[tuple[str, set[str]]] = [
     ("swarm state", {"swarm_state"}),
     ("algorithms", {"algorithms", "stability"}),
     ("config", {"config", "metrics", "checkpoint", "grid"}),
-    ("swarm", {"swarm", "forward_backward"}),
+    ("swarm", {"swarm", "forward_backward", "memory"}),
     ("outputs", {"report", "tracking", "instability"}),
     ("train", {"train", "run_output"}),
     ("entry points", {"tuning", "plan", "calibrate", "cli", "preload", "__main__"}),
