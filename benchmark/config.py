@@ -82,6 +82,9 @@ class RunConfig(BaseModel):
     relay_norm: Literal["counts", "world"] = "counts"
     log_cross_features: bool | None = None
     feature_distance: Literal["squared", "normalized"] = "squared"
+    # CCL safety options, off by default and not the paper's (METHOD.md section 4.2)
+    clip_grad_norm: float | None = Field(None, gt=0)
+    lambda_warmup_epochs: int = Field(0, ge=0)
     # optimisation
     batch_size: int = Field(32, ge=1)
     epochs: int = Field(10, ge=1)
@@ -152,6 +155,13 @@ class RunConfig(BaseModel):
             return self.lr * (epoch + 1) / (self.warmup_epochs + 1)
         passed = sum(epoch >= m for m in self.milestone_epochs)
         return self.lr * self.lr_decay**passed
+
+    def lambda_scale_at(self, epoch: int) -> float:
+        """Factor on both CCL weights in a 0-based epoch: the linear ``lambda_warmup_epochs`` ramp
+        (the same shape as the learning-rate warm-up), then 1."""
+        if epoch < self.lambda_warmup_epochs:
+            return (epoch + 1) / (self.lambda_warmup_epochs + 1)
+        return 1.0
 
     @property
     def milestone_epochs(self) -> list[int]:

@@ -70,11 +70,14 @@ class Swarm:
         vectorize: str = "auto",
         agent_threads: int = 1,
         timer: PhaseTimer | None = None,
+        clip_grad_norm: float | None = None,
         **options: Any,
     ) -> None:
         """``algorithm``: a name or its typed options; ``ccl``: the weights ``{lambda_m,
         lambda_d}`` or :class:`CCLOptions`. ``options``: the named algorithm's or the CCL loss's
-        other options (``qgm_variant=``, ``feature_distance=``...); any other name is an error."""
+        other options (``qgm_variant=``, ``feature_distance=``...); any other name is an error.
+        ``clip_grad_norm``: each agent's loss gradient rescaled to at most this norm before the
+        update (METHOD.md 4.2, not the paper's)."""
         algorithm, ccl = _typed_options(algorithm, ccl, log_cross_features, options)
         method = algorithm_for(algorithm)
         reads = method.neighbors_of(topology, algorithm)  # the halo must hold these rows too
@@ -84,7 +87,9 @@ class Swarm:
             timer=timer,
         )
         self.algorithm = method(self.state, algorithm)
-        self.cross_features = None if ccl is None else CrossFeatureLoss(self.state, ccl, reads)
+        self.cross_features = None if ccl is None else CrossFeatureLoss(
+            self.state, ccl, reads, receives_models=method.sends_models)
+        self.clip_grad_norm = clip_grad_norm
         self.seed = seed
         # how every agent's forward/backward runs (loop, agent threads, vmap; auto settles on
         # the first batch on CUDA)
@@ -214,10 +219,19 @@ class Swarm:
         with self.timer.phase("forward_backward"):
             self.grads.zero_()
             ce_sum = fb(xs, ys, cross)
+            if self.clip_grad_norm is not None:
+                clip_rows_(self.grads, self.clip_grad_norm)
         stats = {"ce": ce_sum / self.n}  # sharded: my agents' part, summed over ranks in step
         if cross is not None:
             stats.update(cross.stats())
         return stats
+
+
+def clip_rows_(grads: torch.Tensor, max_norm: float) -> None:
+    """Rescale each agent's row to norm at most ``max_norm`` in place, with the factor
+    ``torch.nn.utils.clip_grad_norm_`` uses (``max_norm / (norm + 1e-6)``, capped at 1)."""
+    norms = torch.linalg.vector_norm(grads, dim=1, keepdim=True)
+    grads.mul_(torch.clamp(max_norm / (norms + 1e-6), max=1.0))
 
 
 def _to_cpu(value: Any) -> Any:

@@ -106,7 +106,7 @@ def build_experiment(config: RunConfig) -> Experiment:
         lr=config.lr_at(0), momentum=config.momentum, weight_decay=config.weight_decay,
         gamma=config.gamma, seed=config.seed, device=device, mixing=config.mixing,
         wd_skip_norm=config.wd_skip_norm, comm=comm, vectorize=config.vectorize,
-        agent_threads=config.agent_threads,
+        agent_threads=config.agent_threads, clip_grad_norm=config.clip_grad_norm,
     )
     batches = AgentBatches(
         bundle.train, parts, config.batch_size, bundle.augment, bundle.mean, bundle.std,
@@ -149,6 +149,8 @@ def train_epoch(exp: Experiment, epoch: int, progress: tqdm | None = None) -> di
     """One pass over every shard; returns the epoch's mean statistics (NaN/inf kept as such)."""
     swarm = exp.swarm
     swarm.set_lr(exp.config.lr_at(epoch))
+    if swarm.cross_features is not None:
+        swarm.cross_features.set_weight_scale(exp.config.lambda_scale_at(epoch))
     swarm.timer.reset()  # this epoch's phases only (written by _train_loop as record["phases"])
     sums: dict[str, float] = {}
     count = 0

@@ -104,6 +104,7 @@ def _brute_force(swarm: Swarm, pre, buffers, own, xs, ys, normalized: bool):
     """Explicit loops over agents, neighbours and classes, straight from METHOD.md section 4.
 
     ``pre``: X^-; ``buffers``: each agent's buffers before its train-mode forward; ``own``: f_i.
+    ``L_mv`` sums over neighbours, except on RelaySGD: the mean over tree neighbours.
     """
     n = swarm.n
     neighbors = swarm.algorithm.cross_feature_neighbors()
@@ -119,7 +120,8 @@ def _brute_force(swarm: Swarm, pre, buffers, own, xs, ys, normalized: bool):
     l_mv, l_dv = [], []
     for i in range(n):
         f = own[i]
-        l_mv.append(sum(((f - cross[i, j]) ** 2).mean() for j in neighbors[i]))
+        l_mv.append(sum(((f - cross[i, j]) ** 2).mean() for j in neighbors[i])
+                    / (1 if swarm.algorithm.sends_models else len(neighbors[i])))
         mu = {}
         for c in ys[i].unique().tolist():
             total = f[ys[i] == c].sum(0)  # the agent's own detached features
@@ -156,10 +158,11 @@ def test_losses_equal_brute_force(graph, n, algorithm, batchnorm, distance):
     swarm.pre_params.copy_(swarm.params)
     swarm.algorithm.before_gradients()
     neighbors = swarm.algorithm.cross_feature_neighbors()
+    models = swarm.algorithm.sends_models
     mv = CrossFeatureLoss(swarm.state, CCLOptions(lambda_m=1.0, feature_distance=distance),
-                          neighbors)
+                          neighbors, receives_models=models)
     dv = CrossFeatureLoss(swarm.state, CCLOptions(lambda_d=1.0, feature_distance=distance),
-                          neighbors)
+                          neighbors, receives_models=models)
     mv.prepare(xs, ys)
     dv.prepare(xs, ys)
     got_mv, got_dv, own = [], [], []
@@ -232,3 +235,53 @@ def test_ccl_changes_the_trajectory_and_stays_finite():
         stats = ccl.step(xs, ys)
     assert all(torch.isfinite(v) for v in stats.values())
     assert not torch.equal(base.params, ccl.params)
+
+
+def test_relaysgd_l_mv_is_the_mean_over_tree_neighbours_by_hand():
+    """chain 0-1-2: agent 1 has two tree neighbours, so its L_mv is the mean of two distances."""
+    swarm = _swarm("chain", 3, algorithm="relaysgd", ccl={"lambda_m": 1.0, "lambda_d": 0.0})
+    _diverge(swarm)
+    xs, ys = _batches(3, steps=1)[0]
+    swarm.pre_params.copy_(swarm.params)
+    swarm.algorithm.before_gradients()
+    cross = swarm.cross_features
+    cross.prepare(xs, ys)
+    template = swarm.models[0]
+    f = swarm.models[1](xs[1])[0].detach()
+    d0 = ((f - _features(template, swarm.params[0], xs[1])) ** 2).mean()
+    d2 = ((f - _features(template, swarm.params[2], xs[1])) ** 2).mean()
+    assert abs(float(d0 - d2)) > 1e-3  # two different distances: a sum would be visibly off
+    torch.testing.assert_close(cross.loss(1, f, ys[1]), (d0 + d2) / 2, atol=1e-6, rtol=0)
+    f0 = swarm.models[0](xs[0])[0].detach()  # a leaf: one neighbour, mean == sum
+    d01 = ((f0 - _features(template, swarm.params[1], xs[0])) ** 2).mean()
+    torch.testing.assert_close(cross.loss(0, f0, ys[0]), d01, atol=1e-6, rtol=0)
+
+
+def test_ccl_relay_bytes_per_iteration_are_exact():
+    """chain-4 tree: 6 directed tree edges, P = 59 (TinyMLP), C = 4 classes, D = 5 features."""
+    swarm = _swarm("chain", 4, algorithm="relaysgd", ccl={"lambda_m": 0.1, "lambda_d": 0.1})
+    p, edges, n = 6 * 5 + 5 + 5 * 4 + 4, 6, 4
+    assert swarm.params.shape[1] == p
+    assert swarm.bytes_sent() == {
+        "parameters": edges * p * 4 / n,              # one relayed (partial) model per message
+        "relay_counts": edges * 4 / n,                # one count per message
+        "cross_feature_models": edges * p * 4 / n,    # the neighbour's own model, for CCL
+        "class_statistics": edges * (4 * 5 + 4) * 4 / n,
+    }
+    gossip = _swarm("ring", 4, algorithm="qgm", ccl={"lambda_m": 0.1, "lambda_d": 0.1})
+    assert "cross_feature_models" not in gossip.bytes_sent()  # gossip already sends the models
+
+
+def test_weight_scale_scales_both_terms():
+    swarm = _swarm("ring", 4, algorithm="qgm", ccl={"lambda_m": 0.3, "lambda_d": 0.7})
+    _diverge(swarm)
+    xs, ys = _batches(4, steps=1)[0]
+    swarm.pre_params.copy_(swarm.params)
+    swarm.algorithm.before_gradients()
+    cross = swarm.cross_features
+    cross.prepare(xs, ys)
+    f = swarm.models[2](xs[2])[0].detach()
+    full = cross.loss(2, f, ys[2])
+    cross.set_weight_scale(0.25)
+    assert (cross.lambda_m, cross.lambda_d) == (0.3 * 0.25, 0.7 * 0.25)
+    torch.testing.assert_close(cross.loss(2, f, ys[2]), 0.25 * full)

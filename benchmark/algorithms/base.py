@@ -56,6 +56,9 @@ class Algorithm:
 
     name: ClassVar[str]
     Options: ClassVar[type] = NoOptions
+    # what an agent receives from a neighbour is that neighbour's model (gossip); RelaySGD's
+    # messages are relayed sums, so CCL needs an extra model per neighbour there (METHOD.md 4)
+    sends_models: ClassVar[bool] = True
 
     def __init__(self, state: SwarmState, options: Any = None) -> None:
         self.state = state

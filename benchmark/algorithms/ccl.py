@@ -71,12 +71,22 @@ class CrossFeatureLoss:
     """
 
     def __init__(
-        self, state: SwarmState, options: CCLOptions, neighbors: Sequence[Sequence[int]]
+        self, state: SwarmState, options: CCLOptions, neighbors: Sequence[Sequence[int]],
+        receives_models: bool = True,
     ) -> None:
-        """``neighbors[i]`` (every agent, global ids): whose models agent ``i`` receives."""
+        """``neighbors[i]`` (every agent, global ids): whose models agent ``i`` receives.
+
+        ``receives_models``: whether the base optimiser's messages already are those models
+        (gossip). If not (RelaySGD's relayed sums), each agent receives one extra model per
+        neighbour for the cross-features, counted in ``bytes_sent``, and ``L_mv`` is the mean over
+        its (tree) neighbours instead of the authors' sum over graph neighbours: a tree's degrees
+        range from 1 to several, and a sum would weigh the term by the agent's place in the tree.
+        """
         self.state = state
         self.neighbors = neighbors
-        self.lambda_m, self.lambda_d = float(options.lambda_m), float(options.lambda_d)
+        self.receives_models = receives_models
+        self.weights = (float(options.lambda_m), float(options.lambda_d))
+        self.lambda_m, self.lambda_d = self.weights
         self.normalized = options.feature_distance == "normalized"
         self.active = self.lambda_m > 0 or self.lambda_d > 0
         heads = [m for m in state.models[0].modules() if isinstance(m, nn.Linear)]
@@ -126,7 +136,10 @@ class CrossFeatureLoss:
         f_mv = f if self.lambda_m > 0 else f.detach()
         f_dv = f if self.lambda_d > 0 else f.detach()
         cross = self._cross[self._offsets[i] : self._offsets[i + 1]]  # [deg_i, B, D]
-        l_mv = (f_mv.unsqueeze(0) - cross).pow(2).mean(dim=(1, 2)).sum()
+        per_neighbor = (f_mv.unsqueeze(0) - cross).pow(2).mean(dim=(1, 2))
+        l_mv = per_neighbor.sum()
+        if not self.receives_models:  # RelaySGD: mean over tree neighbours (see __init__)
+            l_mv = l_mv / max(len(per_neighbor), 1)
         onehot = F.one_hot(y, self.num_classes).to(f.dtype)  # [B, C]
         totals = onehot.T @ f.detach() + self._received_sums[i]
         counts = onehot.sum(dim=0) + self._received_counts[i]
@@ -142,18 +155,29 @@ class CrossFeatureLoss:
             total = total + self.lambda_d * l_dv
         return total
 
+    def set_weight_scale(self, scale: float) -> None:
+        """Both lambdas times ``scale`` (``lambda_warmup_epochs``, METHOD.md 4.2: not the paper's).
+
+        ``scale > 0`` keeps every active term active, so the graph structure never changes."""
+        self.lambda_m, self.lambda_d = (w * scale for w in self.weights)
+
     def stats(self) -> dict[str, torch.Tensor]:
         """Mean over agents of this iteration's ``L_mv`` and ``L_dv``: the heterogeneity measure."""
         n = self.state.n
         return {"l_mv": self._mv_sum / n, "l_dv": self._dv_sum / n}
 
     def bytes_sent(self) -> dict[str, float]:
-        """Class sums and counts, ``C*D + C`` floats per neighbour, only when ``L_dv`` is used."""
-        if self.lambda_d == 0 or self.feature_dim is None or self.num_classes is None:
-            return {"class_statistics": 0.0}
-        edges = sum(len(nb) for nb in self.neighbors)
-        per_edge = (self.num_classes * self.feature_dim + self.num_classes) * BYTES_PER_FLOAT
-        return {"class_statistics": edges * per_edge / self.state.n}
+        """Per agent per iteration: class sums and counts, ``C*D + C`` floats per neighbour, only
+        when ``L_dv`` is used; and, where messages are not models (RelaySGD), one model per
+        neighbour for the cross-features."""
+        edges, n = sum(len(nb) for nb in self.neighbors), self.state.n
+        sent = {"class_statistics": 0.0}
+        if self.lambda_d > 0 and self.feature_dim is not None and self.num_classes is not None:
+            per_edge = (self.num_classes * self.feature_dim + self.num_classes) * BYTES_PER_FLOAT
+            sent["class_statistics"] = edges * per_edge / n
+        if not self.receives_models:
+            sent["cross_feature_models"] = edges * self.state.params.shape[1] * BYTES_PER_FLOAT / n
+        return sent
 
     # -- internals -----------------------------------------------------------------------------
     def _edge_lists(self) -> tuple[torch.Tensor, torch.Tensor, list[int]]:

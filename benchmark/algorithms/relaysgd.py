@@ -109,6 +109,7 @@ def relay_trees(topology: Topology, kind: str) -> list[Topology]:
 class RelaySGD(Algorithm):
     name = "relaysgd"
     Options = RelayOptions
+    sends_models = False
 
     def __init__(self, state: SwarmState, options: RelayOptions | None = None) -> None:
         super().__init__(state, options)
