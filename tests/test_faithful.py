@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import struct
 
 import pytest
 import torch
@@ -52,3 +53,23 @@ def test_evonorm_s0_is_the_authors_form_by_hand():
 def test_resnet18_defaults_to_the_authors_evonorm():
     assert DEFAULT_NORM["resnet18"] == "evonorm"
     assert RunConfig().evonorm_style == "hardsigmoid"
+
+
+def _write_idx(path, magic: int, shape: tuple[int, ...], data: bytes) -> None:
+    path.write_bytes(struct.pack(f">{len(shape) + 1}I", magic, *shape) + data)
+
+
+def test_input_normalisation_constants_are_the_authors(tmp_path):
+    from benchmark.data import load_dataset, registry
+
+    assert registry.CIFAR10_STATS == ((0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010))
+    assert registry.CIFAR100_STATS == ((0.5071, 0.4867, 0.4408), (0.2675, 0.2565, 0.2761))
+    assert registry.IMAGENET_STATS == ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+    # Fashion-MNIST end to end through the loader: (0.5,) / (0.5,), i.e. (x - 0.5) / 0.5
+    raw = tmp_path / "FashionMNIST" / "raw"
+    raw.mkdir(parents=True)
+    for split, n in (("train", 20), ("t10k", 10)):
+        _write_idx(raw / f"{split}-images-idx3-ubyte", 2051, (n, 28, 28), bytes(n * 28 * 28))
+        _write_idx(raw / f"{split}-labels-idx1-ubyte", 2049, (n,), bytes(i % 10 for i in range(n)))
+    bundle = load_dataset("fmnist", data_dir=tmp_path)
+    assert (bundle.mean, bundle.std) == ((0.5,), (0.5,))
