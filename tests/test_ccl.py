@@ -135,6 +135,16 @@ def _brute_force(swarm: Swarm, pre, buffers, own, xs, ys, normalized: bool):
     return torch.stack(l_mv), torch.stack(l_dv)
 
 
+def _prepared(swarm: Swarm):
+    """Diverged agents, one batch, the first half of ``Swarm.step`` and CCL's cross passes."""
+    _diverge(swarm)
+    xs, ys = _batches(swarm.n, steps=1)[0]
+    swarm.pre_params.copy_(swarm.params)
+    swarm.algorithm.before_gradients()
+    swarm.cross_features.prepare(xs, ys)
+    return swarm.cross_features, xs, ys
+
+
 @pytest.mark.parametrize(
     ("graph", "n", "algorithm", "batchnorm", "distance"),
     [
@@ -182,12 +192,7 @@ def test_losses_equal_brute_force(graph, n, algorithm, batchnorm, distance):
 def test_gradient_flows_only_through_own_features():
     lam_m, lam_d = 0.3, 0.7
     swarm = _swarm("ring", 4, algorithm="dsgdm-n", ccl={"lambda_m": lam_m, "lambda_d": lam_d})
-    _diverge(swarm)
-    xs, ys = _batches(4, steps=1)[0]
-    swarm.pre_params.copy_(swarm.params)
-    swarm.algorithm.before_gradients()
-    cross = swarm.cross_features
-    cross.prepare(xs, ys)
+    cross, xs, ys = _prepared(swarm)
     assert not cross._cross.requires_grad and cross._cross.grad_fn is None  # no graph built
     assert all(not p.requires_grad for m in cross._models for p in m.parameters())
 
@@ -240,12 +245,7 @@ def test_ccl_changes_the_trajectory_and_stays_finite():
 def test_relaysgd_l_mv_is_the_mean_over_tree_neighbours_by_hand():
     """chain 0-1-2: agent 1 has two tree neighbours, so its L_mv is the mean of two distances."""
     swarm = _swarm("chain", 3, algorithm="relaysgd", ccl={"lambda_m": 1.0, "lambda_d": 0.0})
-    _diverge(swarm)
-    xs, ys = _batches(3, steps=1)[0]
-    swarm.pre_params.copy_(swarm.params)
-    swarm.algorithm.before_gradients()
-    cross = swarm.cross_features
-    cross.prepare(xs, ys)
+    cross, xs, ys = _prepared(swarm)
     template = swarm.models[0]
     f = swarm.models[1](xs[1])[0].detach()
     d0 = ((f - _features(template, swarm.params[0], xs[1])) ** 2).mean()
@@ -274,12 +274,7 @@ def test_ccl_relay_bytes_per_iteration_are_exact():
 
 def test_weight_scale_scales_both_terms():
     swarm = _swarm("ring", 4, algorithm="qgm", ccl={"lambda_m": 0.3, "lambda_d": 0.7})
-    _diverge(swarm)
-    xs, ys = _batches(4, steps=1)[0]
-    swarm.pre_params.copy_(swarm.params)
-    swarm.algorithm.before_gradients()
-    cross = swarm.cross_features
-    cross.prepare(xs, ys)
+    cross, xs, ys = _prepared(swarm)
     f = swarm.models[2](xs[2])[0].detach()
     full = cross.loss(2, f, ys[2])
     cross.set_weight_scale(0.25)
