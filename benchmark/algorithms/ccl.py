@@ -3,7 +3,8 @@
 Agent ``i`` pulls its features ``f_i`` (own mixed model, own batch) towards
 
 * ``L_mv``: the *model-variant* cross-features ``c_{j->i} = F(x_j^-; X_i)``, each neighbour's
-  pre-gossip model on ``i``'s batch (summed over neighbours), and
+  pre-gossip model on ``i``'s batch (summed over neighbours as the authors' code; averaged over
+  tree neighbours on RelaySGD), and
 * ``L_dv``: the *data-variant* class targets ``mu_i[c]``, class means of ``i``'s own detached
   features pooled with the class sums that neighbours computed with ``i``'s model on *their*
   batches (``C x D + C`` numbers per edge).
