@@ -25,7 +25,6 @@ a :class:`~benchmark.errors.CheckpointError` naming the differing fields and off
 
 from __future__ import annotations
 
-import fcntl
 import json
 import random
 import tempfile
@@ -41,7 +40,7 @@ import torch
 
 from .config import RunConfig, result_fields
 from .errors import CheckpointError, ConfigError, UserError
-from .io import atomic_open
+from .io import atomic_open, try_lock
 from .metrics import RunMetrics
 
 CHECKPOINT = "checkpoint.pt"
@@ -122,6 +121,8 @@ class RunDir:
     """
 
     def __init__(self, out: str | Path, config: RunConfig) -> None:
+        if str(out).strip() == "":  # Path("") is the current folder
+            raise ConfigError("out", str(out), "a folder path (not empty)")
         self.path = Path(out)
         self.config = config
         self.checkpoint = self.path / CHECKPOINT
@@ -208,13 +209,11 @@ class RunDir:
         except OSError as err:
             raise ConfigError("out", str(self.path), "a writable directory", err.strerror) from None
         try:
-            try:
-                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
+            if not try_lock(lock):
                 raise UserError(
                     f"out: {self.path} is in use by another running process; wait for it or "
                     f"choose another --out"
-                ) from None
+                )
             for stale in self.path.glob(f".{CHECKPOINT}.*.tmp"):  # a write killed mid-way
                 stale.unlink(missing_ok=True)
             for stale in self.path.glob(f".{METRICS}.*.tmp"):
@@ -241,15 +240,40 @@ class RunDir:
             "swarm": swarm.state_dict(),
             "rng": capture_rng(),
         }
-        with _writing(self.checkpoint, "the previous checkpoint is intact"):
-            with atomic_open(self.checkpoint) as fh:
-                torch.save(state, fh)
+        with self._writing(self.checkpoint), atomic_open(self.checkpoint) as fh:
+            torch.save(state, fh)
 
     def finish(self, metrics: RunMetrics) -> None:
         """Write ``metrics.json`` atomically, then drop the checkpoint it supersedes."""
-        with _writing(self.metrics, "the checkpoint is intact"):
+        with self._writing(self.metrics):
             metrics.save(self.metrics)
         self.checkpoint.unlink(missing_ok=True)
+
+
+    @contextmanager
+    def _writing(self, path: Path) -> Iterator[None]:
+        """A failed write (disk full, file size limit, permissions changed mid-run) is one line
+        naming the file and the cause; the temporary file is gone, the last checkpoint intact.
+
+        torch's zip writer swallows the ``OSError`` of a short write and fails later with its
+        own ``RuntimeError``, so the cause is looked for along the exception chain.
+        """
+        try:
+            yield
+        except (OSError, RuntimeError) as err:
+            cause = _os_error(err)
+            if cause is None:
+                raise
+            then = ("the last checkpoint is intact: fix the cause and run the same command again "
+                    "to resume" if self.checkpoint.is_file()
+                    else "no epoch was saved: fix the cause and run the same command again")
+            raise UserError(f"cannot write {path}: {cause.strerror or cause}; {then}") from None
+
+
+def _os_error(err: BaseException | None) -> OSError | None:
+    while err is not None and not isinstance(err, OSError):
+        err = err.__cause__ or err.__context__
+    return err
 
 
 def _first_sentence(err: BaseException) -> str:
@@ -284,16 +308,4 @@ def _check_writable(path: Path) -> None:
     except OSError as err:
         raise ConfigError(
             "out", str(path), "a writable directory", f"cannot write in {probe}: {err.strerror}"
-        ) from None
-
-
-@contextmanager
-def _writing(path: Path, intact: str) -> Iterator[None]:
-    """A failed write (disk full, permissions changed mid-run) is one line, not a traceback."""
-    try:
-        yield
-    except OSError as err:
-        raise UserError(
-            f"cannot write {path}: {err.strerror or err}; {intact}: fix the cause and run the "
-            f"same command again to resume"
         ) from None

@@ -220,9 +220,23 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_USER_ERROR
     except KeyboardInterrupt:
-        print("interrupted: run the same command again to resume from the last completed epoch",
-              file=sys.stderr)
+        print(f"interrupted: {_after_interrupt(args)}", file=sys.stderr)
         return EXIT_INTERRUPTED
+
+
+def _after_interrupt(args: argparse.Namespace) -> str:
+    """What an interrupted command left: a resume hint only when something was saved."""
+    if args.command == "train":
+        from pathlib import Path
+
+        from .checkpoint import CHECKPOINT
+
+        if args.out and (Path(args.out) / CHECKPOINT).is_file():
+            return "run the same command again to resume from the last completed epoch"
+        return "no epoch was saved; run the same command again to start over"
+    if args.command == "tune":
+        return "run the same command again to resume the study"
+    return "nothing to resume"
 
 
 def _interrupt(signum: int, frame: object) -> None:

@@ -8,6 +8,8 @@ in its first second rather than after an hour.
 
 from __future__ import annotations
 
+import math
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -22,8 +24,14 @@ from pydantic import (
     model_validator,
 )
 
+from .algorithms.ccl import FEATURE_DISTANCES
+from .algorithms.qgm import QGM_VARIANTS
+from .algorithms.relaysgd import RELAY_NORMS
+from .data.partition import SCHEMES
 from .errors import ConfigError, UserError, validation_error
 from .methods import METHODS, resolve_method
+from .models.norms import EVONORM_STYLES, NORMS
+from .topology import MIXING_RULES, SPANNING_TREES
 
 # Option metadata: a field declared with ``json_schema_extra=MACHINE`` says where or how fast a
 # run goes, or where its inputs live, but changes none of its numbers. Every other field changes
@@ -41,10 +49,22 @@ def result_fields(model: type[BaseModel] | None = None) -> frozenset[str]:
     )
 
 
+# Validating a config that was already run (the ``config`` of a metrics.json) skips the checks
+# that refuse a *setting* on this machine or with this version's rules: a report must read it.
+STORED = {"stored": True}
+# What the libraries can hold: numpy/scikit-learn seeds are 32-bit, torch thread counts C ints;
+# every graph is also a dense n x n mixing matrix (and its spectrum), so n is bounded too.
+MAX_SEED = 2**32 - 1
+MAX_AGENTS = 4096
+MAX_THREADS = 4096
+MAX_IMAGE_SIZE = 1024
+DEVICE = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
+
+
 class RunConfig(BaseModel):
     """Everything that defines one training run (see METHOD.md section 5 for the paper's values)."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
     # experiment family: the MLflow experiment and the results/ sub-folder
     family: str = Field("default", json_schema_extra=MACHINE)
@@ -52,23 +72,23 @@ class RunConfig(BaseModel):
     dataset: str = "digits"
     data_dir: str = Field("data", json_schema_extra=MACHINE)
     download: bool = Field(False, json_schema_extra=MACHINE)
-    image_size: int | None = Field(None, gt=0)
+    image_size: int | None = Field(None, gt=0, le=MAX_IMAGE_SIZE)
     synthetic: dict[str, Any] | None = None
     val_fraction: float = Field(0.0, ge=0.0, le=0.5)
-    partition: Literal["lin", "raw", "iid"] = "lin"
+    partition: Literal[SCHEMES] = "lin"
     alpha: float = Field(1.0, gt=0)
     # model
     model: str = "lenet5"
-    norm: str | None = None
+    norm: Literal[NORMS] | None = None  # None: the model's own default
     # hardsigmoid: the authors' EvoNorm-S0; sigmoid-v: learnable-v gate everywhere; standard:
     # the EvoNorm paper's layout (models/norms.py)
-    evonorm_style: Literal["hardsigmoid", "sigmoid-v", "standard"] = "hardsigmoid"
+    evonorm_style: Literal[EVONORM_STYLES] = "hardsigmoid"
     # graph and gossip
     topology: str = "ring"
     n_agents: int = Field(16, ge=1)
     torus_rows: int | None = None
     degree: int = Field(3, ge=1)
-    mixing: Literal["uniform", "metropolis"] = "uniform"
+    mixing: Literal[MIXING_RULES] = "uniform"
     gamma: float = Field(1.0, gt=0, le=1)
     # a gossip-momentum setting whose zero-gradient iteration diverges is refused (stability.py)
     # unless this is set, e.g. to show the divergence on purpose
@@ -77,11 +97,11 @@ class RunConfig(BaseModel):
     method: str = "dsgdm-n"
     lambda_m: float = Field(0.01, ge=0)
     lambda_d: float = Field(0.01, ge=0)
-    qgm_variant: Literal["aketi", "lin"] = "aketi"
-    relay_tree: Literal["auto", "chain", "bfs", "double-binary"] = "auto"
-    relay_norm: Literal["counts", "world"] = "counts"
+    qgm_variant: Literal[QGM_VARIANTS] = "aketi"
+    relay_tree: Literal[SPANNING_TREES] = "auto"
+    relay_norm: Literal[RELAY_NORMS] = "counts"
     log_cross_features: bool | None = None
-    feature_distance: Literal["squared", "normalized"] = "squared"
+    feature_distance: Literal[FEATURE_DISTANCES] = "squared"
     # CCL safety options, off by default and not the paper's (METHOD.md section 4.2)
     clip_grad_norm: float | None = Field(None, gt=0)
     lambda_warmup_epochs: int = Field(0, ge=0)
@@ -97,17 +117,17 @@ class RunConfig(BaseModel):
     wd_skip_norm: bool = False
     # run
     eval_every: int = Field(1, ge=1)
-    seed: int = Field(0, ge=0)
+    seed: int = Field(0, ge=0, le=MAX_SEED)
     # machine options below: CPU/CUDA kernels, thread counts and the vmap path may differ in
     # the last float bits, never in what is computed; a run may resume on another machine
     device: str = Field("auto", json_schema_extra=MACHINE)
-    threads: int | None = Field(None, ge=1, json_schema_extra=MACHINE)
+    threads: int | None = Field(None, ge=1, le=MAX_THREADS, json_schema_extra=MACHINE)
     # forward/backward over agents: a Python loop, or one torch.func.vmap pass (GPU); auto
     # measures both on CUDA and keeps the faster (loop on a CPU and for BatchNorm models)
     vectorize: Literal["auto", "loop", "vmap"] = Field("auto", json_schema_extra=MACHINE)
     # CPU: agents' forward/backward spread over this many worker threads (1 intra-op thread
     # each); ~1.1x faster than one 2-thread loop on 2 cores; 1 = the plain loop (default)
-    agent_threads: int = Field(1, ge=1, json_schema_extra=MACHINE)
+    agent_threads: int = Field(1, ge=1, le=MAX_THREADS, json_schema_extra=MACHINE)
     # runs sharing one GPU (workflow slots; a run's memory share is 1/k of its GPU): README
     # "Several runs per GPU"; `--config gpu_slots_per_device=k` overrides it for a workflow
     gpu_slots_per_device: int | None = Field(None, ge=1, json_schema_extra=MACHINE)
@@ -132,8 +152,27 @@ class RunConfig(BaseModel):
             )
         return sorted(v)
 
+    @field_validator("device")
+    @classmethod
+    def _device_name(cls, v: str) -> str:
+        if not DEVICE.fullmatch(v):
+            raise ConfigError("device", v, "auto, cpu, cuda, cuda:N (N a GPU index) or mps")
+        return v
+
+    @field_validator("synthetic")
+    @classmethod
+    def _finite_synthetic(cls, v: dict[str, Any] | None) -> dict[str, Any] | None:
+        for key, value in (v or {}).items():
+            if isinstance(value, float) and not math.isfinite(value):
+                raise ConfigError(f"synthetic.{key}", value, "a finite number")
+        return v
+
     @model_validator(mode="after")
-    def _stable_gossip(self) -> RunConfig:
+    def _whole_config(self, info: ValidationInfo) -> RunConfig:
+        """Checks across fields, cheapest first: the data size before the n x n graph."""
+        if info.context == STORED:
+            return self
+        _check_agents_fit_the_data(self)
         if not self.allow_unstable:
             from .stability import check_stable  # numpy + the graph: imported on use
 
@@ -180,10 +219,69 @@ def _registry(field: str):
     return {"dataset": DATASETS, "model": MODELS, "topology": TOPOLOGIES, "method": METHODS}[field]
 
 
+def _check_agents_fit_the_data(config: RunConfig) -> None:
+    """Every agent needs at least one training sample (known without loading the data)."""
+    from .data.sizes import train_samples
+
+    samples = train_samples(config.dataset, config.synthetic, config.val_fraction)
+    if samples is not None and config.n_agents > samples:
+        raise ConfigError("n_agents", config.n_agents, f"at most {samples} (the training "
+                          f"samples of {config.dataset} to share among the agents)")
+    if config.n_agents > MAX_AGENTS:
+        raise ConfigError("n_agents", config.n_agents, f"at most {MAX_AGENTS} (the mixing "
+                          "matrix is a dense n x n array)")
+
+
+def check_device(device: str) -> None:
+    """Refuse, in one line, a device this machine does not have; called before a run builds
+    anything (the schema only checks the name: a config may be planned on a login node)."""
+    import torch
+
+    if device.startswith("cuda"):
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if int(device.partition(":")[2] or 0) >= count:
+            here = ["auto", "cpu", *(["cuda"] if count else []),
+                    *(f"cuda:{i}" for i in range(count))]
+            build = (f"CUDA {torch.version.cuda}" if torch.version.cuda
+                     else "a build without CUDA")
+            raise ConfigError("device", device, here,
+                              hint=f"torch {torch.__version__} ({build}) sees {count} GPU(s)")
+    elif device == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError("device", device, ["auto", "cpu"], hint="no Apple GPU (mps) here")
+
+
 def _choice(field: str, value: str, allowed) -> str:
     if value not in allowed:
         raise ConfigError(field, value, list(allowed))
     return value
+
+
+class _DuplicateKey(yaml.YAMLError):
+    def __init__(self, key: object, first: int, second: int) -> None:
+        super().__init__(f"key {key!r} appears twice, at lines {first} and {second}; keep one")
+
+
+class StrictLoader(yaml.SafeLoader):
+    """YAML's safe loader, refusing a key given twice in one mapping (PyYAML silently keeps the
+    last one, so a forgotten earlier ``lr:`` would quietly decide the run)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        seen: dict[object, int] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue  # ``<<: *base`` may be overridden by explicit keys on purpose
+            key = self.construct_object(key_node, deep=True)
+            if not isinstance(key, str | int | float | bool):
+                continue  # an unhashable key: the base class says so
+            line = key_node.start_mark.line + 1
+            if key in seen:
+                raise _DuplicateKey(key, seen[key], line)
+            seen[key] = line
+        return super().construct_mapping(node, deep=deep)
+
+
+def load_yaml(text: str) -> Any:
+    return yaml.load(text, Loader=StrictLoader)  # noqa: S506 - a SafeLoader subclass
 
 
 def parse_overrides(pairs: list[str]) -> dict[str, Any]:
@@ -194,19 +292,27 @@ def parse_overrides(pairs: list[str]) -> dict[str, Any]:
         if not sep or not key:
             raise UserError(f"override {pair!r}: expected key=value")
         try:
-            out[key.strip()] = yaml.safe_load(raw) if raw != "" else None
+            out[key.strip()] = load_yaml(raw) if raw != "" else None
+        except _DuplicateKey as err:
+            raise UserError(f"override {pair!r}: {err}") from None
         except yaml.YAMLError:
             out[key.strip()] = raw
     return out
 
 
 def read_yaml(path: str | Path) -> dict[str, Any]:
-    """A YAML mapping from a file, with a one-line error for a missing or malformed file."""
+    """A YAML mapping from a file, with a one-line error for a missing or malformed file or a
+    key given twice."""
+    if str(path).strip() == "":  # Path("") is the current folder
+        raise ConfigError("--config", str(path), "a YAML file (leave --config out for the "
+                          "built-in defaults)")
     path = Path(path)
     if not path.is_file():
         raise UserError(f"config: file not found: {path}")
     try:
-        data = yaml.safe_load(path.read_text())
+        data = load_yaml(path.read_text())
+    except _DuplicateKey as err:
+        raise UserError(f"config: {path}: {err}") from None
     except yaml.YAMLError as exc:
         where = getattr(exc, "problem_mark", None)
         line = f" at line {where.line + 1}, column {where.column + 1}" if where else ""
@@ -228,11 +334,27 @@ def build_config(data: dict[str, Any]) -> RunConfig:
         raise validation_error(err, RunConfig) from None
 
 
+def read_run_file(path: str | Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The run options and the ``tuning:`` section of a config file (train and tune read it so).
+
+    A family file (``run:`` options + ``grid:`` axes, :mod:`benchmark.grid`) gives its ``run:``
+    section, named after the file unless it names its family; any other file holds run options
+    and an optional ``tuning:`` mapping.
+    """
+    data = read_yaml(path)
+    tuning = data.pop("tuning", None) or {}
+    if not isinstance(tuning, dict):
+        raise ConfigError("tuning", tuning, "a mapping of tuning options")
+    if "run" not in data and "grid" not in data:
+        return data, tuning
+    run = data.get("run") or {}
+    if not isinstance(run, dict):
+        raise ConfigError("run", run, "a mapping of run options")
+    return {"family": Path(path).stem, **run}, tuning
+
+
 def load_config(path: str | Path | None, overrides: list[str] | None = None) -> RunConfig:
     """Config file (optional) + ``key=value`` overrides -> a validated :class:`RunConfig`."""
-    data = read_yaml(path) if path else {}
-    if isinstance(data.get("run"), dict) and "grid" in data:
-        # a family file (benchmark.grid): its run: section holds the base options of every job
-        data = {"family": Path(path).stem, **data["run"]}
+    data = read_run_file(path)[0] if path is not None else {}
     data.update(parse_overrides(overrides or []))
     return build_config(data)

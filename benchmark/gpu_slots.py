@@ -17,13 +17,14 @@ check gives a run ``1/k`` of its GPU). The lock folder is machine-wide by defaul
 from __future__ import annotations
 
 import argparse
-import fcntl
 import os
 import sys
 import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+
+from .io import try_lock
 
 LOCKS_ENV = "BENCHMARK_GPU_LOCKS"
 SLOT_ENV = "BENCHMARK_GPU_SLOT"
@@ -56,12 +57,9 @@ def try_acquire(gpus: list[str], per_device: int, directory: Path | None = None)
     for index in range(per_device):
         for gpu in gpus:
             fd = os.open(directory / f"gpu{gpu}-slot{index}.lock", os.O_RDWR | os.O_CREAT, 0o644)
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                os.close(fd)
-                continue
-            return Slot(gpu, index, per_device, fd)
+            if try_lock(fd):
+                return Slot(gpu, index, per_device, fd)
+            os.close(fd)
     return None
 
 

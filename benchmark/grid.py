@@ -34,6 +34,7 @@ from pydantic import (
     ConfigDict,
     Field,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -83,7 +84,7 @@ class DataEntry(_Entry):
 class Grid(BaseModel):
     """The axes of a family; the runs are their full product."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     alpha: list[float] = Field(min_length=1)
     topologies: list[TopologyEntry] = Field(min_length=1)
@@ -97,6 +98,17 @@ class Grid(BaseModel):
         bad = [a for a in v if not a > 0]
         if bad:
             raise ConfigError("grid.alpha", bad[0], "positive numbers")
+        return v
+
+    @field_validator("alpha", "methods", "seeds")
+    @classmethod
+    def _distinct(cls, v: list, info: ValidationInfo) -> list:
+        """``alpha: [0.1, 1.0e-1]`` would be one run path twice: name the axis and the value."""
+        for i, value in enumerate(v):
+            if value in v[:i]:
+                raise ConfigError(f"grid.{info.field_name}", v, "distinct values",
+                                  hint=f"{value!r} is listed twice, at positions "
+                                  f"{v.index(value)} and {i}")
         return v
 
     @field_validator("seeds")
@@ -132,7 +144,7 @@ class Tuning(BaseModel):
     describe that study; it trains with the family's ``run:`` options at ``epochs`` epochs.
     """
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     # how the grid uses the study's result: changes nothing the study computes
     lambdas: Literal["fixed", "tuned"] = Field("fixed", json_schema_extra=MACHINE)
@@ -168,7 +180,7 @@ class Tuning(BaseModel):
 
 
 class FamilyFile(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     run: dict[str, Any] = {}
     grid: Grid

@@ -1,14 +1,16 @@
-"""Atomic file writes: a crash never leaves a half-written result that looks complete."""
+"""Atomic file writes: a crash never leaves a half-written result that looks complete; and the
+one file lock of the suite (run folders, study journals, GPU slots)."""
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import IO, Any, BinaryIO
 
 _UMASK = os.umask(0)  # the only portable way to read the umask is to set it (at import time)
 os.umask(_UMASK)
@@ -37,6 +39,18 @@ def atomic_open(path: str | Path) -> Iterator[BinaryIO]:
         Path(tmp).unlink(missing_ok=True)
         raise
     _fsync_dir(path.parent)
+
+
+def try_lock(file: IO | int) -> bool:
+    """Take an exclusive ``flock`` on an open file (object or descriptor) without waiting;
+    False when another process holds it. The kernel drops the lock when the file is closed or
+    its process ends, however it ends (SIGKILL included): a crash never leaves a stale lock, and
+    a descriptor inherited across ``exec`` keeps it for the new program."""
+    try:
+        fcntl.flock(file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    return True
 
 
 def _fsync_dir(folder: Path) -> None:

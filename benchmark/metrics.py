@@ -19,7 +19,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, ValidationError, field_serializer, field_validator
 
-from .config import RunConfig
+from .config import STORED, RunConfig
 from .errors import UserError, validation_error
 from .io import atomic_write_json
 
@@ -186,7 +186,7 @@ class RunMetrics(_Section):
             raise NotRunMetrics(source, f"not a run's metrics (a JSON {type(data).__name__}, "
                                 "expected an object)")
         try:
-            return cls.model_validate(data)
+            return cls.model_validate(data, context=STORED)
         except ValidationError as err:
             raise NotRunMetrics(source, "not a run's metrics.json of this version: "
                                 f"{validation_error(err, cls)}") from None

@@ -190,7 +190,7 @@ def build_topology(
         raise ConfigError("n_agents", n, "a positive integer")
     n = int(n)
     if rows is not None and name != "torus":
-        raise ConfigError("rows", rows, "only used by topology 'torus'; leave it unset")
+        raise ConfigError("torus_rows", rows, "only used by topology 'torus'; leave it unset")
     if name == "ring":
         _check_n(n, 3, "any n >= 3 for ring")
         return Topology(name, nx.cycle_graph(n))
@@ -230,9 +230,9 @@ def _torus(n: int, rows: int | None) -> nx.Graph:
         raise ConfigError("n_agents", n, allowed, hint=_nearest_tori(n))
     if rows is not None:
         if isinstance(rows, bool) or not isinstance(rows, int | np.integer):
-            raise ConfigError("rows", rows, "an integer >= 3 dividing n_agents")
+            raise ConfigError("torus_rows", rows, "an integer >= 3 dividing n_agents")
         if rows < 3 or n % rows or n // rows < 3:
-            raise ConfigError("rows", rows, f"a divisor r of n_agents={n} with r, n/r >= 3")
+            raise ConfigError("torus_rows", rows, f"a divisor r of n_agents={n} with r, n/r >= 3")
         r = int(rows)
     else:
         divisors = [r for r in range(3, math.isqrt(n) + 1) if n % r == 0 and n // r >= 3]

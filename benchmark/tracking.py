@@ -36,6 +36,8 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import yaml
 
+from .errors import UserError
+
 if TYPE_CHECKING:
     from .metrics import RunMetrics
 
@@ -88,6 +90,37 @@ def client(uri: str | None = None):
 
     uri = uri or tracking_uri()
     return retry(lambda: MlflowClient(tracking_uri=uri), "open the store")
+
+
+def check_store(uri: str | None = None, timeout_s: float = 3.0) -> None:
+    """Fail in seconds, in one line, when the tracking store cannot be used.
+
+    A run calls this before it creates its folder: MLflow itself would retry a server that does
+    not answer for minutes, after the first epoch, and end in a long traceback. An unknown URI
+    scheme is refused the same way.
+    """
+    import urllib.error
+    import urllib.request
+
+    uri = uri or tracking_uri()
+    if _sqlite_path(uri) is not None:
+        return  # a local file, created by the run itself (constructing a client would do it now)
+    todo = "start the MLflow server, fix MLFLOW_TRACKING_URI, or set tracking=false"
+    try:
+        client(uri)
+    except Exception as exc:  # noqa: BLE001 - MLflow's errors for a URI it cannot serve
+        reason = str(exc).strip().splitlines()[0].split(". ")[0] if str(exc).strip() else exc
+        raise UserError(f"tracking: cannot use the MLflow store {uri} ({reason}); {todo}"
+                        ) from None
+    if uri.split(":", 1)[0] in ("http", "https"):
+        try:
+            urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=timeout_s).close()
+        except urllib.error.HTTPError:
+            pass  # it answers (a proxy or an older server may lack /health)
+        except (OSError, ValueError) as exc:
+            reason = getattr(exc, "reason", exc)
+            raise UserError(f"tracking: the MLflow server {uri} does not answer ({reason}); "
+                            f"{todo}") from None
 
 
 def _artifact_location(uri: str, name: str) -> str | None:

@@ -23,7 +23,7 @@ from . import distributed, memory
 from .algorithms import options_from
 from .algorithms.ccl import CCLOptions
 from .checkpoint import Progress, RunDir
-from .config import RunConfig
+from .config import RunConfig, check_device
 from .data import (
     AgentBatches,
     DatasetBundle,
@@ -40,7 +40,7 @@ from .models import build_model
 from .swarm import Swarm, pick_device
 from .timing import timed
 from .topology import Topology, build_topology
-from .tracking import track_run
+from .tracking import check_store, track_run
 
 EpochCallback = Callable[[int, dict[str, Any]], None]
 
@@ -186,12 +186,15 @@ def run(
     training when the folder already holds this config's finished run. ``restart`` discards
     both and starts over. Every check happens before the first file is written.
     """
-    store = RunDir(out_dir, config) if out_dir is not None else None
+    store = RunDir(out_dir, config) if out_dir is not None else None  # writable? (no file yet)
     if store is not None and not restart:
         done = store.finished()
         if done is not None:
             print(f"{store.metrics}: finished run ({done.status}), nothing to do", flush=True)
             return done
+    check_device(config.device)  # cheap checks of the outside world before any data or file
+    if config.tracking:
+        check_store()
     progress = Progress()
     exp = build_experiment(config)
     resumed = store.load(exp.swarm) if store is not None and not restart else None

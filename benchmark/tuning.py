@@ -24,7 +24,6 @@ Design choices, and why:
 
 from __future__ import annotations
 
-import fcntl
 import json
 import math
 import os
@@ -38,10 +37,10 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 from pydantic import ValidationError
 
-from .config import RunConfig, build_config, parse_overrides, read_yaml, result_fields
+from .config import RunConfig, build_config, parse_overrides, read_run_file, result_fields
 from .errors import ConfigError, UserError, validation_error
 from .grid import Tuning, format_float
-from .io import atomic_write_json, atomic_write_text
+from .io import atomic_write_json, atomic_write_text, try_lock
 from .train import run
 
 PAPER_LAMBDAS = {"lambda_m": 0.1, "lambda_d": 0.1}
@@ -64,14 +63,7 @@ def load_tuning(path: str | Path | None, overrides: list[str] | None = None
     a flat run config with an optional ``tuning:`` mapping. Overrides named ``tuning.<key>`` go
     to the tuning section, every other one to the run options (e.g. ``alpha=0.1``).
     """
-    data = read_yaml(path) if path else {}
-    tuning = dict(data.get("tuning") or {})
-    if "run" in data:
-        run_opts = dict(data["run"] or {})
-        if "family" not in run_opts and path is not None:
-            run_opts["family"] = Path(path).stem
-    else:
-        run_opts = {k: v for k, v in data.items() if k not in ("tuning", "grid", "lambdas")}
+    run_opts, tuning = read_run_file(path) if path is not None else ({}, {})
     for key, value in parse_overrides(overrides or []).items():
         if key.startswith("tuning."):
             tuning[key.removeprefix("tuning.")] = value
@@ -222,17 +214,12 @@ def _exclusive(journal: Path) -> Iterator[None]:
     ``flock`` is released by the kernel when the holder dies, so a crash never blocks a rerun.
     (Optuna's own lock, ``<journal>.lock``, only guards single appends.)
     """
-    with open(journal, "ab+") as fh:
-        try:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+    with open(journal, "ab+") as fh:  # closing it releases the lock
+        if not try_lock(fh):
             raise UserError(f"study {journal} is being tuned by another process; "
-                            "wait for it or use another --study path") from None
+                            "wait for it or use another --study path")
         _repair_torn_tail(fh)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
+        yield
 
 
 def _repair_torn_tail(fh) -> None:

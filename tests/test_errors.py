@@ -222,3 +222,199 @@ def test_grid_config_with_an_empty_or_mistyped_axis(tmp_path):
     family.write_text(base + "  alpha: [0.1]\n  methods: [dsgdm-m]\n")
     with pytest.raises(ConfigError, match=r"grid\.methods: invalid value 'dsgdm-m'.*dsgdm-n"):
         grid.load_family(family)
+
+
+# ---------------------------------------------------------------- issue 12: the classes of bug
+# Each class: several cases through the command line, each exit code 2 with one line saying what
+# is wrong, and nothing written (no run folder content, no checkpoint, no MLflow store).
+NO_GPU = not torch.cuda.is_available()
+DIGITS = ["dataset=digits", "model=mlp", "tracking=false", "device=cpu"]
+
+
+@pytest.fixture
+def store(tmp_path, monkeypatch) -> Path:
+    """An MLflow store path that must not appear: every case below runs with tracking on."""
+    db = tmp_path / "mlflow.db"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{db}")
+    return db
+
+
+@pytest.mark.parametrize(("overrides", "first_line"), [
+    (["lr=.inf"], "lr: invalid value inf; allowed: a finite number"),
+    (["lambda_m=.inf"], "lambda_m: invalid value inf; allowed: a finite number"),
+    (["alpha=.nan"], "alpha: invalid value nan; allowed: a finite number"),
+    (["lr_milestones=[0.5, .nan]"], "lr_milestones[1]: invalid value nan; allowed: a finite"),
+    (["synthetic={train_size: 128, noise: .inf}"], "synthetic.noise: invalid value inf"),
+    (["seed=4294967296"], "seed: invalid value 4294967296; allowed: less than or equal to "
+                          "4294967295"),
+    (["threads=1099511627776"], "threads: invalid value 1099511627776; allowed: less than"),
+    (["image_size=100000"], "image_size: invalid value 100000; allowed: less than or equal"),
+    (["device=gpu"], "device: invalid value 'gpu'; allowed: auto, cpu, cuda, cuda:N"),
+    (["device=cuda:x"], "device: invalid value 'cuda:x'; allowed: auto, cpu, cuda, cuda:N"),
+    pytest.param(["device=cuda"], "device: invalid value 'cuda'; allowed: one of auto, cpu (torch",
+                 marks=pytest.mark.skipif(not NO_GPU, reason="this machine has a GPU")),
+    pytest.param(["device=cuda:7"], "device: invalid value 'cuda:7'; allowed: one of auto, cpu",
+                 marks=pytest.mark.skipif(not NO_GPU, reason="this machine has a GPU")),
+    (["topology=torus", "n_agents=12", "torus_rows=5"], "torus_rows: invalid value 5; allowed: "
+                                                        "a divisor r of n_agents=12"),
+    (["topology=ring", "torus_rows=3"], "torus_rows: invalid value 3; allowed: only used by"),
+])
+def test_class1_every_option_is_validated_before_anything(capsys, tmp_path, store, overrides,
+                                                          first_line):
+    line = _fail(capsys, tmp_path / "run", *SYNTH, "tracking=true", *overrides)
+    assert line.startswith(first_line), line
+    assert not store.exists() and not (tmp_path / "run").exists()
+
+
+def test_class1_the_largest_seed_the_libraries_hold_runs(tmp_path):
+    assert main(["train", "--out", str(tmp_path), *SYNTH, "epochs=1", "seed=4294967295"]) == 0
+
+
+@pytest.mark.parametrize(("overrides", "first_line"), [
+    (["n_agents=20000"], "n_agents: invalid value 20000; allowed: at most 1437 (the training "
+                         "samples of digits"),
+    (["n_agents=100000"], "n_agents: invalid value 100000; allowed: at most 1437"),
+    (["n_agents=1000", "val_fraction=0.5"], "n_agents: invalid value 1000; allowed: at most 718"),
+    (["dataset=synthetic", "synthetic={train_size: 128}", "n_agents=200"],
+     "n_agents: invalid value 200; allowed: at most 128"),
+    (["dataset=synthetic", "synthetic={train_size: 100000}", "n_agents=5000"],
+     "n_agents: invalid value 5000; allowed: at most 4096 (the mixing matrix"),
+])
+def test_class2_cheap_checks_come_before_expensive_ones(capsys, tmp_path, store, monkeypatch,
+                                                        overrides, first_line):
+    import benchmark.stability
+    import benchmark.topology
+    import benchmark.train
+
+    def never(*args, **kwargs):
+        raise AssertionError("the graph was built before the cheap checks")
+
+    for module in (benchmark.topology, benchmark.stability, benchmark.train):
+        monkeypatch.setattr(module, "build_topology", never)
+    line = _fail(capsys, tmp_path / "run", *DIGITS, "tracking=true", *overrides)
+    assert line.startswith(first_line), line
+    assert not store.exists()
+
+
+@pytest.mark.parametrize("saved", [False, True])
+def test_class2_resume_hint_only_when_an_epoch_was_saved(capsys, tmp_path, monkeypatch, saved):
+    import benchmark.train
+
+    out = tmp_path / "run"
+    if saved:
+        _checkpointed(out)
+
+    def interrupted(config):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(benchmark.train, "build_experiment", interrupted)
+    assert main(["train", "--out", str(out), *SYNTH, "epochs=3"]) == 130
+    err = capsys.readouterr().err
+    hint = "to resume from the last completed epoch" if saved else "no epoch was saved"
+    assert err.startswith("interrupted: ") and hint in err and err.count("\n") == 1, err
+
+
+@pytest.mark.parametrize(("text", "first_line"), [
+    ("lr: 0.1\nepochs: 1\nlr: 0.2\n", "key 'lr' appears twice, at lines 1 and 3"),
+    ("dataset: synthetic\nsynthetic:\n  train_size: 64\n  train_size: 128\n",
+     "key 'train_size' appears twice, at lines 3 and 4"),
+    ("run: {lr: 0.1}\ngrid: {}\nrun: {lr: 0.2}\n", "key 'run' appears twice, at lines 1 and 3"),
+])
+def test_class3_a_key_given_twice_is_refused(capsys, tmp_path, store, text, first_line):
+    config = tmp_path / "twice.yaml"
+    config.write_text(text)
+    line = _fail(capsys, tmp_path / "run", config=config)
+    assert line == f"config: {config}: {first_line}; keep one"
+    assert not store.exists()
+
+
+@pytest.mark.parametrize(("args", "first_line"), [
+    (["--out", ""], "out: invalid value ''; allowed: a folder path"),
+    (["--out", " "], "out: invalid value ' '; allowed: a folder path"),
+    (["--out", "run", "--config", ""], "--config: invalid value ''; allowed: a YAML file"),
+    (["--out", "run", "synthetic={train_size: 64, train_size: 32}"],
+     "override 'synthetic={train_size: 64, train_size: 32}': key 'train_size' appears twice"),
+])
+def test_class3_silent_wrong_configuration_is_refused(capsys, tmp_path, store, monkeypatch, args,
+                                                      first_line):
+    monkeypatch.chdir(tmp_path)  # an empty --out would write here
+    assert main(["train", *args, *SYNTH]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {first_line}") and err.count("\n") == 1, err
+    assert sorted(os.listdir(tmp_path)) == []
+
+
+@pytest.mark.parametrize(("uri", "first_line"), [
+    ("http://127.0.0.1:9", "tracking: the MLflow server http://127.0.0.1:9 does not answer"),
+    ("https://127.0.0.1:9/", "tracking: the MLflow server https://127.0.0.1:9/ does not answer"),
+    ("htp://127.0.0.1:5000", "tracking: cannot use the MLflow store htp://127.0.0.1:5000"),
+    ("sqlite3:///x.db", "tracking: cannot use the MLflow store sqlite3:///x.db"),
+])
+def test_class4_a_tracking_store_that_cannot_be_used_fails_at_once(capsys, tmp_path, monkeypatch,
+                                                                   uri, first_line):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.chdir(tmp_path)
+    line = _fail(capsys, tmp_path / "run", *SYNTH, "tracking=true", "epochs=1")
+    assert line.startswith(first_line), line
+    assert line.endswith("start the MLflow server, fix MLFLOW_TRACKING_URI, or set tracking=false")
+    assert os.listdir(tmp_path) == []  # no run folder, no lock, no store
+
+
+FULL_DISK = """\
+import resource, signal, sys
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG instead
+resource.setrlimit(resource.RLIMIT_FSIZE, (int(sys.argv[1]), int(sys.argv[1])))
+from benchmark.cli import main
+sys.exit(main(sys.argv[2:]))
+"""
+
+
+@pytest.mark.parametrize(("epochs", "saved", "failing"), [
+    (3, True, CHECKPOINT),  # the epoch-2 checkpoint of a run resumed after epoch 1
+    (2, True, METRICS),  # the last epoch writes metrics.json only
+    (2, False, CHECKPOINT),  # the first checkpoint: nothing to resume from
+])
+def test_class4_a_full_disk_keeps_the_last_checkpoint_and_the_run_resumes(tmp_path, epochs,
+                                                                          saved, failing):
+    import subprocess
+    import sys
+
+    out = tmp_path / "run"
+    args = ["train", "--out", str(out), *SYNTH, f"epochs={epochs}"]
+    if saved:
+        _checkpointed(out, f"epochs={epochs}")
+    before = (out / CHECKPOINT).read_bytes() if saved else None
+    limit = len(before) // 2 if failing == CHECKPOINT and saved else 1000
+    proc = subprocess.run([sys.executable, "-c", FULL_DISK, str(limit), *args],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2, proc.stderr
+    then = ("the last checkpoint is intact: fix the cause and run the same command again to "
+            "resume" if saved else "no epoch was saved: fix the cause and run the same command "
+            "again")
+    assert proc.stderr == f"error: cannot write {out / failing}: File too large; {then}\n"
+    assert not (out / METRICS).exists()
+    assert sorted(p.name for p in out.iterdir()) == sorted([LOCK, *([CHECKPOINT] if saved else [])])
+    if saved:
+        assert (out / CHECKPOINT).read_bytes() == before
+    assert main(args) == 0  # space is back
+    assert json.loads((out / METRICS).read_text())["resumed_after_epochs"] == ([1] if saved else [])
+
+
+@pytest.mark.parametrize(("axis", "values", "first_line"), [
+    ("alpha", "[0.1, 1.0e-1]", "grid.alpha: invalid value [0.1, 0.1]; allowed: distinct values "
+                               "(0.1 is listed twice, at positions 0 and 1)"),
+    ("seeds", "[0, 1, 0]", "grid.seeds: invalid value [0, 1, 0]; allowed: distinct values (0 is "
+                           "listed twice, at positions 0 and 2)"),
+    ("methods", "[qgm, ccl, qgm]", "grid.methods: invalid value ['qgm', 'ccl', 'qgm']; allowed: "
+                                   "distinct values ('qgm' is listed twice"),
+])
+def test_class7_a_value_listed_twice_on_an_axis(capsys, tmp_path, axis, values, first_line):
+    axes = {"alpha": "[0.1]", "seeds": "[0]", "methods": "[dsgdm-n]", axis: values}
+    family = tmp_path / "fam.yaml"
+    family.write_text("run: {family: fam, dataset: synthetic, model: mlp, epochs: 1}\n"
+                      "grid:\n  topologies: [{topology: ring, n_agents: 4}]\n"
+                      + "".join(f"  {k}: {v}\n" for k, v in axes.items()))
+    assert main(["plan", "fam", "--config-dir", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {family}: {first_line}") and err.count("\n") == 1, err
+    assert os.listdir(tmp_path) == ["fam.yaml"]
