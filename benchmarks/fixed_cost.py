@@ -41,22 +41,16 @@ CHILD_PREFIX = "FIXED_COST "
 TINY_OVERRIDES = ["epochs=2", "n_agents=4", "eval_every=1", "tracking=false"]
 
 
-def child(config_path: str, out_dir: str, overrides: list[str]) -> None:
-    """One run in this (fresh) process through ``python -m benchmark train`` (exit path
-    included), timed at the phase boundaries; prints one JSON line when the run returns."""
-
-    def now() -> tuple[float, float]:
-        return time.monotonic(), time.process_time()
-
-    t_imports0 = now()
-    from benchmark import config as _config  # noqa: F401  (what `train` loads)
+def instrument(imports: tuple | None) -> None:
+    """Wrap ``train.build_experiment`` (to time every swarm step, ~1 us each) and ``train.run``
+    (to print one JSON line of phase boundaries when it returns). ``imports``: the span of the
+    imports, None when there were none (preloaded)."""
     from benchmark import train
 
-    t_imports = now()
-    steps: list[tuple[tuple[float, float], tuple[float, float]]] = []
+    steps: list = []
     build, run = train.build_experiment, train.run
 
-    def timed_build(config):  # time every swarm step of the run (the wrapper costs ~1 us)
+    def timed_build(config):
         exp = build(config)
         step = exp.swarm.step
 
@@ -71,41 +65,94 @@ def child(config_path: str, out_dir: str, overrides: list[str]) -> None:
 
     def timed_run(config, out, **kwargs):
         metrics = run(config, out, **kwargs)
-        history = metrics["history"]
+        history = metrics.history
+        start, end = imports or (CHILD_START, CHILD_START)
         print(CHILD_PREFIX + json.dumps({
-            "child_start": CHILD_START, "imports_start": t_imports0, "imports_end": t_imports,
+            "child_start": CHILD_START, "imports_start": start, "imports_end": end,
             "steps": steps, "run_end": now(),
             "evaluations": [r["phases"].get("evaluation", 0.0) for r in history],
-            "epochs": len(history), "iterations_per_epoch": metrics["iterations_per_epoch"],
-            "model": config.model, "n_agents": config.n_agents, "status": metrics["status"],
+            "epochs": len(history), "iterations_per_epoch": metrics.iterations_per_epoch,
+            "model": config.model, "n_agents": config.n_agents, "status": metrics.status,
             "tracking": config.tracking,
         }), flush=True)
         return metrics
 
     train.build_experiment, train.run = timed_build, timed_run
-    sys.argv = ["benchmark", "train", "--config", config_path, "--out", out_dir, *overrides]
+
+
+def now() -> tuple[float, float]:
+    return time.monotonic(), time.process_time()
+
+
+def child(argv: list[str]) -> None:
+    """A fresh process: time the imports, then run ``python -m benchmark argv`` (exit path
+    included)."""
+    t0 = now()
+    from benchmark import config as _config  # noqa: F401  (what `benchmark train` loads)
+    from benchmark import train  # noqa: F401
+
+    instrument((t0, now()))
+    sys.argv = ["benchmark", *argv]
     runpy.run_module("benchmark", run_name="__main__", alter_sys=True)
 
 
-def one_round(config: str, overrides: list[str], threads: int | None, env: dict) -> dict:
-    """Spawn a child running one run; its phase durations (seconds) and CPU seconds."""
-    with tempfile.TemporaryDirectory() as out:
-        extra = [f"threads={threads}"] if threads else []
-        cmd = [sys.executable, __file__, "--child", "--config", config, "--out", f"{out}/run",
-               *overrides, *extra]
-        t_spawn = time.monotonic()
-        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                env=env, cwd=ROOT)
-        stdout, stderr = proc.communicate()
-        t_exit = time.monotonic()
+def fresh_round(argv: list[str], env: dict) -> tuple[float, float, float, str]:
+    """``python -m benchmark argv`` in a new interpreter (a job without the preload server)."""
+    t_spawn = time.monotonic()
+    proc = subprocess.run([sys.executable, __file__, "--child", *argv], capture_output=True,
+                          text=True, env=env, cwd=ROOT)
+    t_exit = time.monotonic()
     if proc.returncode != 0:
-        raise SystemExit(f"child failed ({proc.returncode}):\n{stderr[-3000:]}")
+        raise SystemExit(f"child failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
+    return t_spawn, t_exit, _children_cpu_delta(), proc.stdout
+
+
+def preloaded_round(argv: list[str], env: dict) -> tuple[float, float, float, str, float]:
+    """The same command as a workflow job runs it: forked from this process, which imported
+    what the preload server imports, through the server's own child code. The client's
+    interpreter start (``python -m benchmark`` up to the request) is timed in a subprocess and
+    counted as startup."""
+    global CHILD_START
+    from benchmark.preload import _run_job
+
+    t0 = time.monotonic()
+    subprocess.run([sys.executable, "-c", "import benchmark.preload"], env=env, check=True)
+    client_wall, client_cpu = time.monotonic() - t0, _children_cpu_delta()
+    read, write = os.pipe()
+    t_spawn = time.monotonic() - client_wall
+    pid = os.fork()
+    if pid == 0:
+        CHILD_START = (time.monotonic(), time.process_time())  # a forked child's CPU starts at 0
+        os.close(read)
+        code = 1
+        try:
+            fds = [os.open(os.devnull, os.O_RDONLY), write, os.dup(write)]
+            code = _run_job({"argv": argv, "cwd": str(ROOT), "env": env}, fds)
+        finally:
+            os._exit(code)
+    os.close(write)
+    with os.fdopen(read) as pipe:
+        output = pipe.read()
+    _, status, usage = os.wait4(pid, 0)
+    t_exit = time.monotonic()
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise SystemExit(f"child failed ({status}):\n{output[-3000:]}")
+    return t_spawn, t_exit, client_cpu + usage.ru_utime + usage.ru_stime, output, client_cpu
+
+
+def one_round(argv: list[str], env: dict, preload: bool) -> dict:
+    """One run; its phase durations (seconds) and CPU seconds."""
+    if preload:
+        t_spawn, t_exit, cpu, stdout, client_cpu = preloaded_round(argv, env)
+    else:
+        t_spawn, t_exit, cpu, stdout = fresh_round(argv, env)
+        client_cpu = 0.0
     line = next(x for x in stdout.splitlines() if x.startswith(CHILD_PREFIX))
     c = json.loads(line.removeprefix(CHILD_PREFIX))
-    cpu = _children_cpu_delta()
     out: dict = {}
     # k = 0: wall seconds; k = 1: CPU seconds of the child (less sensitive to other users' load)
-    for k, (suffix, start, end) in enumerate((("", t_spawn, t_exit), ("_cpu", 0.0, cpu))):
+    cpu_span = ("_cpu", -client_cpu, cpu - client_cpu)  # CPU clock: 0 = the child's start
+    for k, (suffix, start, end) in enumerate((("", t_spawn, t_exit), cpu_span)):
         durations = sorted(b[k] - a[k] for a, b in c["steps"])
         median_step = durations[len(durations) // 2]
         first_start, first_end = c["steps"][0]
@@ -149,42 +196,55 @@ def _children_cpu_delta() -> float:
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--config", default="config/digits.yaml", help="family or run file")
-    p.add_argument("--rounds", type=int, default=3, help="runs, each in a fresh process")
+    p.add_argument("--rounds", type=int, default=3, help="runs, one after the other")
     p.add_argument("--threads", type=int, default=1, help="torch threads of the run (jobs: 1)")
+    p.add_argument("--fresh", action="store_true",
+                   help="each run in a new interpreter (no preload server), as by hand")
     p.add_argument("--no-tracking", action="store_true", help="tracking=false")
     p.add_argument("--tiny", action="store_true",
                    help="2 epochs, 4 agents, no MLflow, 1 round: checks the script runs")
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
-    p.add_argument("--out", help=argparse.SUPPRESS)
     p.add_argument("overrides", nargs="*", metavar="key=value", help="run option overrides")
     args = p.parse_args(argv)
     if args.child:
-        child(args.config, args.out, args.overrides)
+        child(args.overrides)
         return {}
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    import torch
-    from common import report, spread
-
     overrides = list(args.overrides)
     if args.tiny:
         args.rounds = 1
         overrides = TINY_OVERRIDES + overrides
     if args.no_tracking:
         overrides.append("tracking=false")
-    config = str(Path(args.config).resolve())
-    _children_cpu_delta()
-    with tempfile.TemporaryDirectory() as store:
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join(
-            [str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])])}
-        if "tracking=false" not in overrides:
-            from benchmark.tracking import prepare_store
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
+        [str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])])}
+    env.pop("BENCHMARK_PRELOAD", None)
+    if not args.fresh:  # what the preload server imports, then the same instrumentation
+        import importlib
 
-            env["MLFLOW_TRACKING_URI"] = prepare_store(["digits", "default"],
-                                                       f"sqlite:///{store}/mlflow.db")
-        rounds = [one_round(config, overrides, args.threads, env) for _ in range(args.rounds)]
+        from benchmark.preload import PRELOAD
+
+        for name in PRELOAD:
+            importlib.import_module(name)
+        instrument(None)
+    _children_cpu_delta()
+    with tempfile.TemporaryDirectory() as tmp:
+        if "tracking=false" not in overrides:  # a store prepared beforehand, as by `onstart`
+            env["MLFLOW_TRACKING_URI"] = f"sqlite:///{tmp}/mlflow.db"
+            subprocess.run([sys.executable, "-c", "from benchmark.tracking import prepare_store;"
+                            " prepare_store(['digits', 'default'])"], env=env, check=True)
+            _children_cpu_delta()
+        rounds = []
+        for r in range(args.rounds):
+            argv = ["train", "--config", str(Path(args.config).resolve()), "--out",
+                    f"{tmp}/run{r}", *overrides, f"threads={args.threads}"]
+            rounds.append(one_round(argv, env, preload=not args.fresh))
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import torch
+    from common import report, spread
+
     keys = [k for k in rounds[0] if k != "info"]
-    figures = {"config": args.config, "overrides": overrides, **rounds[0]["info"],
-               "rounds": args.rounds}
+    figures = {"config": args.config, "overrides": overrides, "preload": not args.fresh,
+               **rounds[0]["info"], "rounds": args.rounds}
     figures.update({k: spread([r[k] for r in rounds]) for k in keys})
     torch.set_num_threads(args.threads)
     return report("fixed_cost", figures, torch.device("cpu"))
