@@ -10,6 +10,8 @@ a ``grid:`` mapping of axes and an optional ``tuning:`` section::
       methods: [dsgdm-n, qgm, ccl]
       seeds: [0, 1, 2]
       datasets: [{dataset: cifar10, model: resnet20}]     # optional; default: the run's pair
+      blocks:                                             # optional: more runs, see Grid.blocks
+        - {topologies: [{topology: ring, n_agents: 32}], methods: [dsgdm-n, ccl], alpha: [0.1]}
     tuning: {lambdas: tuned, trials: 20, epochs: 50}      # optional; see :class:`Tuning`
 
 The whole family is validated here, before any job starts: an empty or mistyped axis, an unknown
@@ -22,6 +24,7 @@ so ``snakemake -n`` over the paper grid costs only this validation.
 
 from __future__ import annotations
 
+import itertools
 import json
 import shlex
 from dataclasses import dataclass, field
@@ -33,6 +36,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    PrivateAttr,
     ValidationError,
     ValidationInfo,
     field_validator,
@@ -81,8 +85,17 @@ class DataEntry(_Entry):
     model: str
 
 
+AXES = ("alpha", "topologies", "methods", "seeds", "datasets")
+
+
 class Grid(BaseModel):
-    """The axes of a family; the runs are their full product."""
+    """The axes of a family; the runs are their full product, plus the product of each block.
+
+    ``blocks`` give other axes to part of the family (e.g. every method on one graph, three of
+    them on more graphs and sizes) without the full product: each block is a mapping of axes,
+    an axis it leaves out is the grid's own, its alphas are among the grid's (a tuned study
+    exists per grid alpha), and no two products may name the same run.
+    """
 
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
@@ -91,6 +104,39 @@ class Grid(BaseModel):
     methods: list[str] = Field(min_length=1)
     seeds: list[int] = Field(min_length=1)
     datasets: list[DataEntry] | None = Field(None, min_length=1)
+    blocks: list[dict[str, Any]] = []
+    _products: list[tuple[str, Grid]] = PrivateAttr(default_factory=list)
+
+    def products(self) -> list[tuple[str, Grid]]:
+        """(``grid`` or ``grid.blocks[i]``, the axes of that product), the grid's own first."""
+        return self._products
+
+    @model_validator(mode="after")
+    def _expand_blocks(self) -> Grid:
+        own = self.model_copy(update={"blocks": []})
+        self._products = [("grid", own)] + [
+            (f"grid.blocks[{i}]", self._block(i, raw)) for i, raw in enumerate(self.blocks)]
+        return self
+
+    def _block(self, i: int, raw: Any) -> Grid:
+        where = f"grid.blocks[{i}]"
+        if not isinstance(raw, dict) or not raw or "blocks" in raw:
+            raise ConfigError(where, raw, f"a mapping of some of {', '.join(AXES)}")
+        try:
+            block = Grid(**{**{k: getattr(self, k) for k in AXES}, **raw})
+        except (ValidationError, ConfigError) as err:
+            error = (validation_error(err, Grid, prefix=f"{where}.")
+                     if isinstance(err, ValidationError) else err)
+            if error.field.startswith("grid.") and not error.field.startswith(where):
+                # our own validators name the main grid's field: name the block's instead
+                field = error.field.replace("grid.", f"{where}.", 1)
+                error.args = (str(error).replace(error.field, field, 1),)
+                error.field = field
+            raise error from None
+        extra = [a for a in block.alpha if a not in self.alpha]
+        if extra:
+            raise ConfigError(f"{where}.alpha", extra[0], f"values of grid.alpha {self.alpha}")
+        return block
 
     @field_validator("alpha")
     @classmethod
@@ -316,33 +362,32 @@ def _load_family(path: str | Path, lambdas: str | None = None) -> Family:
     name = run.setdefault("family", path.stem)
     if not isinstance(name, str) or not name or "/" in name:
         raise ConfigError("run.family", name, "a non-empty name without '/'")
-    datasets = spec.grid.datasets or [None]
     runs: list[RunSpec] = []
     seen: dict[str, str] = {}
-    for d_idx, data in enumerate(datasets):
-        for t_idx, topo in enumerate(spec.grid.topologies):
-            where = f"grid.topologies[{t_idx}]"
-            _check_graph(topo, {**run, **(data.options if data else {})}, where)
-            for alpha in spec.grid.alpha:
-                for method in spec.grid.methods:
-                    for seed in spec.grid.seeds:
-                        overrides = {
-                            **({} if named else {"family": name}),
-                            **(data.options if data else {}), **topo.options,
-                            "alpha": alpha, "method": method, "seed": seed,
-                        }
-                        ctx = f"grid.datasets[{d_idx}] / {where}" if data else where
-                        config = _run_config({**run, **overrides}, ctx, path)
-                        tuned = (best_path(name, alpha) if spec.tuning.lambdas == "tuned"
-                                 and METHODS[method].ccl_terms else None)
-                        spec_ = RunSpec(name, str(path), overrides, config, tuned)
-                        if spec_.run_dir in seen:
-                            raise ConfigError(
-                                where, topo.options, "entries that give distinct run paths",
-                                hint=f"{spec_.run_dir} already comes from {seen[spec_.run_dir]}",
-                            )
-                        seen[spec_.run_dir] = ctx
-                        runs.append(spec_)
+    for prefix, grid in spec.grid.products():
+        for d_idx, data in enumerate(grid.datasets or [None]):
+            for t_idx, topo in enumerate(grid.topologies):
+                where = f"{prefix}.topologies[{t_idx}]"
+                _check_graph(topo, {**run, **(data.options if data else {})}, where)
+                for alpha, method, seed in itertools.product(grid.alpha, grid.methods,
+                                                             grid.seeds):
+                    overrides = {
+                        **({} if named else {"family": name}),
+                        **(data.options if data else {}), **topo.options,
+                        "alpha": alpha, "method": method, "seed": seed,
+                    }
+                    ctx = f"{prefix}.datasets[{d_idx}] / {where}" if data else where
+                    config = _run_config({**run, **overrides}, ctx, path)
+                    tuned = (best_path(name, alpha) if spec.tuning.lambdas == "tuned"
+                             and METHODS[method].ccl_terms else None)
+                    spec_ = RunSpec(name, str(path), overrides, config, tuned)
+                    if spec_.run_dir in seen:
+                        raise ConfigError(
+                            where, topo.options, "entries that give distinct run paths",
+                            hint=f"{spec_.run_dir} already comes from {seen[spec_.run_dir]}",
+                        )
+                    seen[spec_.run_dir] = ctx
+                    runs.append(spec_)
     return Family(name, str(path), spec, runs)
 
 

@@ -54,7 +54,7 @@ def test_paper_grid_expands_to_the_product_of_its_axes() -> None:
     run = next(r for r in cifar.runs if r.config.topology == "paper-dyck")
     assert run.run_dir.startswith("results/cifar10/cifar10/resnet20/paper-dyck-n32/alpha0.01/")
     assert run.config.epochs == 200 and run.config.lr == 0.1
-    assert len(families["digits"].runs) == 6 * 3 * 3
+    assert len(families["digits"].runs) == 6 * 3 * 3 + 3 * 3 * 3 * 3  # + its block
 
 
 def test_paths_round_trip_floats_and_commands_rebuild_the_config(tmp_path: Path) -> None:
@@ -96,6 +96,16 @@ def test_family_file_works_as_a_train_config() -> None:
                                             {"topology": "ring", "n_agents": 4, "gamma": 0.5}]),
      r"distinct run paths"),
     (lambda d: d.update(gird=d.pop("grid")), r"gird"),
+    (lambda d: d["grid"].update(blocks=[{"methods": ["qmg"]}]),
+     r"grid\.blocks\[0\]\.methods.*did you mean 'qgm'"),
+    (lambda d: d["grid"].update(blocks=[{"alpha": [0.5]}]), r"grid\.blocks\[0\]\.alpha.*0\.5"),
+    (lambda d: d["grid"].update(blocks=[{"methds": ["qgm"]}]),
+     r"grid\.blocks\[0\]\.methds.*did you mean 'methods'"),
+    (lambda d: d["grid"].update(blocks=[{"methods": ["ccl"]}]), r"distinct run paths"),
+    (lambda d: d["grid"].update(blocks=[{"blocks": []}]), r"grid\.blocks\[0\]"),
+    (lambda d: d["grid"].update(blocks=[{"topologies": [{"topology": "paper-dyck",
+                                                        "n_agents": 16}]}]),
+     r"grid\.blocks\[0\]\.topologies\[0\]\.n_agents.*16"),
 ])
 def test_bad_family_files_fail_naming_the_field(tmp_path: Path, change, message: str) -> None:
     data = json.loads(json.dumps(TINY))
@@ -104,6 +114,22 @@ def test_bad_family_files_fail_naming_the_field(tmp_path: Path, change, message:
     with pytest.raises(UserError, match=message) as err:
         load_family(path)
     assert str(err.value).startswith(f"{path}: ")  # names the file too
+
+
+def test_blocks_add_their_own_products_and_inherit_the_axes_they_leave_out(tmp_path) -> None:
+    data = json.loads(json.dumps(TINY))
+    data["grid"]["blocks"] = [
+        {"topologies": [{"topology": "ring", "n_agents": 8}], "methods": ["dsgdm-n"]},
+        {"topologies": [{"topology": "full", "n_agents": 4}], "alpha": [0.1], "seeds": [3, 4]},
+    ]
+    family = load_family(_family_file(tmp_path, data))
+    runs = [(r.config.topology, r.config.n_agents, r.config.alpha, r.config.method,
+             r.config.seed) for r in family.runs]
+    own = [("ring", 4, a, m, 0) for a in (0.1, 1.0) for m in ("dsgdm-n", "ccl")]
+    first = [("ring", 8, a, "dsgdm-n", 0) for a in (0.1, 1.0)]
+    second = [("full", 4, 0.1, m, s) for m in ("dsgdm-n", "ccl") for s in (3, 4)]
+    assert runs == own + first + second  # grid order: the grid's own product, then each block
+    assert family.spec.grid.alpha == [0.1, 1.0]  # studies are per grid alpha, blocks add none
 
 
 def test_override_args_are_read_back_as_the_same_values() -> None:
@@ -169,6 +195,35 @@ def test_dry_run_plans_the_cifar10_grid_without_reading_data(tmp_path: Path) -> 
     assert lines and set(lines) == {"hook installed"}, lines[:5]
     assert not (work / "data").exists() and not (work / "results").exists()
     assert not (tmp_path / "mlflow.db").exists()
+
+
+def test_dry_run_of_the_digits_default_has_every_axis(tmp_path: Path) -> None:
+    """The embedded default covers what its figures need: 6 methods x 3 alphas x 3 seeds on
+    ring-16; dsgdm-n, qgm and ccl on ring-8 and ring-32 (agent count) and on exponential-16
+    (spectral gap), each at every alpha with 3 seeds."""
+    proc = subprocess.run(
+        [*SNAKEMAKE, "reports/table_digits.csv", "-d", str(tmp_path), "-n", "--cores", "2",
+         "--config", f"family_dir={REPO / 'config'}"],
+        capture_output=True, text=True, timeout=600,
+        env={**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}"},
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = proc.stdout + proc.stderr
+    jobs = re.findall(r"results/digits/digits/mlp/(\w+)-n(\d+)/alpha([\d.]+)/([\w-]+)/seed(\d)/"
+                      r"metrics\.json", out)
+    jobs = set(jobs)
+    planned = re.search(r"^train\s+(\d+)\s*$", out, re.MULTILINE)
+    assert planned and int(planned.group(1)) == len(jobs) == 135
+
+    def count(graph: str, agents: int, method: str) -> int:
+        return sum(1 for j in jobs if j[:2] == (graph, str(agents)) and j[3] == method)
+
+    every = ("dsgdm-n", "qgm", "relaysgd", "ccl", "ccl-mv", "ccl-dv")
+    assert all(count("ring", 16, m) == 9 for m in every)  # 3 alphas x 3 seeds
+    for graph, agents in (("ring", 8), ("ring", 32), ("exponential", 16)):
+        assert {m: count(graph, agents, m) for m in every} == {
+            "dsgdm-n": 9, "qgm": 9, "relaysgd": 0, "ccl": 9, "ccl-mv": 0, "ccl-dv": 0}
+    assert {j[2] for j in jobs} == {"0.01", "0.1", "1.0"} and {j[4] for j in jobs} == set("012")
 
 
 def test_bad_family_stops_the_workflow_before_any_job(tmp_path: Path) -> None:
