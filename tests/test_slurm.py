@@ -58,9 +58,9 @@ def test_slurm_profile_plans_the_grid_with_gpus_memory_time_account_partition(tm
     out = _dry_run(tmp_path, "reports/table_digits.csv", SBATCH_ACCOUNT="proj42",
                    SBATCH_PARTITION="gpu", BENCHMARK_SLURM_MEM_MB="4000")
     planned = re.search(r"^train\s+(\d+)\s*$", out, re.MULTILINE)
-    assert planned and int(planned.group(1)) == 54  # 3 alphas x 6 methods x 3 seeds
+    assert planned and int(planned.group(1)) == 135  # 3 alphas x 3 seeds x (6 + 3 x 3)
     jobs = _train_resources(out)
-    assert len(jobs) == 54
+    assert len(jobs) == 135
     for job in jobs:
         # no GPU on this host, yet every run on device auto asks SLURM for one
         assert job["gpu"] == "1"

@@ -34,7 +34,7 @@ def result(tmp_path_factory):
         "dataset=digits", "model=lenet5", "topology=ring", "mixing=uniform", "gamma=1.0",
         "partition=lin", "image_size=28", f"n_agents={AGENTS}", f"epochs={EPOCHS}",
         f"batch_size={BATCH}", "alpha=10", "lr=0.1", "lr_milestones=[0.5]", "method=dsgdm-n",
-        "tracking=false", "threads=1", "seed=0", "device=cpu",
+        "tracking=false", "threads=1", "seed=0", "device=cpu", "eval_every=1",
     ])
     return out, run(config, out)
 
