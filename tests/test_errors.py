@@ -418,3 +418,57 @@ def test_class7_a_value_listed_twice_on_an_axis(capsys, tmp_path, axis, values, 
     err = capsys.readouterr().err
     assert err.startswith(f"error: {family}: {first_line}") and err.count("\n") == 1, err
     assert os.listdir(tmp_path) == ["fam.yaml"]
+
+
+# ---------------------------------------------------------------------------- issue 12, class 5
+def _run_metrics(seed: int = 0) -> dict:
+    """A finished run's metrics.json, reduced to what a report reads."""
+    return {"status": "completed", "method": "dsgdm-n", "history": [
+        {"epoch": 1, "consensus_acc": 50.0, "time_s": 1.0}],
+        "final": {"consensus_acc": 50.0, "local_acc_mean": 40.0},
+        "config": {"family": "fam", "dataset": "digits", "model": "mlp", "topology": "ring",
+                   "n_agents": 4, "alpha": 0.1, "seed": seed, "method": "dsgdm-n"}}
+
+
+def _write(path: Path, data) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data))
+    return path
+
+
+@pytest.mark.parametrize(("case", "expected"), [
+    ("list", ["stray/metrics.json", "a JSON list, expected an object", "--skip-invalid"]),
+    ("missing", ["stray/metrics.json", "missing method, history, final, config.dataset"]),
+    ("duplicate", ["copy/metrics.json", "same run (config and seed) as",
+                   "seed0/metrics.json"]),
+    ("glob", ["report: results/*/nothing* matches no file or folder"]),
+    ("out-file", ["out: invalid value", "a writable directory", "is a file"]),
+])
+def test_class5_report_over_messy_folders(capsys, tmp_path, monkeypatch, case, expected):
+    monkeypatch.chdir(tmp_path)
+    results = tmp_path / "results"
+    _write(results / "seed0" / METRICS, _run_metrics(0))
+    _write(results / "seed1" / METRICS, _run_metrics(1))
+    out, args = tmp_path / "reports", [str(results)]
+    if case == "list":
+        _write(results / "stray" / METRICS, [1, 2])
+    elif case == "missing":
+        _write(results / "stray" / METRICS, {"status": "completed", "config": {"family": "x"}})
+    elif case == "duplicate":
+        _write(results / "copy" / METRICS, _run_metrics(0))
+    elif case == "glob":
+        args = ["results/*/nothing*"]
+    elif case == "out-file":
+        out.write_text("a file")
+    before = sorted(p for p in tmp_path.rglob("*"))
+    assert main(["report", *args, "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("error: "), err
+    _assert_parts(err, *expected)
+    assert sorted(p for p in tmp_path.rglob("*")) == before, "a refused report writes nothing"
+    if case in ("list", "missing", "duplicate"):  # asked to, it leaves the file out and says so
+        assert main(["report", *args, "--out", str(out), "--skip-invalid"]) == 0
+        err = capsys.readouterr().err
+        assert err.startswith("warning: report: skipping ") and expected[0] in err
+        table = (out / "table_fam.csv").read_text().splitlines()
+        assert len(table) == 2 and ",2,2,0," in table[1]  # one row: 2 seeds, both completed
