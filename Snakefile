@@ -7,9 +7,11 @@
 
 Every family file is validated (benchmark.grid) when the workflow is parsed, i.e. before any job
 starts; a bad field is one error line. Runs write results/<family>/.../metrics.json (+ log.txt);
-reports are built from those files only. MLflow's store is prepared once in `onstart`.
+reports are built from those files only. MLflow's store is prepared once in `onstart`; the end
+of a successful run prints the command that starts the MLflow UI and each family's runs URL.
 """
 
+import os
 import sys
 from pathlib import Path
 
@@ -26,6 +28,9 @@ try:
 except UserError as err:
     raise WorkflowError(f"error: {err}") from None
 
+# the jobs' MLflow runs are tagged origin=workflow and go to the family's experiment; runs started
+# by hand go to <family>-manual (benchmark/tracking.py), so they never mix into a grid's means
+os.environ["BENCHMARK_ORIGIN"] = "workflow"
 PYTHON = sys.executable  # the interpreter running Snakemake, i.e. the one with `benchmark`
 WORKFLOW_DIR = Path(workflow.basedir) / "workflow"
 
@@ -52,3 +57,7 @@ rule all:
 onstart:
     prepare_tracking()
     start_preload()
+
+
+onsuccess:
+    print_tracking_hint()

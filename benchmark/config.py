@@ -135,6 +135,10 @@ class RunConfig(BaseModel):
     # exceeds its device or its slot's share; false runs it anyway
     memory_check: bool = Field(True, json_schema_extra=MACHINE)
     tracking: bool = Field(True, json_schema_extra=MACHINE)
+    # trained models kept in the run folder and MLflow (benchmark/saved.py): the consensus
+    # model, every agent's model too, or nothing
+    save_models: Literal["consensus", "all", "none"] = Field("consensus",
+                                                             json_schema_extra=MACHINE)
     # a sharded run computes the single-process run's numbers (tests/test_distributed.py)
     distributed: bool = Field(False, json_schema_extra=MACHINE)
 

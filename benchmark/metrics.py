@@ -129,7 +129,9 @@ class RunMetrics(_Section):
     memory: Memory | None = None
     protocol: Literal["fixed", "tuned"] = "fixed"
     tuned: TunedLambdas | None = None
-    models: dict[str, str] | None = None  # saved model files, relative to the run folder
+    # saved model files relative to the run folder (benchmark/saved.py): "consensus" and, with
+    # save_models: all, "agents" (one file per agent, in agent order)
+    models: dict[str, str | list[str]] | None = None
 
     @field_validator("final", mode="before")
     @classmethod

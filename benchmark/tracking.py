@@ -24,6 +24,8 @@ Results never depend on MLflow: reports read ``metrics.json`` only.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import random
 import sqlite3
@@ -34,6 +36,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
+import numpy as np
 import yaml
 
 from .errors import UserError
@@ -167,6 +170,37 @@ def prepare_store(families: Iterable[str], uri: str | None = None) -> str:
     return uri
 
 
+UI_PORT = 5000
+
+
+def runs_url(experiment: str, host: str = f"http://127.0.0.1:{UI_PORT}") -> str:
+    """The UI page of an experiment's runs. MLflow 3 opens an experiment on its GenAI overview
+    ("No data") unless the URL asks for the model-training view."""
+    return f"{host.rstrip('/')}/#/experiments/{experiment}/runs?workflowType=machine_learning"
+
+
+def ui_hint(families: Iterable[str], uri: str | None = None) -> str:
+    """How to look at the runs: the UI command (one worker: ``mlflow ui`` starts four and
+    about 2 GiB of processes otherwise) and each family's runs URL. Reads the store, creates
+    nothing (empty when there is no store yet)."""
+    uri = uri or tracking_uri()
+    db = _sqlite_path(uri)
+    if db is not None and not db.is_file():
+        return ""
+    host = uri if uri.startswith(("http://", "https://")) else f"http://127.0.0.1:{UI_PORT}"
+    store = client(uri)
+    lines = []
+    for name in families:
+        found = retry(lambda n=name: store.get_experiment_by_name(n), "get_experiment")
+        if found is not None:
+            lines.append(f"  {name}: {runs_url(found.experiment_id, host)}")
+    if not lines:
+        return ""
+    start = ("" if db is None else
+             f"start the UI with `mlflow ui --backend-store-uri {uri} --workers 1`, then ")
+    return f"MLflow: {start}open the runs:\n" + "\n".join(lines)
+
+
 def flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     """Nested mapping -> ``{"a.b": value}``; lists stay values (MLflow params are strings)."""
     out: dict[str, Any] = {}
@@ -179,16 +213,83 @@ def flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def run_name(config) -> str:
-    """What the UI's run list shows: the axes that differ inside one experiment."""
-    return (f"{config.method} · {config.topology}-{config.n_agents} · alpha {config.alpha:g} · "
-            f"seed {config.seed} · {config.dataset}/{config.model}")
+ORIGIN_ENV = "BENCHMARK_ORIGIN"  # "workflow" when Snakemake starts the run (Snakefile)
+MANUAL_SUFFIX = "-manual"
+# the axes a run name shows; anything else that differs from the family file is appended
+NAMED_AXES = ("method", "topology", "n_agents", "alpha", "seed", "dataset", "model", "family")
+
+
+def origin() -> str:
+    """``workflow`` for runs the workflow starts, ``manual`` for hand-started ones."""
+    return "workflow" if os.environ.get(ORIGIN_ENV) == "workflow" else "manual"
+
+
+def experiment_name(config) -> str:
+    """The family's experiment for workflow runs; ``<family>-manual`` for hand-started ones, so
+    a trial run never mixes into the grid's means in the UI (``MLFLOW_EXPERIMENT_NAME`` wins)."""
+    if os.environ.get("MLFLOW_EXPERIMENT_NAME"):
+        return os.environ["MLFLOW_EXPERIMENT_NAME"]
+    return config.family if origin() == "workflow" else config.family + MANUAL_SUFFIX
+
+
+def number(x: float) -> str:
+    """One spelling of a number in names, tags and params: ``1`` not ``1.0``, ``0.01``, exact."""
+    text = repr(float(x))
+    return text.removesuffix(".0")
+
+
+def run_name(config, differs: dict[str, Any] | None = None) -> str:
+    """Short enough for the UI's name column: ``ccl ring-16 a0.01 s2`` (+ what differs from the
+    family file for a hand-started run, e.g. ``epochs=3``)."""
+    name = (f"{config.method} {config.topology}-{config.n_agents} a{number(config.alpha)} "
+            f"s{config.seed}")
+    extra = " ".join(f"{k}={_param(v)}" for k, v in (differs or {}).items())
+    return f"{name} {extra}" if extra else name
+
+
+def family_difference(config) -> dict[str, Any]:
+    """Result-changing options where ``config`` differs from its family file's ``run:`` section
+    (``config/<family>.yaml``), leaving out the axes the name shows; empty without a file."""
+    from .config import build_config, read_yaml, result_fields
+
+    path = repo_root() / "config" / f"{config.family}.yaml"
+    try:
+        base = build_config({**(read_yaml(path).get("run") or {}), "family": config.family})
+    except Exception:  # no such family file, or one that does not validate: nothing to compare
+        return {}
+    return {k: getattr(config, k) for k in sorted(result_fields() - set(NAMED_AXES))
+            if getattr(config, k) != getattr(base, k)}
+
+
+def _param(value: Any) -> str:
+    return number(value) if isinstance(value, float) else str(value)
+
+
+# per-epoch record keys -> MLflow metric names grouped by prefix (the UI groups charts by the
+# part before "/"; "acc" sorts first); keys not listed keep their name
+METRIC_NAMES = {
+    "consensus_acc": "acc/consensus", "local_acc_mean": "acc/local_mean",
+    "local_acc_std": "acc/local_std", "train_ce": "loss/ce", "l_mv": "loss/l_mv",
+    "l_dv": "loss/l_dv", "lr": "train/lr", "consensus_distance": "train/consensus_distance",
+    "bytes_per_agent": "comm/bytes_per_agent", "time_s": "time/epoch_s",
+}
+PREFIXES = {"bytes_per_agent_": "comm/bytes_per_agent_", "phases.": "time/"}
+
+
+def metric_name(key: str) -> str:
+    if key in METRIC_NAMES:
+        return METRIC_NAMES[key]
+    for prefix, group in PREFIXES.items():
+        if key.startswith(prefix):
+            return group + key.removeprefix(prefix)
+    return key
 
 
 def epoch_metrics(record: dict[str, Any]) -> dict[str, float]:
-    """The numeric entries of a history record (nested ones, e.g. phases, as ``phases.x``)."""
+    """The numeric entries of a history record under their grouped names (:func:`metric_name`;
+    nested ones, e.g. phases, flattened first: ``phases.gossip`` -> ``time/gossip``)."""
     return {
-        k: float(v) for k, v in flatten(record).items()
+        metric_name(k): float(v) for k, v in flatten(record).items()
         if k != "epoch" and isinstance(v, int | float) and not isinstance(v, bool)
     }
 
@@ -202,22 +303,26 @@ class NullTracker:
     def log_result(self, metrics: RunMetrics) -> None:
         pass
 
+    def log_dataset(self, bundle, parts) -> None:
+        pass
+
 
 class MlflowTracker:
     """One MLflow run; every database write is a retried, single transaction."""
 
-    def __init__(self, store, run_id: str, config) -> None:
+    def __init__(self, store, run_id: str, config, out_dir: str | Path | None = None) -> None:
         self.client, self.run_id, self.config = store, run_id, config
+        self.out_dir = Path(out_dir) if out_dir is not None else None
         self.logged: set[int] = set()
 
     @classmethod
-    def create(cls, store, experiment: str, name: str, tags: dict[str, Any], config
-               ) -> MlflowTracker:
+    def create(cls, store, experiment: str, name: str, tags: dict[str, Any], config,
+               out_dir: str | Path | None = None) -> MlflowTracker:
         """A new run in ``experiment`` (an id) named ``name``, tag values as strings."""
         run = retry(lambda: store.create_run(experiment, run_name=name,
                                              tags={k: str(v) for k, v in tags.items()}),
                     "create_run")
-        return cls(store, run.info.run_id, config)
+        return cls(store, run.info.run_id, config, out_dir)
 
     def log_batch(self, metrics=(), params=(), tags=()) -> None:
         """``metrics`` as (key, value, step), ``params`` and ``tags`` as (key, value) pairs."""
@@ -242,11 +347,12 @@ class MlflowTracker:
         for record in metrics.history:
             if record["epoch"] not in self.logged:
                 self.log_epoch(record["epoch"], record)
-        final = {f"final_{k}": v for k, v in
+        # summary metrics: one value per run, grouped apart from the per-epoch charts
+        final = {f"final/{k}": v for k, v in
                  (metrics.final.model_dump() if metrics.final is not None else {}).items()}
-        final["wall_time_s"] = metrics.wall_time_s
-        final["bytes_per_agent_total"] = metrics.communication.bytes_per_agent_total
-        final["spectral_gap"] = metrics.topology.spectral_gap
+        final["final/wall_time_s"] = metrics.wall_time_s
+        final["final/bytes_per_agent_total"] = metrics.communication.bytes_per_agent_total
+        final["final/spectral_gap"] = metrics.topology.spectral_gap
         epoch = metrics.diverged_epoch
         diverged = [("diverged_epoch", epoch)] if epoch else []
         self.log_batch(
@@ -269,11 +375,37 @@ class MlflowTracker:
             for name, fig in figures.items():
                 fig.savefig(tmp / name, dpi=110, bbox_inches="tight")
             self.log_files(sorted(tmp.iterdir()))
+        models = metrics.models or {}
+        files = [models["consensus"], *models.get("agents", [])] if models else []
+        if files and self.out_dir is not None:
+            self.log_files([self.out_dir / f for f in files], "models")
 
-    def log_files(self, paths: Iterable[str | Path]) -> None:
-        """Files as artifacts of this run (retried on SQLite locking)."""
+    def log_files(self, paths: Iterable[str | Path], folder: str | None = None) -> None:
+        """Files as artifacts of this run (under ``folder``; retried on SQLite locking)."""
         for path in paths:
-            retry(lambda p=str(path): self.client.log_artifact(self.run_id, p), "log_artifact")
+            retry(lambda p=str(path): self.client.log_artifact(self.run_id, p, folder),
+                  "log_artifact")
+
+    def log_dataset(self, bundle, parts) -> None:
+        """The run's data as an MLflow dataset input (the UI's Dataset column): name, split
+        sizes, partition scheme, alpha, and a digest of the exact partition, so runs on the
+        same shards show the same digest."""
+        from mlflow.entities import Dataset, DatasetInput, InputTag
+
+        config = self.config
+        digest = hashlib.sha256()
+        for part in parts:  # the agents' sample indices, in agent order
+            digest.update(np.asarray(part, dtype=np.int64).tobytes() + b"|")
+        splits = {name: len(split.y) for name in ("train", "val", "test")
+                  if (split := getattr(bundle, name, None)) is not None}
+        profile = {"splits": splits, "partition": config.partition, "alpha": config.alpha,
+                   "n_agents": len(parts), "seed": config.seed}
+        dataset = Dataset(name=config.dataset, digest=digest.hexdigest()[:16],
+                          source_type="benchmark", source=json.dumps({"dataset": config.dataset}),
+                          profile=json.dumps(profile))
+        tags = [InputTag("mlflow.data.context", "train")]
+        retry(lambda: self.client.log_inputs(self.run_id, [DatasetInput(dataset, tags)]),
+              "log_inputs")
 
     def end(self, status: str, error: str | None = None) -> None:
         if error:
@@ -288,13 +420,16 @@ def track_run(config, out_dir: str | Path | None) -> Iterator[NullTracker | Mlfl
         yield NullTracker()
         return
     store = client()
-    exp_id = experiment_id(store, config.family)
+    exp_id = experiment_id(store, experiment_name(config))
     tags = {k: getattr(config, k) for k in TAG_KEYS}
-    tags.update(family=config.family, algorithm=config.algorithm)
+    tags.update(family=config.family, algorithm=config.algorithm, origin=origin())
     if out_dir is not None:
         tags["results_dir"] = str(Path(out_dir).resolve())
-    tracker = MlflowTracker.create(store, exp_id, run_name(config), tags, config)
-    tracker.log_batch(params=sorted(flatten(config.model_dump()).items()))
+    differs = family_difference(config) if origin() == "manual" else {}
+    tracker = MlflowTracker.create(store, exp_id, run_name(config, differs),
+                                   {k: _param(v) for k, v in tags.items()}, config, out_dir)
+    tracker.log_batch(params=sorted((k, _param(v))
+                                    for k, v in flatten(config.model_dump()).items()))
     try:
         yield tracker
     except KeyboardInterrupt:  # Ctrl-C, or SIGTERM from Snakemake via the CLI's handler

@@ -37,6 +37,7 @@ from .gpu_slots import claim_gpu
 from .instability import training_instability
 from .metrics import RunMetrics
 from .models import build_model
+from .saved import model_spec, save_models
 from .swarm import Swarm, pick_device
 from .timing import timed
 from .topology import Topology, build_topology
@@ -88,10 +89,7 @@ def build_experiment(config: RunConfig) -> Experiment:
             "batch_size", config.batch_size, f"at most the smallest shard size ({smallest})"
         )
     torch.manual_seed(config.seed)
-    model = build_model(
-        config.model, num_classes=bundle.num_classes, in_channels=bundle.in_channels,
-        norm=config.norm, image_size=bundle.image_size, evonorm_style=config.evonorm_style,
-    )
+    model = build_model(**model_spec(config, bundle))
     # before the swarm takes the device: refuse a run that cannot fit its (share of the) device
     estimated = None if config.distributed else memory.estimate(config, model, bundle, device)
     if estimated is not None and config.memory_check:
@@ -209,8 +207,11 @@ def run(
     session = store.session(restart) if store is not None and main else nullcontext()
     tracked = config if main else config.model_copy(update={"tracking": False})
     with session, track_run(tracked, out_dir) as tracker:
+        tracker.log_dataset(exp.bundle, exp.parts)
         status = _train_loop(exp, eval_split, on_epoch, tracker, progress, store)
         metrics = _metrics(exp, progress, status)
+        if store is not None and status == "completed":  # before metrics.json: it names them
+            metrics.models = save_models(exp, store.path)
         if store is not None and main:
             store.finish(metrics)
         tracker.log_result(metrics)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import textwrap
@@ -22,8 +23,11 @@ from benchmark.tracking import NullTracker, prepare_store, track_run  # noqa: E4
 
 @pytest.fixture
 def store(tmp_path: Path, monkeypatch) -> str:
+    """A fresh store; runs count as the workflow's (origin=workflow) unless a test says not."""
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.setenv(tracking.ORIGIN_ENV, "workflow")
+    monkeypatch.delenv("MLFLOW_EXPERIMENT_NAME", raising=False)
     return uri
 
 
@@ -73,10 +77,10 @@ def test_a_run_records_params_tags_epochs_and_artifacts(store: str, tmp_path: Pa
     assert len(runs) == 1
     run = runs.iloc[0]
     assert run["status"] == "FINISHED"
-    assert run["tags.mlflow.runName"] == "ccl · ring-4 · alpha 0.1 · seed 3 · synthetic/mlp"
+    assert run["tags.mlflow.runName"] == "ccl ring-4 a0.1 s3"
     for key, value in {"dataset": "synthetic", "model": "mlp", "topology": "ring",
                        "n_agents": "4", "alpha": "0.1", "method": "ccl", "seed": "3",
-                       "algorithm": "qgm", "status": "completed",
+                       "algorithm": "qgm", "status": "completed", "origin": "workflow",
                        "results_dir": str(out.resolve())}.items():
         assert run[f"tags.{key}"] == value
     # params = the flattened run config (nested mappings as dotted keys)
@@ -84,11 +88,17 @@ def test_a_run_records_params_tags_epochs_and_artifacts(store: str, tmp_path: Pa
     assert run["params.synthetic.train_size"] == "64"
     assert run["params.lr_milestones"] == "[0.5, 0.75]"
     client = MlflowClient(store)
-    ce = client.get_metric_history(run["run_id"], "train_ce")
+    ce = client.get_metric_history(run["run_id"], "loss/ce")
     assert [(m.step, m.value) for m in ce] == [(1, 1.0), (2, 0.5), (3, 1.0 / 3)]
-    assert [m.step for m in client.get_metric_history(run["run_id"], "phases.gossip")] == [1, 2, 3]
-    assert run["metrics.final_consensus_acc"] == 55.0
-    assert run["metrics.spectral_gap"] == 0.5
+    assert [m.step for m in client.get_metric_history(run["run_id"], "time/gossip")] == [1, 2, 3]
+    assert run["metrics.final/consensus_acc"] == 55.0
+    assert run["metrics.final/spectral_gap"] == 0.5
+    # every metric grouped by a prefix (the UI's chart sections), accuracy first
+    names = set(client.get_run(run["run_id"]).data.metrics)
+    assert names == {"acc/consensus", "loss/ce", "train/lr", "time/gossip", "final/consensus_acc",
+                     "final/local_acc_mean", "final/wall_time_s", "final/bytes_per_agent_total",
+                     "final/spectral_gap"}
+    assert min(n.split("/")[0] for n in names) == "acc"
     names = {a.path for a in client.list_artifacts(run["run_id"])}
     assert names == {"metrics.json", "config.yaml", "learning_curves.png", "partition.png"}
     # artifacts live beside the database, not under the current directory
@@ -102,7 +112,7 @@ def test_result_backfills_epochs_logged_before_a_resume(store: str) -> None:
         tracker.log_epoch(3, _records(3)[2])
         tracker.log_result(_metrics(_records(3)))
     run_id = mlflow.search_runs(experiment_names=["fam"]).iloc[0]["run_id"]
-    steps = [m.step for m in MlflowClient(store).get_metric_history(run_id, "consensus_acc")]
+    steps = [m.step for m in MlflowClient(store).get_metric_history(run_id, "acc/consensus")]
     assert sorted(steps) == [1, 2, 3]
 
 
@@ -185,9 +195,102 @@ def test_concurrent_writers_lose_no_run_and_no_point(store: str, tmp_path: Path)
     client = MlflowClient(store)
     for _, run in runs.iterrows():
         index = int(run["tags.seed"])
-        for key in ("train_ce", "lr", "consensus_acc"):
+        for key in ("loss/ce", "train/lr", "acc/consensus"):
             history = client.get_metric_history(run["run_id"], key)
             assert sorted(m.step for m in history) == list(range(1, epochs + 1)), key
-        ce = sorted(client.get_metric_history(run["run_id"], "train_ce"), key=lambda m: m.step)
+        ce = sorted(client.get_metric_history(run["run_id"], "loss/ce"), key=lambda m: m.step)
         expected = [index + e / 1000 for e in range(1, epochs + 1)]
         assert [m.value for m in ce] == pytest.approx(expected)
+
+
+# ---------------------------------------------------------------------------- issue 13
+def test_hand_started_runs_have_their_own_experiment_and_say_what_differs(
+        store: str, monkeypatch) -> None:
+    """A run started by hand with the family's config (the README's "one run") must not land
+    among the grid's runs: experiment <family>-manual, origin=manual, and its name says what
+    differs from the family file; the workflow's run goes to the family with origin=workflow."""
+    from benchmark.config import load_config
+
+    family = tracking.repo_root() / "config" / "digits.yaml"
+    config = load_config(family, ["epochs=3", "lr=0.125"])
+    monkeypatch.delenv(tracking.ORIGIN_ENV)
+    with track_run(config, None):
+        pass
+    monkeypatch.setenv(tracking.ORIGIN_ENV, "workflow")
+    with track_run(load_config(family, []), None):
+        pass
+    manual = mlflow.search_runs(experiment_names=["digits-manual"])
+    grid = mlflow.search_runs(experiment_names=["digits"])
+    assert len(manual) == 1 and len(grid) == 1
+    assert manual.iloc[0]["tags.origin"] == "manual" and grid.iloc[0]["tags.origin"] == "workflow"
+    name = manual.iloc[0]["tags.mlflow.runName"]
+    assert name == (f"{config.method} {config.topology}-{config.n_agents} "
+                    f"a{tracking.number(config.alpha)} s{config.seed} epochs=3 lr=0.125")
+    assert " epochs=" not in grid.iloc[0]["tags.mlflow.runName"]
+
+
+def test_one_spelling_of_numbers_in_names_tags_and_params(store: str) -> None:
+    with track_run(_config(alpha=1.0), None):
+        pass
+    run = mlflow.search_runs(experiment_names=["fam"]).iloc[0]
+    assert run["tags.mlflow.runName"] == "ccl ring-4 a1 s3"
+    assert run["tags.alpha"] == run["params.alpha"] == "1"
+    assert tracking.number(0.01) == "0.01" and tracking.number(1e-5) == "1e-05"
+
+
+def test_a_trained_run_logs_its_dataset_and_keeps_a_loadable_model(store: str, tmp_path: Path
+                                                                   ) -> None:
+    """A real tiny run: the dataset input is logged with a partition digest, the consensus model
+    is in the run folder and in MLflow, and loading it gives metrics.json's test accuracy."""
+    from benchmark.data import eval_batches, load_dataset
+    from benchmark.saved import load_model
+    from benchmark.train import run
+
+    config = _config(method="dsgdm-n", epochs=1, batch_size=8, threads=1, device="cpu",
+                     synthetic={"train_size": 64, "test_size": 40, "image_size": 8})
+    out = tmp_path / "run"
+    metrics = run(config, out)
+    assert metrics.models == {"consensus": "model_consensus.pt"}
+    stored = MlflowClient(store).get_run(mlflow.search_runs(experiment_names=["fam"]).iloc[0][
+        "run_id"])
+    inputs = stored.inputs.dataset_inputs
+    assert len(inputs) == 1 and inputs[0].dataset.name == "synthetic"
+    profile = json.loads(inputs[0].dataset.profile)
+    assert profile["splits"] == {"train": 64, "test": 40} and profile["n_agents"] == 4
+    assert profile["alpha"] == 0.1 and profile["partition"] == "lin"
+    artifacts = MlflowClient(store).list_artifacts(stored.info.run_id, "models")
+    assert [a.path for a in artifacts] == ["models/model_consensus.pt"]
+    bundle = load_dataset("synthetic", synthetic=config.synthetic, seed=config.seed)
+    for source in (out / "model_consensus.pt",
+                   f"runs:/{stored.info.run_id}/models/model_consensus.pt"):
+        model = load_model(source)
+        correct = sum(int((model(x)[1].argmax(1) == y).sum())
+                      for x, y in eval_batches(bundle.test, model.input_mean, model.input_std))
+        assert 100 * correct / 40 == pytest.approx(metrics.final.consensus_acc, abs=1e-9)
+    # same config and seed, other folder: same partition digest
+    run(config, tmp_path / "again")
+    digests = {MlflowClient(store).get_run(r).inputs.dataset_inputs[0].dataset.digest
+               for r in mlflow.search_runs(experiment_names=["fam"])["run_id"]}
+    assert len(digests) == 1
+
+
+def test_save_models_all_and_none(store: str, tmp_path: Path) -> None:
+    from benchmark.train import run
+
+    base = {"method": "dsgdm-n", "epochs": 1, "batch_size": 8, "threads": 1, "device": "cpu",
+            "tracking": False, "synthetic": {"train_size": 64, "test_size": 16, "image_size": 8}}
+    every = run(_config(**base, save_models="all"), tmp_path / "all")
+    assert every.models == {"consensus": "model_consensus.pt",
+                            "agents": [f"model_agent{i}.pt" for i in range(4)]}
+    assert all((tmp_path / "all" / f).is_file() for f in every.models["agents"])
+    assert run(_config(**base, save_models="none"), tmp_path / "none").models == {}
+    assert not list((tmp_path / "none").glob("*.pt"))
+
+
+def test_ui_hint_names_the_runs_url_and_one_worker(store: str) -> None:
+    assert tracking.ui_hint(["fam"]) == ""  # no store yet: nothing to show, nothing created
+    prepare_store(["fam"])
+    exp_id = MlflowClient(store).get_experiment_by_name("fam").experiment_id
+    hint = tracking.ui_hint(["fam"])
+    assert f"#/experiments/{exp_id}/runs?workflowType=machine_learning" in hint
+    assert f"mlflow ui --backend-store-uri {store} --workers 1" in hint

@@ -1,7 +1,18 @@
-"""Tables and figures of a family, from its runs' metrics.json files only."""
+"""Tables and figures of a family, from its runs' metrics.json files only; where to look next."""
 
 FIGURES = ("learning_curves", "ablation", "heterogeneity", "scaling_agents", "spectral_gap",
            "overhead")
+
+
+def print_tracking_hint():
+    """After a successful run: the MLflow UI command and the runs URL of each family it used."""
+    names = sorted(n for n in USED_FAMILIES if FAMILIES[n].base.tracking)
+    if names:
+        from benchmark.tracking import ui_hint
+
+        hint = ui_hint(names)
+        if hint:
+            print(hint, file=sys.stderr)
 
 
 def family_metrics(wildcards):
@@ -18,6 +29,8 @@ rule report_family:
         csv=report("reports/table_{family}.csv", category="{family}", subcategory="tables",
                    caption="../report/table.rst"),
         md="reports/table_{family}.md",
+        html=report("reports/table_{family}.html", category="{family}", subcategory="tables",
+                    caption="../report/table_html.rst"),
         overhead=report("reports/overhead_{family}.csv", category="{family}",
                         subcategory="tables", caption="../report/overhead.rst"),
         figures=[report(f"reports/figures/{{family}}/{name}.png", category="{family}",
