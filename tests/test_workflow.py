@@ -329,17 +329,47 @@ def test_tiny_grid_runs_are_in_mlflow(tiny_grid: dict, monkeypatch) -> None:
     assert len(runs) == 4
     assert set(runs["status"]) == {"FINISHED"}
     assert set(zip(runs["tags.alpha"], runs["tags.method"], strict=True)) == {
-        (a, m) for a in ("0.1", "1.0") for m in ("dsgdm-n", "ccl")}
+        (a, m) for a in ("0.1", "1") for m in ("dsgdm-n", "ccl")}
+    assert set(runs["tags.origin"]) == {"workflow"}
     assert set(runs["tags.topology"]) == {"ring"} and set(runs["tags.n_agents"]) == {"4"}
     assert set(runs["params.epochs"]) == {"1"} and set(runs["params.threads"]) == {"1"}
     client = MlflowClient(tiny_grid["uri"])
     for run_id in runs["run_id"]:
-        assert [m.step for m in client.get_metric_history(run_id, "consensus_acc")] == [1]
+        assert [m.step for m in client.get_metric_history(run_id, "acc/consensus")] == [1]
         assert {a.path for a in client.list_artifacts(run_id)} >= {"metrics.json", "config.yaml",
                                                                   "partition.png",
-                                                                  "learning_curves.png"}
+                                                                  "learning_curves.png",
+                                                                  "models"}
+        assert client.get_run(run_id).inputs.dataset_inputs[0].dataset.name == "synthetic"
     # one experiment per family the grid used (plus MLflow's own Default)
-    assert {e.name for e in mlflow.search_experiments()} == {"Default", "tiny"}
+    experiments = {e.name: e.experiment_id for e in mlflow.search_experiments()}
+    assert set(experiments) == {"Default", "tiny"}
+    # the workflow's last words: how to open the UI on the family's runs
+    url = f"#/experiments/{experiments['tiny']}/runs?workflowType=machine_learning"
+    assert url in tiny_grid["log"] and "--workers 1" in tiny_grid["log"]
+
+
+def test_snakemake_html_report_shows_the_tables(tiny_grid: dict) -> None:
+    """`snakemake --report`: the family's table is inside the page (not a download only)."""
+    import base64
+
+    from test_report import html_cells
+
+    work = tiny_grid["work"]
+    proc = subprocess.run([*SNAKEMAKE, "-d", str(work), "--report", "report.html",
+                           "reports/table_tiny.csv"], capture_output=True, text=True,
+                          env=tiny_grid["env"], timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    page = (work / "report.html").read_text()
+    embedded = re.findall(r"data:text/html;[^,]*base64,([A-Za-z0-9+/=]+)", page)
+    tables = [base64.b64decode(e).decode() for e in embedded]
+    table = next(t for t in tables if "final test accuracy" in t)
+    cells = html_cells(table)
+    csv = pd.read_csv(work / "reports" / "table_tiny.csv")
+    ccl = csv[(csv["method"] == "ccl") & (csv["alpha"] == 0.1)].iloc[0]
+    row = next(r for r in cells if r[:4] == ["synthetic", "mlp", "ring-4", "0.1"])
+    assert f"{ccl['consensus_acc_mean']:.2f}" in " ".join(row)
+    assert any("completed" in r for r in cells)  # the status counts are there too
 
 
 def _free_port() -> int:
@@ -382,7 +412,7 @@ def test_mlflow_ui_server_shows_the_family(tiny_grid: dict, tmp_path: Path) -> N
         runs = found["runs"]
         assert len(runs) == 4
         names = {r["info"]["run_name"] for r in runs}
-        assert "ccl · ring-4 · alpha 0.1 · seed 0 · synthetic/mlp" in names
+        assert "ccl ring-4 a0.1 s0" in names
         assert {r["info"]["status"] for r in runs} == {"FINISHED"}
     finally:
         os.killpg(server.pid, signal.SIGTERM)
