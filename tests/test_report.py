@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import math
 from pathlib import Path
@@ -80,13 +81,20 @@ RUNS = [
 ]
 
 
-@pytest.fixture
-def results_dir(tmp_path: Path) -> Path:
+@pytest.fixture(scope="module")
+def results_dir(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("hand")
     for i, run in enumerate(RUNS):
-        path = tmp_path / "results" / f"run{i}" / "metrics.json"
+        path = root / "results" / f"run{i}" / "metrics.json"
         path.parent.mkdir(parents=True)
         path.write_text(json.dumps(run))
-    return tmp_path / "results"
+    return root / "results"
+
+
+@pytest.fixture(scope="module")
+def built(results_dir: Path) -> dict[str, Path]:
+    """The report of RUNS, built once for the tests that read it (figures take seconds)."""
+    return build_report([results_dir], results_dir.parent / "reports")
 
 
 def _row(table: pd.DataFrame, method: str, alpha: float) -> pd.Series:
@@ -118,9 +126,9 @@ def test_summary_means_stds_and_counts(results_dir: Path) -> None:
     assert list(table["method"]) == ["dsgdm-n", "ccl", "dsgdm-n", "ccl"]
 
 
-def test_build_report_writes_tables_and_figures(results_dir: Path, tmp_path: Path) -> None:
-    out = tmp_path / "reports"
-    written = build_report([results_dir], out)
+def test_build_report_writes_tables_and_figures(built: dict[str, Path]) -> None:
+    written = built
+    out = written["table_csv"].parent
     csv = pd.read_csv(out / "table_hand.csv")
     assert csv.loc[(csv["method"] == "dsgdm-n") & (csv["alpha"] == 0.1),
                    "consensus_acc_std"].item() == pytest.approx(math.sqrt(13.0))
@@ -139,9 +147,8 @@ def test_build_report_writes_tables_and_figures(results_dir: Path, tmp_path: Pat
     assert not [p for p in out.rglob("*") if p.name.startswith(".")]
 
 
-def test_overhead_relative_to_base(results_dir: Path, tmp_path: Path) -> None:
-    build_report([results_dir], tmp_path / "reports")
-    overhead = pd.read_csv(tmp_path / "reports" / "overhead_hand.csv").set_index("method")
+def test_overhead_relative_to_base(built: dict[str, Path]) -> None:
+    overhead = pd.read_csv(built["overhead_csv"]).set_index("method")
     # 2 epochs x 1.0 s / (2 x 10 iterations) = 0.1 s; ccl: 1.5 s per epoch -> 0.15 s
     assert overhead.loc["dsgdm-n", "time_per_iteration_s"] == pytest.approx(0.1)
     assert overhead.loc["ccl", "time_per_iteration_s"] == pytest.approx(0.15)
@@ -212,7 +219,7 @@ def _table(runs: list[dict]) -> pd.DataFrame:
     return summary_table(runs_frame(runs))
 
 
-def test_paired_difference_hand_computed_with_a_diverged_seed(tmp_path: Path) -> None:
+def test_paired_difference_hand_computed_with_a_diverged_seed() -> None:
     """ccl vs its base qgm over seeds 0-3: seed 3 of ccl diverged -> left out and counted.
 
     differences seeds 0, 1, 2: 75-70 = 5, 74-72 = 2, 70-71 = -1 -> mean 2, sample std 3,
@@ -229,16 +236,12 @@ def test_paired_difference_hand_computed_with_a_diverged_seed(tmp_path: Path) ->
     assert row["paired_diff_mean"] == pytest.approx(2.0)
     assert row["paired_ci_low"] == pytest.approx(2.0 - 7.452413, abs=1e-5)
     assert row["paired_ci_high"] == pytest.approx(2.0 + 7.452413, abs=1e-5)
-    assert _row(_table(runs), "qgm", 0.1)["paired_base"] is None or math.isnan(
-        _row(_table(runs), "qgm", 0.1)["paired_pairs"])
-    for i, run in enumerate(runs):
-        (tmp_path / "r" / str(i)).mkdir(parents=True)
-        (tmp_path / "r" / str(i) / "metrics.json").write_text(json.dumps(run))
-    build_report([tmp_path / "r"], tmp_path / "out")
-    md = (tmp_path / "out" / "table_hand.md").read_text()
+    base_row = _row(_table(runs), "qgm", 0.1)  # a base optimiser has no pair
+    assert base_row["paired_base"] is None and math.isnan(base_row["paired_pairs"])
+    md = markdown_table(_table(runs), "hand")
     assert "| dataset | model | graph | alpha | ccl − qgm |" in md
     assert "| digits | lenet5 | ring-8 | 0.1 | +2.00 [-5.45, +9.45], 2/3 wins (1 left out) |" in md
-    csv = pd.read_csv(tmp_path / "out" / "table_hand.csv")
+    csv = pd.read_csv(io.StringIO(_table(runs).to_csv(index=False)))  # what the CSV holds
     assert csv.loc[csv["method"] == "ccl", "paired_wins"].item() == 2
 
 
@@ -386,9 +389,8 @@ def test_placeholders_say_which_axis_fills_them() -> None:
         assert axis in text, name
 
 
-def test_html_table_holds_the_cells(results_dir: Path, tmp_path: Path) -> None:
-    written = build_report([results_dir], tmp_path / "reports")
-    cells = html_cells(written["table_html"].read_text())
+def test_html_table_holds_the_cells(built: dict[str, Path]) -> None:
+    cells = html_cells(built["table_html"].read_text())
     assert ["digits", "lenet5", "ring-8", "0.1", "73.00 ± 3.61", "77.00 ± 2.83 (1 div.)"] in cells
     assert ["digits", "lenet5", "ring-8", "0.1", "62.00 ± 2.00", "72.00 ± 2.83 (1 div.)"] in cells
     # status counts: seeds, completed, diverged, unstable per (setting, method)
