@@ -422,12 +422,10 @@ def test_class7_a_value_listed_twice_on_an_axis(capsys, tmp_path, axis, values, 
 
 # ---------------------------------------------------------------------------- issue 12, class 5
 def _run_metrics(seed: int = 0) -> dict:
-    """A finished run's metrics.json, reduced to what a report reads."""
-    return {"status": "completed", "method": "dsgdm-n", "history": [
-        {"epoch": 1, "consensus_acc": 50.0, "time_s": 1.0}],
-        "final": {"consensus_acc": 50.0, "local_acc_mean": 40.0},
-        "config": {"family": "fam", "dataset": "digits", "model": "mlp", "topology": "ring",
-                   "n_agents": 4, "alpha": 0.1, "seed": seed, "method": "dsgdm-n"}}
+    """A finished run's metrics.json (benchmark.metrics.RunMetrics) of family ``hand``."""
+    from test_report import _metrics
+
+    return _metrics("dsgdm-n", seed, 0.1, 50.0, 40.0)
 
 
 def _write(path: Path, data) -> Path:
@@ -438,7 +436,7 @@ def _write(path: Path, data) -> Path:
 
 @pytest.mark.parametrize(("case", "expected"), [
     ("list", ["stray/metrics.json", "a JSON list, expected an object", "--skip-invalid"]),
-    ("missing", ["stray/metrics.json", "missing method, history, final, config.dataset"]),
+    ("missing", ["stray/metrics.json", "not a run's metrics.json", "invalid value '(missing)'"]),
     ("duplicate", ["copy/metrics.json", "same run (config and seed) as",
                    "seed0/metrics.json"]),
     ("glob", ["report: results/*/nothing* matches no file or folder"]),
@@ -470,5 +468,5 @@ def test_class5_report_over_messy_folders(capsys, tmp_path, monkeypatch, case, e
         assert main(["report", *args, "--out", str(out), "--skip-invalid"]) == 0
         err = capsys.readouterr().err
         assert err.startswith("warning: report: skipping ") and expected[0] in err
-        table = (out / "table_fam.csv").read_text().splitlines()
+        table = (out / "table_hand.csv").read_text().splitlines()
         assert len(table) == 2 and ",2,2,0," in table[1]  # one row: 2 seeds, both completed

@@ -237,7 +237,7 @@ def test_paired_difference_hand_computed_with_a_diverged_seed() -> None:
     assert row["paired_ci_low"] == pytest.approx(2.0 - 7.452413, abs=1e-5)
     assert row["paired_ci_high"] == pytest.approx(2.0 + 7.452413, abs=1e-5)
     base_row = _row(_table(runs), "qgm", 0.1)  # a base optimiser has no pair
-    assert base_row["paired_base"] is None and math.isnan(base_row["paired_pairs"])
+    assert pd.isna(base_row["paired_base"]) and math.isnan(base_row["paired_pairs"])
     md = markdown_table(_table(runs), "hand")
     assert "| dataset | model | graph | alpha | ccl − qgm |" in md
     assert "| digits | lenet5 | ring-8 | 0.1 | +2.00 [-5.45, +9.45], 2/3 wins (1 left out) |" in md

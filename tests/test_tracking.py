@@ -96,8 +96,8 @@ def test_a_run_records_params_tags_epochs_and_artifacts(store: str, tmp_path: Pa
     # every metric grouped by a prefix (the UI's chart sections), accuracy first
     names = set(client.get_run(run["run_id"]).data.metrics)
     assert names == {"acc/consensus", "loss/ce", "train/lr", "time/gossip", "final/consensus_acc",
-                     "final/local_acc_mean", "final/wall_time_s", "final/bytes_per_agent_total",
-                     "final/spectral_gap"}
+                     "final/local_acc_mean", "final/local_acc_std", "final/consensus_distance",
+                     "final/wall_time_s", "final/bytes_per_agent_total", "final/spectral_gap"}
     assert min(n.split("/")[0] for n in names) == "acc"
     names = {a.path for a in client.list_artifacts(run["run_id"])}
     assert names == {"metrics.json", "config.yaml", "learning_curves.png", "partition.png"}
