@@ -27,7 +27,7 @@ LAYERS: list[tuple[str, set[str]]] = [
     ("algorithms", {"algorithms", "stability"}),
     ("config", {"config", "metrics", "checkpoint", "grid"}),
     ("swarm", {"swarm", "forward_backward", "memory"}),
-    ("outputs", {"report", "tracking", "instability"}),
+    ("outputs", {"report", "tracking", "instability", "saved"}),
     ("train", {"train", "run_output"}),
     ("entry points", {"tuning", "plan", "calibrate", "cli", "preload", "__main__"}),
 ]
