@@ -381,7 +381,8 @@ def _free_port() -> int:
 def _get(url: str, data: dict | None = None) -> dict:
     body = json.dumps(data).encode() if data is not None else None
     req = urllib.request.Request(url, data=body, headers={"Content-Type": "application/json"})
-    with urllib.request.urlopen(req, timeout=10) as resp:
+    # the first request opens the store and imports its backend: seconds, more on a loaded box
+    with urllib.request.urlopen(req, timeout=120) as resp:
         return json.loads(resp.read() or b"{}")
 
 
