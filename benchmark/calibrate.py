@@ -135,12 +135,13 @@ def _worker(spec: str, barrier: str, k: int, index: int, seconds: float) -> None
 
 def calibrate(families, out: str | Path, iterations: int = 2, warmup: int = 1,
               agents: set[int] | None = None, device: str | None = None,
-              concurrency_ks: list[int] | None = None, concurrency_s: float = 10.0
-              ) -> Calibration:
+              threads: int | None = None,
+              concurrency_ks: list[int] | None = None, concurrency_s: float = 10.0,
+              time_each: bool = True) -> Calibration:
     """Time every workload of ``families`` and write (or complete) the calibration file."""
     from .swarm import pick_device
 
-    machine = {"device": device} if device else {}
+    machine = {k: v for k, v in (("device", device), ("threads", threads)) if v}
     configs = workloads(families, agents)
     dev = pick_device(device or (configs[0].device if configs else "auto"))
     name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else "CPU"
@@ -149,7 +150,7 @@ def calibrate(families, out: str | Path, iterations: int = 2, warmup: int = 1,
         old = Calibration.load(out)
         if (old.device, old.device_name) == (cal.device, cal.device_name):
             cal.entries, cal.concurrency = old.entries, old.concurrency
-    for i, config in enumerate(configs):
+    for i, config in enumerate(configs if time_each else []):
         entry = time_workload(config, iterations, warmup, **machine)
         cal.entries = [e for e in cal.entries if e["workload"] != entry["workload"]] + [entry]
         print(f"[{i + 1}/{len(configs)}] {config.model} {config.topology}-n{config.n_agents} "

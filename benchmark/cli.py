@@ -105,7 +105,9 @@ def _calibrate(args: argparse.Namespace) -> int:
 
     cal = calibrate(_families(args), args.out, iterations=args.iterations, warmup=args.warmup,
                     agents=set(args.agents) if args.agents else None, device=args.device,
-                    concurrency_ks=args.concurrency, concurrency_s=args.concurrency_seconds)
+                    threads=args.threads,
+                    concurrency_ks=args.concurrency, concurrency_s=args.concurrency_seconds,
+                    time_each=not args.only_concurrency)
     print(f"{args.out}: {len(cal.entries)} workloads timed on {cal.device} ({cal.device_name})"
           + (f"; concurrency speed-ups {cal.concurrency}" if cal.concurrency else ""))
     return 0
@@ -114,14 +116,24 @@ def _calibrate(args: argparse.Namespace) -> int:
 def _plan(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from .plan import Calibration, describe, plan_family
+    from .plan import Calibration, describe, plan_family, wall_hours
 
     family = _families(args)[0]
     calibration = Calibration.load(args.calibration) if Path(args.calibration).exists() else None
-    slots = args.slots or family.base.gpu_slots_per_device or 1
     plan = plan_family(family, calibration)
-    for line in describe(family.name, plan, calibration, args.calibration, args.gpus, slots):
-        print(line)
+    slots = args.slots or [family.base.gpu_slots_per_device or 1]
+    print("\n".join(describe(family.name, plan, calibration, args.calibration, args.gpus, slots)))
+    if args.json:  # one machine-readable line (benchmarks/gpu_check.sh collects it)
+        import json
+        from dataclasses import asdict
+
+        walls = {}
+        if calibration and plan.device_hours is not None:
+            walls = {s: wall_hours(plan.device_hours, args.gpus, s, calibration.concurrency)
+                     for s in slots}
+        print("PLAN " + json.dumps({"family": family.name, "gpus": args.gpus,
+                                    "calibrated_on": calibration and calibration.device_name,
+                                    "wall_hours_by_slots": walls, **asdict(plan)}))
     return 0
 
 
@@ -193,17 +205,23 @@ def build_parser() -> argparse.ArgumentParser:
     calibrate.add_argument("--agents", type=_ints, metavar="N,N",
                            help="only these agent counts (plan scales the others linearly)")
     calibrate.add_argument("--device", help="cpu, cuda... (default: the families' device)")
+    calibrate.add_argument("--threads", type=int, help="torch CPU threads (default: the "
+                           "families' threads)")
     calibrate.add_argument("--concurrency", type=_ints, metavar="K,K",
                            help="also measure k runs sharing the device, e.g. 1,2,4,8")
     calibrate.add_argument("--concurrency-seconds", type=float, default=10.0)
+    calibrate.add_argument("--only-concurrency", action="store_true",
+                           help="measure the concurrency only (keep the file's timings)")
     calibrate.set_defaults(func=_calibrate)
     plan = sub.add_parser("plan", help="runs, iterations, device-hours and wall time of a family")
     plan.add_argument("family", nargs=1, help="family name (config/<name>.yaml)")
     plan.add_argument("--config-dir", default="config", help="family files (default: config)")
     plan.add_argument("--calibration", default="calibration.json")
     plan.add_argument("--gpus", type=int, default=1, help="GPUs the grid runs on (default 1)")
-    plan.add_argument("--slots", type=int, help="runs per GPU (default: the family's "
-                      "gpu_slots_per_device, else 1)")
+    plan.add_argument("--slots", type=_ints, metavar="K,K", help="runs per GPU, one wall time "
+                      "each (default: the family's gpu_slots_per_device, else 1)")
+    plan.add_argument("--json", action="store_true", help="also print the figures as one "
+                      "JSON line (prefixed PLAN)")
     plan.set_defaults(func=_plan)
     return parser
 

@@ -8,7 +8,8 @@ tuned family adds its studies at their full trial budget (pruning only makes the
 Device time needs seconds per iteration, measured by ``python -m benchmark calibrate`` on this
 machine (:mod:`benchmark.calibrate`, a JSON file): a run timed there counts as is; a run whose
 agent count was not timed is scaled linearly in agents from the nearest timed count of the same
-workload (per-iteration work is per agent); anything else is reported as not estimated. Only
+workload (per-iteration work is per agent; the same graph first, else any graph: a degree
+changes only CCL's share); anything else is reported as not estimated. Only
 training iterations are counted (evaluation and checkpoints add a few percent).
 Wall time = device time / (GPUs x speed-up of k concurrent runs on one GPU), the speed-up being
 measured by ``calibrate --concurrency``; without it, the range between no gain and k-fold.
@@ -60,9 +61,10 @@ class Workload:
     def key(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)
 
-    def family_key(self) -> str:
-        """The workload without its agent count: timings scale between counts of one family."""
-        return json.dumps({**asdict(self), "n_agents": None}, sort_keys=True)
+    def family_key(self, topology: bool = True) -> str:
+        """The workload without its agent count (and graph): timings scale between counts."""
+        drop = {"n_agents": None, **({} if topology else {"topology": None})}
+        return json.dumps({**asdict(self), **drop}, sort_keys=True)
 
 
 def iterations(config: RunConfig) -> int:
@@ -108,9 +110,12 @@ class Calibration:
                  for e in self.entries}
         if work.key in timed:
             return timed[work.key], "timed"
-        same = [e for e in self.entries
-                if Workload(**e["workload"]).family_key() == work.family_key()]
-        if not same:
+        for topology in (True, False):  # the same graph first, else any graph
+            same = [e for e in self.entries if Workload(**e["workload"]).family_key(topology)
+                    == work.family_key(topology)]
+            if same:
+                break
+        else:
             return None
         near = min(same, key=lambda e: abs(e["workload"]["n_agents"] - work.n_agents))
         return near["seconds_per_iteration"] * work.n_agents / near["workload"]["n_agents"], \
@@ -181,7 +186,7 @@ def wall_hours(device_hours: float, gpus: int, slots: int,
 
 
 def describe(name: str, plan: Plan, calibration: Calibration | None, source: str,
-             gpus: int, slots: int) -> list[str]:
+             gpus: int, slots: list[int]) -> list[str]:
     """The lines ``python -m benchmark plan`` prints."""
     lines = [f"{name}: {plan.runs} runs ({plan.done} done), {plan.run_iterations:,} training "
              f"iterations to do"]
@@ -201,7 +206,8 @@ def describe(name: str, plan: Plan, calibration: Calibration | None, source: str
     partial = "" if plan.complete else " (jobs not estimated excluded)"
     lines.append(f"device time: {plan.device_hours:.1f} h of one {calibration.device} running "
                  f"one job{partial}")
-    low, high, why = wall_hours(plan.device_hours, gpus, slots, calibration.concurrency)
-    span = f"{low:.1f} h" if low == high else f"{low:.1f}-{high:.1f} h"
-    lines.append(f"wall time on {gpus} GPU(s) x {slots} slot(s): {span} ({why})")
+    for k in slots:
+        low, high, why = wall_hours(plan.device_hours, gpus, k, calibration.concurrency)
+        span = f"{low:.1f} h" if low == high else f"{low:.1f}-{high:.1f} h"
+        lines.append(f"wall time on {gpus} GPU(s) x {k} slot(s): {span} ({why})")
     return lines
