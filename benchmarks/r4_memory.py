@@ -15,10 +15,7 @@ Target (issue 8): <= 2 GB at n=32.
 
 from __future__ import annotations
 
-import resource
-import sys
 from dataclasses import replace
-from pathlib import Path
 
 import torch
 from common import agent_batches, cifar_bundle, make_swarm, parser, report, setup
@@ -26,13 +23,9 @@ from common import agent_batches, cifar_bundle, make_swarm, parser, report, setu
 
 def peak_rss_bytes() -> int:
     """Peak resident memory of this process (VmHWM; ru_maxrss where /proc is missing)."""
-    status = Path("/proc/self/status")
-    if status.exists():
-        for line in status.read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024  # kB
-    unit = 1 if sys.platform == "darwin" else 1024  # ru_maxrss: bytes on macOS, KiB on Linux
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * unit
+    from benchmark.memory import peak_bytes
+
+    return peak_bytes(torch.device("cpu"))
 
 
 def main(argv: list[str] | None = None) -> dict:
