@@ -139,6 +139,9 @@ class RunConfig(BaseModel):
     # model, every agent's model too, or nothing
     save_models: Literal["consensus", "all", "none"] = Field("consensus",
                                                              json_schema_extra=MACHINE)
+    # MLflow artifacts learning_curves.png and partition.png of this run: about 1.5 CPU-s of
+    # drawing per run, more than a digits run's training (the family report draws every run)
+    run_figures: bool = Field(True, json_schema_extra=MACHINE)
     # a sharded run computes the single-process run's numbers (tests/test_distributed.py)
     distributed: bool = Field(False, json_schema_extra=MACHINE)
 

@@ -30,9 +30,10 @@ import time
 from pathlib import Path
 
 ENV = "BENCHMARK_PRELOAD"
-# what every job imports: torch, the training path, MLflow (tracking on) and the report helpers
+# what jobs import: torch, the training path, MLflow (tracking on), the per-run figures' pandas
+# and matplotlib (run_figures on)
 PRELOAD = ("torch", "benchmark.cli", "benchmark.config", "benchmark.train", "benchmark.tracking",
-           "mlflow.tracking", "mlflow.entities")
+           "mlflow.tracking", "mlflow.entities", "benchmark.report")
 _HEADER = struct.Struct("!I")  # length of the JSON request that follows the fds
 
 

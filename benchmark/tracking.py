@@ -362,16 +362,18 @@ class MlflowTracker:
         self._log_artifacts(metrics)
 
     def _log_artifacts(self, metrics: RunMetrics) -> None:
-        from .report import partition_figure, run_curves_figure
-
         with tempfile.TemporaryDirectory() as tmp:
             tmp = Path(tmp)
             (tmp / "metrics.json").write_text(metrics.to_json())
             resolved = yaml.safe_dump(self.config.model_dump(), sort_keys=False)
             (tmp / "config.yaml").write_text(resolved)
-            figures = {"learning_curves.png": run_curves_figure(metrics.history)}
-            if metrics.partition.histogram:
-                figures["partition.png"] = partition_figure(metrics.partition.histogram)
+            figures = {}
+            if self.config.run_figures:
+                from .report import partition_figure, run_curves_figure
+
+                figures["learning_curves.png"] = run_curves_figure(metrics.history)
+                if metrics.partition.histogram:
+                    figures["partition.png"] = partition_figure(metrics.partition.histogram)
             for name, fig in figures.items():
                 fig.savefig(tmp / name, dpi=110, bbox_inches="tight")
             self.log_files(sorted(tmp.iterdir()))

@@ -106,6 +106,18 @@ def test_a_run_records_params_tags_epochs_and_artifacts(store: str, tmp_path: Pa
         (tmp_path / "mlartifacts").as_uri())
 
 
+def test_run_figures_off_logs_the_files_only(store: str, tmp_path: Path) -> None:
+    """``run_figures: false`` (the digits default): no drawing per run, and no plotting library
+    imported for it; metrics.json and config.yaml are still there."""
+    prepare_store(["fam"])
+    config = _config(run_figures=False)
+    with track_run(config, tmp_path / "run") as tracker:
+        tracker.log_result(_metrics(_records(2)))
+    run_id = mlflow.search_runs(experiment_names=["fam"]).iloc[0]["run_id"]
+    names = {a.path for a in MlflowClient(store).list_artifacts(run_id)}
+    assert names == {"metrics.json", "config.yaml"}
+
+
 def test_result_backfills_epochs_logged_before_a_resume(store: str) -> None:
     # a resumed run: epochs 1-2 were trained (and logged) by an earlier process
     with track_run(_config(), None) as tracker:
