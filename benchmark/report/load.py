@@ -31,30 +31,31 @@ def check_out_dir(out: str | Path, what: str = "out") -> Path:
     return out
 
 
-def find_metrics(paths: Iterable[str | Path], command: str = "report") -> list[Path]:
-    """``metrics.json`` files named directly or found under the given folders, sorted.
+def expand(paths: Iterable[str | Path], command: str) -> list[Path]:
+    """The paths as given, with any pattern the shell left unexpanded (it matched nothing there,
+    or was quoted) expanded here; a pattern matching nothing, or a missing path, is one line."""
+    out: list[Path] = []
+    for path in map(str, paths):
+        matched = sorted(glob.glob(path, recursive=True)) if glob.has_magic(path) else [path]
+        if not matched:
+            raise UserError(f"{command}: {path} matches no file or folder")
+        for one in map(Path, matched):
+            if not one.exists():
+                raise UserError(f"{command}: no such file or folder: {one}")
+            out.append(one)
+    return out
 
-    A pattern the shell left unexpanded (it matched nothing there) is expanded here, so
-    ``'results/*/digits'`` works quoted, and a pattern matching nothing is one line.
-    """
+
+def find_metrics(paths: Iterable[str | Path], command: str = "report") -> list[Path]:
+    """``metrics.json`` files named directly or found under the given folders (patterns such
+    as ``'results/*/digits'`` work quoted), sorted."""
     paths = list(paths)
     found: set[Path] = set()
-    for path in map(str, paths):
-        if glob.has_magic(path):
-            matched = [Path(p) for p in glob.glob(path, recursive=True)]
-            if not matched:
-                raise UserError(f"{command}: {path} matches no file or folder")
-        else:
-            matched = [Path(path)]
-        for one in matched:
-            if one.is_dir():
-                found.update(one.rglob("metrics.json"))
-            elif one.is_file():
-                found.add(one)
-            else:
-                raise UserError(f"{command}: no such file or folder: {one}")
+    for one in expand(paths, command):
+        found.update(one.rglob("metrics.json") if one.is_dir() else [one])
     if not found:
-        raise UserError(f"{command}: no metrics.json under {', '.join(paths) or '(none)'}")
+        where = ", ".join(map(str, paths)) or "(none)"
+        raise UserError(f"{command}: no metrics.json under {where}")
     return sorted(found)
 
 
