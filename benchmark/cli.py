@@ -54,8 +54,19 @@ def _tune(args: argparse.Namespace) -> int:
 def _tune_table(args: argparse.Namespace) -> int:
     from .tuning import write_best_table
 
-    write_best_table(args.best, args.out)
+    write_best_table(_table_inputs(args.best, args.out), args.out)
     return 0
+
+
+def _table_inputs(paths: list[str], out: str) -> list:
+    """tune-table's files (quoted patterns expanded, one matching nothing refused) after
+    checking that ``--out`` (a path without suffix) can be written: one line each."""
+    from pathlib import Path
+
+    from .report.load import check_out_dir, expand
+
+    check_out_dir(Path(out).parent)
+    return expand(paths, "tune-table")
 
 
 def _report(args: argparse.Namespace) -> int:

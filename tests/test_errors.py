@@ -470,3 +470,23 @@ def test_class5_report_over_messy_folders(capsys, tmp_path, monkeypatch, case, e
         assert err.startswith("warning: report: skipping ") and expected[0] in err
         table = (out / "table_hand.csv").read_text().splitlines()
         assert len(table) == 2 and ",2,2,0," in table[1]  # one row: 2 seeds, both completed
+
+
+@pytest.mark.parametrize(("case", "expected"), [
+    ("glob", "error: tune-table: studies/*/nothing*/best.json matches no file or folder"),
+    ("missing", "error: tune-table: no such file or folder: studies/fam/alpha0.1/best.json"),
+    ("out-file", "error: out: invalid value"),
+])
+def test_class5_tune_table_over_missing_files_or_a_file_as_out(capsys, tmp_path, monkeypatch,
+                                                               case, expected):
+    monkeypatch.chdir(tmp_path)
+    args = {"glob": ["studies/*/nothing*/best.json"],
+            "missing": ["studies/fam/alpha0.1/best.json"]}.get(case, ["best.json"])
+    (tmp_path / "best.json").write_text("{}")
+    (tmp_path / "reports").write_text("a file, not a folder")
+    out = "reports/tuning_fam" if case == "out-file" else "tables/tuning_fam"
+    before = sorted(tmp_path.rglob("*"))
+    assert main(["tune-table", *args, "--out", out]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(expected) and err.count("\n") == 1, err
+    assert sorted(tmp_path.rglob("*")) == before
