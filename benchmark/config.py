@@ -59,6 +59,9 @@ MAX_AGENTS = 4096
 MAX_THREADS = 4096
 MAX_IMAGE_SIZE = 1024
 DEVICE = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
+# the forward/backward paths of benchmark.forward_backward, defined here because config sits
+# below the swarm layer (tests/test_architecture.py)
+VECTORIZE: tuple[str, ...] = ("auto", "loop", "vmap")
 
 
 class RunConfig(BaseModel):
@@ -124,7 +127,7 @@ class RunConfig(BaseModel):
     threads: int | None = Field(None, ge=1, le=MAX_THREADS, json_schema_extra=MACHINE)
     # forward/backward over agents: a Python loop, or one torch.func.vmap pass (GPU); auto
     # measures both on CUDA and keeps the faster (loop on a CPU and for BatchNorm models)
-    vectorize: Literal["auto", "loop", "vmap"] = Field("auto", json_schema_extra=MACHINE)
+    vectorize: Literal[VECTORIZE] = Field("auto", json_schema_extra=MACHINE)
     # CPU: agents' forward/backward spread over this many worker threads (1 intra-op thread
     # each); ~1.1x faster than one 2-thread loop on 2 cores; 1 = the plain loop (default)
     agent_threads: int = Field(1, ge=1, le=MAX_THREADS, json_schema_extra=MACHINE)

@@ -24,13 +24,12 @@ from typing import TYPE_CHECKING
 import torch
 import torch.nn.functional as F
 
+from .config import VECTORIZE
 from .errors import ConfigError
 from .swarm_state import SwarmState
 
 if TYPE_CHECKING:
     from .algorithms.ccl import CrossFeatureLoss, RowsForward
-
-VECTORIZE: tuple[str, ...] = ("auto", "loop", "vmap")
 
 
 class LoopPass:
