@@ -8,7 +8,6 @@ in its first second rather than after an hour.
 
 from __future__ import annotations
 
-import math
 import re
 from pathlib import Path
 from typing import Any, Literal
@@ -28,6 +27,7 @@ from .algorithms.ccl import FEATURE_DISTANCES
 from .algorithms.qgm import QGM_VARIANTS
 from .algorithms.relaysgd import RELAY_NORMS
 from .data.partition import SCHEMES
+from .data.registry import synthetic_options
 from .errors import ConfigError, UserError, validation_error
 from .methods import METHODS, resolve_method
 from .models.norms import EVONORM_STYLES, NORMS
@@ -73,7 +73,7 @@ class RunConfig(BaseModel):
     family: str = Field("default", json_schema_extra=MACHINE)
     # data
     dataset: str = "digits"
-    data_dir: str = Field("data", json_schema_extra=MACHINE)
+    data_dir: str = Field("data", min_length=1, json_schema_extra=MACHINE)
     download: bool = Field(False, json_schema_extra=MACHINE)
     image_size: int | None = Field(None, gt=0, le=MAX_IMAGE_SIZE)
     synthetic: dict[str, Any] | None = None
@@ -169,19 +169,13 @@ class RunConfig(BaseModel):
             raise ConfigError("device", v, "auto, cpu, cuda, cuda:N (N a GPU index) or mps")
         return v
 
-    @field_validator("synthetic")
-    @classmethod
-    def _finite_synthetic(cls, v: dict[str, Any] | None) -> dict[str, Any] | None:
-        for key, value in (v or {}).items():
-            if isinstance(value, float) and not math.isfinite(value):
-                raise ConfigError(f"synthetic.{key}", value, "a finite number")
-        return v
-
     @model_validator(mode="after")
     def _whole_config(self, info: ValidationInfo) -> RunConfig:
         """Checks across fields, cheapest first: the data size before the n x n graph."""
         if info.context == STORED:
             return self
+        if self.dataset == "synthetic":
+            synthetic_options(self.synthetic or {}, self.image_size)
         _check_agents_fit_the_data(self)
         if not self.allow_unstable:
             from .stability import check_stable  # numpy + the graph: imported on use

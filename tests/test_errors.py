@@ -258,6 +258,8 @@ def store(tmp_path, monkeypatch) -> Path:
     (["topology=torus", "n_agents=12", "torus_rows=5"], "torus_rows: invalid value 5; allowed: "
                                                         "a divisor r of n_agents=12"),
     (["topology=ring", "torus_rows=3"], "torus_rows: invalid value 3; allowed: only used by"),
+    (["data_dir="], "data_dir: invalid value None"),
+    (["data_dir=''"], "data_dir: invalid value ''; allowed: String should have at least 1"),
 ])
 def test_class1_every_option_is_validated_before_anything(capsys, tmp_path, store, overrides,
                                                           first_line):
@@ -279,6 +281,10 @@ def test_class1_the_largest_seed_the_libraries_hold_runs(tmp_path):
      "n_agents: invalid value 200; allowed: at most 128"),
     (["dataset=synthetic", "synthetic={train_size: 100000}", "n_agents=5000"],
      "n_agents: invalid value 5000; allowed: at most 4096 (the mixing matrix"),
+    (["dataset=synthetic", "synthetic={train_size: 10000000000}"],
+     "synthetic: invalid value {'train_size': 10000000000}; allowed: a set of at most 2e+09"),
+    (["dataset=synthetic", "synthetic={train_size: -5}"],
+     "synthetic.train_size: invalid value -5; allowed: a positive integer"),
 ])
 def test_class2_cheap_checks_come_before_expensive_ones(capsys, tmp_path, store, monkeypatch,
                                                         overrides, first_line):

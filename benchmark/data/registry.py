@@ -54,6 +54,7 @@ SYNTHETIC_DEFAULTS: dict[str, object] = {
     "seed": 0,
     "augment": "none",
 }
+SYNTHETIC_MAX_VALUES = 2**31  # 8 GiB of float32 images: a test set, not a benchmark
 DIGITS_TEST_FRACTION = 0.2
 DIGITS_SPLIT_SEED = 0  # fixed, so every run seed is scored on the same digits test set
 # its test indices: sklearn's stratified train_test_split at DIGITS_SPLIT_SEED (header: 3 lines)
@@ -397,12 +398,9 @@ def _digits_arrays() -> tuple[np.ndarray, np.ndarray]:
     return data[:, :-1], data[:, -1].astype(np.int64)
 
 
-def _load_synthetic(options: dict, image_size: int | None) -> DatasetBundle:
-    """Class-conditional random images for tests: a fixed random prototype per class + noise.
-
-    With the default noise the classes are linearly separable, so anything that trains at all
-    beats chance quickly; larger ``noise`` makes the task harder.
-    """
+def synthetic_options(options: dict, image_size: int | None = None) -> dict:
+    """The checked options of the synthetic set (defaults filled in); the run config calls this
+    before anything is built, so a set too large to hold is refused before it is allocated."""
     unknown = sorted(set(options) - set(SYNTHETIC_DEFAULTS))
     if unknown:
         raise ConfigError("synthetic", unknown[0], sorted(SYNTHETIC_DEFAULTS))
@@ -413,8 +411,26 @@ def _load_synthetic(options: dict, image_size: int | None) -> DatasetBundle:
     if opts["augment"] not in AUGMENTATIONS:
         raise ConfigError("synthetic.augment", opts["augment"], AUGMENTATIONS)
     noise = opts["noise"]
-    if isinstance(noise, bool) or not isinstance(noise, int | float) or noise < 0:
-        raise ConfigError("synthetic.noise", noise, "a number >= 0")
+    if isinstance(noise, bool) or not isinstance(noise, int | float) or not 0 <= noise < 1e308:
+        raise ConfigError("synthetic.noise", noise, "a finite number >= 0")
+    if isinstance(opts["seed"], bool) or not isinstance(opts["seed"], int) or \
+            not 0 <= opts["seed"] < 2**63:
+        raise ConfigError("synthetic.seed", opts["seed"], "an integer in [0, 2^63)")
+    values = (opts["train_size"] + opts["test_size"]) * opts["channels"] * opts["image_size"] ** 2
+    if values > SYNTHETIC_MAX_VALUES:
+        raise ConfigError("synthetic", options, f"a set of at most {SYNTHETIC_MAX_VALUES:.0e} "
+                          f"pixel values (these sizes make {values:.1e}, as float32 "
+                          f"{values * 4 / 2**30:.0f} GiB)")
+    return opts
+
+
+def _load_synthetic(options: dict, image_size: int | None) -> DatasetBundle:
+    """Class-conditional random images for tests: a fixed random prototype per class + noise.
+
+    With the default noise the classes are linearly separable, so anything that trains at all
+    beats chance quickly; larger ``noise`` makes the task harder.
+    """
+    opts = synthetic_options(options, image_size)
     k, c, s = opts["num_classes"], opts["channels"], opts["image_size"]
 
     gen = torch.Generator().manual_seed(int(opts["seed"]))
@@ -425,7 +441,7 @@ def _load_synthetic(options: dict, image_size: int | None) -> DatasetBundle:
         # split is as balanced as the size allows.
         y = torch.arange(size) % k
         y = y[torch.randperm(size, generator=gen)]
-        x = prototypes[y] + float(noise) * torch.randn(size, c, s, s, generator=gen)
+        x = prototypes[y] + float(opts["noise"]) * torch.randn(size, c, s, s, generator=gen)
         return Split((x.clamp(0, 1) * 255).round().to(torch.uint8), y.long())
 
     train, test = sample(opts["train_size"]), sample(opts["test_size"])
