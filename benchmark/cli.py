@@ -42,6 +42,10 @@ def _tune(args: argparse.Namespace) -> int:
     from .tuning import load_tuning, tune
 
     config, spec = load_tuning(args.config, args.overrides)
+    if config.tracking:  # a dead server: one line now, before the journal exists
+        from .tracking import check_store
+
+        check_store()
     result = tune(config, spec, args.study, trials=args.trials)
     best = result.best
     lambdas = ", ".join(f"{k}={best[k]:.4g}" for k in ("lambda_m", "lambda_d"))

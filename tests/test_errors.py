@@ -366,6 +366,19 @@ def test_class4_a_tracking_store_that_cannot_be_used_fails_at_once(capsys, tmp_p
     assert os.listdir(tmp_path) == []  # no run folder, no lock, no store
 
 
+def test_class4_a_study_checks_the_tracking_store_before_its_journal(capsys, tmp_path,
+                                                                      monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:9")
+    family = tmp_path / "fam.yaml"
+    family.write_text("run: {dataset: synthetic, model: mlp, n_agents: 4, epochs: 1}\n"
+                      "tuning: {method: ccl, trials: 1}\n")
+    journal = tmp_path / "studies" / "alpha1.0.journal"
+    assert main(["tune", "--config", str(family), "--study", str(journal)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: tracking: the MLflow server http://127.0.0.1:9 does not answer")
+    assert err.count("\n") == 1 and os.listdir(tmp_path) == ["fam.yaml"]
+
+
 FULL_DISK = """\
 import resource, signal, sys
 signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG instead
