@@ -94,7 +94,8 @@ def _results(metrics: dict[str, Any]) -> dict[str, Any]:
 
 
 def _is_timing(key: str) -> bool:
-    return (key == "resumed_after_epochs" or key.endswith("_s") or "time" in key
+    """Timings and other measurements of the machine (the measured memory peak)."""
+    return (key in ("resumed_after_epochs", "peak_bytes") or key.endswith("_s") or "time" in key
             or "phase" in key)
 
 
