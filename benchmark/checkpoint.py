@@ -40,7 +40,7 @@ import torch
 
 from .config import RunConfig, result_fields
 from .errors import CheckpointError, ConfigError, UserError
-from .io import atomic_open, try_lock
+from .io import WriteError, atomic_open, try_lock
 from .metrics import RunMetrics
 
 CHECKPOINT = "checkpoint.pt"
@@ -240,40 +240,28 @@ class RunDir:
             "swarm": swarm.state_dict(),
             "rng": capture_rng(),
         }
-        with self._writing(self.checkpoint), atomic_open(self.checkpoint) as fh:
+        with self.writing(), atomic_open(self.checkpoint) as fh:
             torch.save(state, fh)
 
     def finish(self, metrics: RunMetrics) -> None:
         """Write ``metrics.json`` atomically, then drop the checkpoint it supersedes."""
-        with self._writing(self.metrics):
+        with self.writing():
             metrics.save(self.metrics)
         self.checkpoint.unlink(missing_ok=True)
 
 
     @contextmanager
-    def _writing(self, path: Path) -> Iterator[None]:
-        """A failed write (disk full, file size limit, permissions changed mid-run) is one line
-        naming the file and the cause; the temporary file is gone, the last checkpoint intact.
-
-        torch's zip writer swallows the ``OSError`` of a short write and fails later with its
-        own ``RuntimeError``, so the cause is looked for along the exception chain.
-        """
+    def writing(self) -> Iterator[None]:
+        """Writes into the folder (checkpoint, models, metrics.json): a failed one
+        (:class:`~benchmark.io.WriteError`: disk full, file size limit...) says whether a run can
+        resume; the temporary file is gone and the last checkpoint intact."""
         try:
             yield
-        except (OSError, RuntimeError) as err:
-            cause = _os_error(err)
-            if cause is None:
-                raise
+        except WriteError as err:
             then = ("the last checkpoint is intact: fix the cause and run the same command again "
                     "to resume" if self.checkpoint.is_file()
                     else "no epoch was saved: fix the cause and run the same command again")
-            raise UserError(f"cannot write {path}: {cause.strerror or cause}; {then}") from None
-
-
-def _os_error(err: BaseException | None) -> OSError | None:
-    while err is not None and not isinstance(err, OSError):
-        err = err.__cause__ or err.__context__
-    return err
+            raise UserError(f"{err}; {then}") from None
 
 
 def _first_sentence(err: BaseException) -> str:

@@ -12,6 +12,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any, BinaryIO
 
+from .errors import UserError
+
 _UMASK = os.umask(0)  # the only portable way to read the umask is to set it (at import time)
 os.umask(_UMASK)
 
@@ -24,6 +26,11 @@ def atomic_open(path: str | Path) -> Iterator[BinaryIO]:
     fsynced and renamed over ``path``; the folder is fsynced too so the rename survives a power
     cut. Readers see the old file or the new one, never half of one. Streaming (rather than
     building the bytes first) keeps multi-GB checkpoints out of memory.
+
+    A write that fails for a reason of the file system (disk full, ``ulimit -f``, permissions
+    changed mid-run) is a :class:`WriteError` naming ``path`` and the cause. torch's zip
+    writer swallows the ``OSError`` of a short write and fails later with a ``RuntimeError``
+    of its own, so the cause is looked for along the exception chain.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -35,10 +42,23 @@ def atomic_open(path: str | Path) -> Iterator[BinaryIO]:
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         Path(tmp).unlink(missing_ok=True)
-        raise
+        cause = _os_error(exc)
+        if cause is None or isinstance(exc, UserError):
+            raise
+        raise WriteError(f"cannot write {path}: {cause.strerror or cause}") from None
     _fsync_dir(path.parent)
+
+
+class WriteError(UserError):
+    """A result file that could not be written; the previous version of it is intact."""
+
+
+def _os_error(err: BaseException | None) -> OSError | None:
+    while err is not None and not isinstance(err, OSError):
+        err = err.__cause__ or err.__context__
+    return err
 
 
 def try_lock(file: IO | int) -> bool:

@@ -211,7 +211,8 @@ def run(
         status = _train_loop(exp, eval_split, on_epoch, tracker, progress, store)
         metrics = _metrics(exp, progress, status)
         if store is not None and status == "completed":  # before metrics.json: it names them
-            metrics.models = save_models(exp, store.path)
+            with store.writing():
+                metrics.models = save_models(exp, store.path)
         if store is not None and main:
             store.finish(metrics)
         tracker.log_result(metrics)

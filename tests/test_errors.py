@@ -388,20 +388,21 @@ sys.exit(main(sys.argv[2:]))
 """
 
 
-@pytest.mark.parametrize(("epochs", "saved", "failing"), [
-    (3, True, CHECKPOINT),  # the epoch-2 checkpoint of a run resumed after epoch 1
-    (2, True, METRICS),  # the last epoch writes metrics.json only
-    (2, False, CHECKPOINT),  # the first checkpoint: nothing to resume from
+@pytest.mark.parametrize(("epochs", "saved", "failing", "models"), [
+    (3, True, CHECKPOINT, "none"),  # the epoch-2 checkpoint of a run resumed after epoch 1
+    (2, True, METRICS, "none"),  # the last epoch writes metrics.json only
+    (2, True, "model_consensus.pt", "consensus"),  # ... and first the consensus model
+    (2, False, CHECKPOINT, "none"),  # the first checkpoint: nothing to resume from
 ])
 def test_class4_a_full_disk_keeps_the_last_checkpoint_and_the_run_resumes(tmp_path, epochs,
-                                                                          saved, failing):
+                                                                          saved, failing, models):
     import subprocess
     import sys
 
     out = tmp_path / "run"
-    args = ["train", "--out", str(out), *SYNTH, f"epochs={epochs}"]
+    args = ["train", "--out", str(out), *SYNTH, f"epochs={epochs}", f"save_models={models}"]
     if saved:
-        _checkpointed(out, f"epochs={epochs}")
+        _checkpointed(out, f"epochs={epochs}", f"save_models={models}")
     before = (out / CHECKPOINT).read_bytes() if saved else None
     limit = len(before) // 2 if failing == CHECKPOINT and saved else 1000
     proc = subprocess.run([sys.executable, "-c", FULL_DISK, str(limit), *args],
