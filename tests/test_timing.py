@@ -69,3 +69,55 @@ def test_every_epoch_records_its_phases(tmp_path):
         assert sum(phases.values()) <= record["time_s"]  # exclusive: nothing counted twice
     assert history[0]["phases"]["evaluation"] == 0  # eval_every=2: no evaluation in epoch 1
     assert history[1]["phases"]["evaluation"] > 0
+
+
+class _Event:
+    """A stand-in ``torch.cuda.Event`` whose record time comes from the fake clock."""
+
+    log: list[str] = []
+
+    def __init__(self, enable_timing: bool = False) -> None:
+        assert enable_timing
+
+    def record(self, stream=None) -> None:
+        self.t = timing.time.perf_counter()
+
+    def query(self) -> bool:
+        return True
+
+    def synchronize(self) -> None:
+        _Event.log.append("event.synchronize")
+
+    def elapsed_time(self, end: _Event) -> float:
+        return (end.t - self.t) * 1000.0  # milliseconds, as CUDA reports them
+
+
+def test_cuda_timer_records_events_and_waits_once_per_reset(clock, monkeypatch):
+    """On CUDA a phase boundary records an event and never synchronises; the totals wait once."""
+    _Event.log = []
+    monkeypatch.setattr(timing.torch.cuda, "Event", _Event)
+    monkeypatch.setattr(timing.torch.cuda, "current_stream", lambda device=None: None)
+    monkeypatch.setattr(timing.torch.cuda, "synchronize",
+                        lambda device=None: _Event.log.append("cuda.synchronize"))
+    timer = PhaseTimer("cuda")
+    for _ in range(3):  # three iterations of nested phases: nothing waits for the device
+        with timer.phase("update"):
+            with timer.phase("communication"):
+                pass
+    assert _Event.log == [] and len(timer._pending) == 6
+    totals = timer.reset()  # the same exclusive accounting as with perf_counter
+    assert _Event.log == ["event.synchronize"]
+    assert totals["update"] == 3 * 2.0 and totals["communication"] == 3 * 1.0
+    assert timer.reset() == dict.fromkeys(PHASES, 0.0) and _Event.log == ["event.synchronize"]
+
+
+def test_cuda_timer_drains_reached_events_of_a_long_epoch(clock, monkeypatch):
+    monkeypatch.setattr(timing.torch.cuda, "Event", _Event)
+    monkeypatch.setattr(timing.torch.cuda, "current_stream", lambda device=None: None)
+    monkeypatch.setattr(timing, "DRAIN_AT", 4)
+    timer = PhaseTimer("cuda")
+    for _ in range(5):
+        with timer.phase("data"):
+            pass
+    assert len(timer._pending) == 1  # drained at 4 without waiting; the fifth still pending
+    assert timer.reset()["data"] == 5.0
