@@ -90,6 +90,8 @@ class Environment(_Section):
     cuda: str | None = None
     vectorize: str | None = None
     vectorize_reason: str | None = None
+    # on the CPU: why a GPU the machine has was not used (benchmark/device.py), else None
+    cpu_fallback: str | None = None
 
 
 class Memory(_Section):

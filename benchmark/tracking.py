@@ -355,9 +355,12 @@ class MlflowTracker:
         final["final/spectral_gap"] = metrics.topology.spectral_gap
         epoch = metrics.diverged_epoch
         diverged = [("diverged_epoch", epoch)] if epoch else []
+        # where it ran (device, GPU, torch/CUDA, vectorize path and why): benchmark/device.py
+        env = metrics.environment.model_dump() if metrics.environment is not None else {}
+        where = [(f"environment.{k}", v) for k, v in env.items() if v is not None]
         self.log_batch(
             metrics=[(k, float(v), len(metrics.history)) for k, v in final.items()],
-            tags=[("status", metrics.status)] + diverged,
+            tags=[("status", metrics.status)] + diverged + where,
         )
         self._log_artifacts(metrics)
 

@@ -32,18 +32,23 @@ from .data import (
     eval_batches,
     load_dataset,
 )
+from .device import configure, environment, pick_device
 from .errors import ConfigError
 from .gpu_slots import claim_gpu
 from .instability import training_instability
 from .metrics import RunMetrics
 from .models import build_model
 from .saved import model_spec, save_models
-from .swarm import Swarm, pick_device
+from .swarm import Swarm
 from .timing import timed
 from .topology import Topology, build_topology
 from .tracking import check_store, track_run
 
 EpochCallback = Callable[[int, dict[str, Any]], None]
+# Training statistics stay on the device; the host reads them (one synchronisation) every this
+# many iterations to stop a diverged run, so divergence is noticed at most this many iterations
+# late (a diverged epoch's statistics are non-finite either way), and at every epoch's end.
+CHECK_EVERY = 10
 
 
 @dataclass
@@ -70,6 +75,7 @@ def build_experiment(config: RunConfig) -> Experiment:
     comm = None
     if config.distributed:  # join torchrun's process group: this rank simulates a shard of agents
         comm, device = distributed.setup(config.n_agents, config.device)
+    configure(device)
     topology = build_topology(
         config.topology, config.n_agents, seed=config.seed, rows=config.torus_rows,
         degree=config.degree,
@@ -110,6 +116,10 @@ def build_experiment(config: RunConfig) -> Experiment:
         bundle.train, parts, config.batch_size, bundle.augment, bundle.mean, bundle.std,
         seed=config.seed, device=device,
     )
+    # evaluation splits held on the device once, not uploaded again at every evaluation
+    bundle.test = bundle.test.to(device)
+    if bundle.val is not None:
+        bundle.val = bundle.val.to(device)
     return Experiment(config, bundle, parts, topology, swarm, batches,
                       estimated and estimated.total)
 
@@ -150,18 +160,20 @@ def train_epoch(exp: Experiment, epoch: int, progress: tqdm | None = None) -> di
     if swarm.cross_features is not None:
         swarm.cross_features.set_weight_scale(exp.config.lambda_scale_at(epoch))
     swarm.timer.reset()  # this epoch's phases only (written by _train_loop as record["phases"])
-    sums: dict[str, float] = {}
+    keys: list[str] = []
+    sums: torch.Tensor | None = None  # float64 on the device: the same sums as Python floats
     count = 0
     for xs, ys in timed(exp.batches.epoch(epoch), swarm.timer, "data"):
         stats = swarm.step(xs, ys)
-        for key, value in stats.items():
-            sums[key] = sums.get(key, 0.0) + float(value)
+        values = torch.stack(list(stats.values())).double()
+        keys, sums = list(stats), values if sums is None else sums + values
         count += 1
         if progress is not None:
             progress.update(1)
-        if not _all_finite(sums):
+        if count % CHECK_EVERY == 0 and not bool(sums.isfinite().all()):
             break  # diverged: no point in finishing the epoch
-    means = {("train_ce" if k == "ce" else k): v / count for k, v in sums.items()}
+    totals = dict(zip(keys, sums.tolist() if sums is not None else [], strict=True))
+    means = {("train_ce" if k == "ce" else k): v / count for k, v in totals.items()}
     means["lr"] = swarm.lr
     # communication of the iterations actually run (a diverged epoch stops early), by kind
     sent = swarm.bytes_sent()
@@ -319,6 +331,7 @@ def _metrics(exp: Experiment, progress: Progress, status: str) -> RunMetrics:
         # this process's peak: CUDA allocator high-water mark, or the peak resident set on a CPU
         "memory": {"estimated_bytes": exp.estimated_memory,
                    "peak_bytes": memory.peak_bytes(swarm.device)},
+        "environment": environment(swarm.device, swarm.vectorize, swarm.vectorize_reason),
         **_distributed_metrics(swarm),
     })
 

@@ -49,7 +49,9 @@ def _metrics(history: list[dict]) -> RunMetrics:
                      "mixing": "uniform"},
         "communication": {"bytes_per_agent_per_iteration": {"parameters": 1.0},
                           "bytes_per_agent_total": 10.0},
-        "n_params": 10, "iterations_per_epoch": 1, "wall_time_s": 1.5})
+        "n_params": 10, "iterations_per_epoch": 1, "wall_time_s": 1.5,
+        "environment": {"device": "cpu", "gpu_name": None, "torch": "2.x", "cuda": None,
+                        "vectorize": "loop", "vectorize_reason": "a CPU"}})
 
 
 def _records(epochs: int) -> list[dict]:
@@ -81,7 +83,9 @@ def test_a_run_records_params_tags_epochs_and_artifacts(store: str, tmp_path: Pa
     for key, value in {"dataset": "synthetic", "model": "mlp", "topology": "ring",
                        "n_agents": "4", "alpha": "0.1", "method": "ccl", "seed": "3",
                        "algorithm": "qgm", "status": "completed", "origin": "workflow",
-                       "results_dir": str(out.resolve())}.items():
+                       "results_dir": str(out.resolve()), "environment.device": "cpu",
+                       "environment.vectorize": "loop",
+                       "environment.vectorize_reason": "a CPU"}.items():
         assert run[f"tags.{key}"] == value
     # params = the flattened run config (nested mappings as dotted keys)
     assert run["params.lambda_m"] == str(config.lambda_m)

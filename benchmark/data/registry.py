@@ -89,6 +89,12 @@ class Split:
         """True when images are read from disk on demand (``dataset``) instead of held in ``x``."""
         return self.x is None
 
+    def to(self, device: torch.device | str) -> Split:
+        """The same split with its tensors on ``device`` (a lazy split stays lazy, on the host)."""
+        if self.x is None:
+            return self
+        return Split(self.x.to(device), self.y.to(device))
+
     def subset(self, indices: np.ndarray | torch.Tensor) -> Split:
         """The samples at ``indices``, in that order (lazy splits stay lazy)."""
         index = torch.as_tensor(np.asarray(indices, dtype=np.int64))
