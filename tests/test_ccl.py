@@ -173,8 +173,10 @@ def test_losses_equal_brute_force(graph, n, algorithm, batchnorm, distance):
                           neighbors, receives_models=models)
     dv = CrossFeatureLoss(swarm.state, CCLOptions(lambda_d=1.0, feature_distance=distance),
                           neighbors, receives_models=models)
-    mv.prepare(xs, ys)
-    dv.prepare(xs, ys)
+    # the vmap path's batched loss over the same passes
+    mv_all, dv_all = copy.copy(mv), copy.copy(dv)
+    for loss in (mv, dv, mv_all, dv_all):
+        loss.prepare(xs, ys)
     got_mv, got_dv, own = [], [], []
     for i in range(n):
         features = swarm.models[i](xs[i])[0]  # train mode: updates BatchNorm statistics
@@ -187,6 +189,12 @@ def test_losses_equal_brute_force(graph, n, algorithm, batchnorm, distance):
     torch.testing.assert_close(torch.stack(got_dv), want_dv, atol=1e-6, rtol=0)
     torch.testing.assert_close(mv.stats()["l_mv"], want_mv.mean(), atol=1e-6, rtol=0)
     torch.testing.assert_close(mv.stats()["l_dv"], want_dv.mean(), atol=1e-6, rtol=0)
+    own = torch.stack(own)
+    torch.testing.assert_close(mv_all.loss_all(own, ys).detach(), want_mv.sum(), atol=1e-5,
+                               rtol=0)
+    torch.testing.assert_close(dv_all.loss_all(own, ys).detach(), want_dv.sum(), atol=1e-5,
+                               rtol=0)
+    torch.testing.assert_close(mv_all.stats()["l_dv"], want_dv.mean(), atol=1e-6, rtol=0)
 
 
 def test_gradient_flows_only_through_own_features():

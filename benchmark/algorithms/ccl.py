@@ -52,6 +52,12 @@ class CCLOptions:
         check_choice("feature_distance", self.feature_distance, FEATURE_DISTANCES)
 
 
+def one_hot(y: torch.Tensor, num_classes: int, dtype: torch.dtype) -> torch.Tensor:
+    """``F.one_hot(y, num_classes).to(dtype)`` without its label checks, which read the labels'
+    min and max back to the host on a CPU (two synchronisations); the same 0/1 values."""
+    return (y.unsqueeze(-1) == torch.arange(num_classes, device=y.device)).to(dtype)
+
+
 def view_parameters(model: nn.Module, row: torch.Tensor) -> None:
     """Make ``model``'s parameters read-only views into ``row`` (no copy, no gradient)."""
     offset = 0
@@ -96,6 +102,8 @@ class CrossFeatureLoss:
         self.num_classes = heads[-1].out_features if heads else None
         self._models: list[nn.Module] | None = None
         self._edges: tuple[torch.Tensor, torch.Tensor, list[int]] | None = None
+        # the loop path's passes, per sender model: (sender row, its edges, their receivers)
+        self._by_sender: list[tuple[int, torch.Tensor, list[int]]] = []
         self._mv_sum = self._dv_sum = torch.zeros((), device=state.device)
 
     # -- one iteration -----------------------------------------------------------------------
@@ -112,7 +120,7 @@ class CrossFeatureLoss:
         cross = self._cross_features(xs, receivers, senders, rows_forward)
         if self.normalized:
             cross = F.normalize(cross, dim=-1)
-        onehot = F.one_hot(ys, self.num_classes).to(cross.dtype)  # [n, B, C]
+        onehot = one_hot(ys, self.num_classes, cross.dtype)  # [n, B, C]
         # agent i sends neighbour j the class sums of j's model on i's batch, and its counts
         sums = torch.bmm(onehot[receivers].transpose(1, 2), cross)  # [E, C, D]
         n = self.state.halo.size  # senders' rows: all agents (one process) or mine + halo
@@ -141,7 +149,7 @@ class CrossFeatureLoss:
         l_mv = per_neighbor.sum()
         if not self.receives_models:  # RelaySGD: mean over tree neighbours (see __init__)
             l_mv = l_mv / max(len(per_neighbor), 1)
-        onehot = F.one_hot(y, self.num_classes).to(f.dtype)  # [B, C]
+        onehot = one_hot(y, self.num_classes, f.dtype)  # [B, C]
         totals = onehot.T @ f.detach() + self._received_sums[i]
         counts = onehot.sum(dim=0) + self._received_counts[i]
         # classes absent from i's batch are never indexed; the clamp only avoids 0/0 there
@@ -161,6 +169,33 @@ class CrossFeatureLoss:
 
         ``scale > 0`` keeps every active term active, so the graph structure never changes."""
         self.lambda_m, self.lambda_d = (w * scale for w in self.weights)
+
+    def loss_all(self, features: torch.Tensor, ys: torch.Tensor) -> torch.Tensor:
+        """``sum_i loss(i, features[i], ys[i])`` for all my agents at once (``features [n, B,
+        D]``): the same terms in a few whole-swarm operations (the vmap path), equal to the
+        per-agent sum up to float rounding."""
+        f = F.normalize(features, dim=-1) if self.normalized else features
+        f_mv = f if self.lambda_m > 0 else f.detach()
+        f_dv = f if self.lambda_d > 0 else f.detach()
+        receivers, _, _ = self._edge_lists()
+        # sum over agents of (sum or mean) over their neighbours = weighted sum over edges
+        per_edge = (f_mv[receivers] - self._cross).pow(2).mean(dim=(1, 2))
+        l_mv = per_edge.sum() if self.receives_models else (per_edge * self._edge_weights).sum()
+        onehot = one_hot(ys, self.num_classes, f.dtype)  # [n, B, C]
+        m = len(ys)
+        totals = onehot.transpose(1, 2) @ f.detach() + self._received_sums[:m]  # [n, C, D]
+        counts = onehot.sum(dim=1) + self._received_counts[:m]  # [n, C]
+        targets = totals / counts.clamp_min(1)[..., None]
+        own = targets.gather(1, ys[..., None].expand(-1, -1, targets.shape[-1]))  # [n, B, D]
+        l_dv = (f_dv - own).pow(2).mean(dim=(1, 2)).sum()
+        self._mv_sum = self._mv_sum + l_mv.detach()
+        self._dv_sum = self._dv_sum + l_dv.detach()
+        total = f.new_zeros(())
+        if self.lambda_m > 0:
+            total = total + self.lambda_m * l_mv
+        if self.lambda_d > 0:
+            total = total + self.lambda_d * l_dv
+        return total
 
     def stats(self) -> dict[str, torch.Tensor]:
         """Mean over agents of this iteration's ``L_mv`` and ``L_dv``: the heterogeneity measure."""
@@ -195,6 +230,15 @@ class CrossFeatureLoss:
             for i in state.agents:
                 offsets.append(offsets[-1] + len(neighbors[i]))
             self._edges = (receivers, senders, offsets)
+            # RelaySGD's L_mv is a mean over neighbours: each edge weighs 1 / receiver's degree
+            degrees = [len(neighbors[i]) for i in state.agents for _ in neighbors[i]]
+            self._edge_weights = torch.tensor([1.0 / d for d in degrees], device=device)
+            # static: built once here, never a ``nonzero`` per sender per iteration
+            groups = [[e for e, (_, sender) in enumerate(pairs) if sender == j]
+                      for j in range(state.halo.size)]
+            self._by_sender = [(j, torch.tensor(edges, device=device),
+                                [pairs[e][0] for e in edges])
+                               for j, edges in enumerate(groups) if edges]
         return self._edges
 
     def _cross_models(self) -> list[nn.Module]:
@@ -218,18 +262,16 @@ class CrossFeatureLoss:
             return rows_forward(self.state.pre_params_ext[senders], xs[receivers])[0]
         models = self._cross_models()
         cross: torch.Tensor | None = None
-        for j, model in enumerate(models):
-            edges = torch.nonzero(senders == j).flatten()
-            if len(edges) == 0:
-                continue
+        for j, edges, receiver_ids in self._by_sender:
+            model = models[j]
             buffers = dict(model.named_buffers())
             # with buffers (BatchNorm) each receiver's own buffers must be loaded: one pass per
             # edge; without, one pass on every receiver's batch at once
-            groups = [edges[k : k + 1] for k in range(len(edges))] if buffers else [edges]
-            for group in groups:
-                if buffers:
-                    receiver = self.state.models[int(receivers[group[0]])]
-                    for name, buf in receiver.named_buffers():
+            groups = ([(edges[k : k + 1], receiver_ids[k]) for k in range(len(edges))]
+                      if buffers else [(edges, None)])
+            for group, receiver_id in groups:
+                if receiver_id is not None:
+                    for name, buf in self.state.models[receiver_id].named_buffers():
                         buffers[name].copy_(buf)
                 batch = xs[receivers[group]]  # [g, B, ...]
                 features, logits = model(batch.flatten(0, 1))
