@@ -23,16 +23,10 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from .device import pick_device
 from .distributed import Communicator, Halo
 from .timing import PhaseTimer
 from .topology import Topology
-
-
-def pick_device(device: str | torch.device | None = "auto") -> torch.device:
-    """``auto`` -> CUDA when a GPU is present, else the CPU."""
-    if device in (None, "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
 
 
 def bind_to_rows(model: nn.Module, params_row: torch.Tensor, grads_row: torch.Tensor) -> None:
