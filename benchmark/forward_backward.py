@@ -9,15 +9,19 @@ returns the sum of the agents' cross-entropies.
 * :class:`ThreadedPass`: the loop over ``agent_threads`` worker threads (a CPU option).
 * :class:`VmapPass`: ``torch.func.vmap`` over the stacked parameters (models without buffers;
   what a GPU needs). It also offers CCL one vectorised pass for every cross-feature edge.
-* :class:`AutoPass`: ``vectorize: auto`` on CUDA times the loop and vmap on the first batch and
-  keeps the faster (:meth:`settle`).
+* :class:`AutoPass`: ``vectorize: auto`` on CUDA measures the loop and vmap on the first batch,
+  as the step runs them (CCL included), and keeps vmap unless the loop is clearly faster
+  (:meth:`AutoPass.settle`). The choice is kept in the checkpoint: a resumed run does not
+  measure again, so it cannot switch path (:meth:`AutoPass.adopt`).
 """
 
 from __future__ import annotations
 
+import statistics
 import threading
 import time
 import weakref
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING
 
@@ -31,6 +35,9 @@ from .swarm_state import SwarmState
 if TYPE_CHECKING:
     from .algorithms.ccl import CrossFeatureLoss, RowsForward
 
+AUTO_WARMUP, AUTO_ROUNDS = 2, 5  # untimed calls of each path, then alternating timed rounds
+LOOP_MARGIN = 0.9  # auto keeps vmap unless the loop's median is below 0.9x vmap's
+
 
 class LoopPass:
     """One agent after the other."""
@@ -41,7 +48,9 @@ class LoopPass:
     def __init__(self, state: SwarmState, reason: str) -> None:
         self.state, self.reason = state, reason
 
-    def settle(self, xs: torch.Tensor, ys: torch.Tensor) -> LoopPass:
+    def settle(self, xs: torch.Tensor, ys: torch.Tensor,
+               cross: CrossFeatureLoss | None = None) -> LoopPass:
+        """The pass to use from now on (itself; :class:`AutoPass` decides here)."""
         return self
 
     def __call__(self, xs, ys, cross: CrossFeatureLoss | None) -> torch.Tensor:
@@ -122,7 +131,7 @@ class VmapPass(LoopPass):
         ce = ce.view(n, -1).mean(dim=1)
         loss = ce.sum()
         if cross is not None:
-            loss = loss + sum(cross.loss(i, features[i], ys[i]) for i in range(n))
+            loss = loss + cross.loss_all(features, ys)
         loss.backward()
         return ce.detach().sum()
 
@@ -143,34 +152,67 @@ class VmapPass(LoopPass):
 
 
 class AutoPass(LoopPass):
-    """``auto`` on CUDA: undecided until the first batch, then the faster of loop and vmap."""
+    """``auto`` on CUDA: undecided until the first batch, then vmap unless the loop is faster."""
 
     name = "auto"
 
     def __init__(self, state: SwarmState, loop: LoopPass) -> None:
         super().__init__(state, "auto on CUDA: measured on the first batch")
         self.loop = loop
+        self.vmap = VmapPass(state, "")
 
-    def settle(self, xs: torch.Tensor, ys: torch.Tensor) -> LoopPass:
-        """Time both paths on ``xs`` (cross-entropy only) and return the faster. The gradients
-        computed here are discarded (``grads`` is zeroed before use)."""
-        device = self.state.device
-        candidates = {"loop": self.loop, "vmap": VmapPass(self.state, "")}
-        times = {}
-        for path, run in candidates.items():
-            samples = []
-            for _ in range(3):  # the first call warms up (cuDNN autotuning, allocator)
-                torch.cuda.synchronize(device)
-                start = time.perf_counter()
-                run(xs, ys, None)
-                torch.cuda.synchronize(device)
-                samples.append(time.perf_counter() - start)
-            times[path] = min(samples[1:])
-        choice = min(times, key=times.get)
-        chosen = candidates[choice]
-        chosen.reason = (f"auto on CUDA: {choice} (measured loop {times['loop'] * 1e3:.1f} ms, "
-                         f"vmap {times['vmap'] * 1e3:.1f} ms per forward/backward)")
+    def settle(self, xs: torch.Tensor, ys: torch.Tensor,
+               cross: CrossFeatureLoss | None = None) -> LoopPass:
+        """Time both paths on this batch as the step runs them (CCL's cross-feature passes and
+        loss included) and return the one to keep.
+
+        ``AUTO_WARMUP`` untimed calls of each (cuDNN autotuning, the allocator, CCL's lazy
+        set-up), then ``AUTO_ROUNDS`` rounds that alternate the order (loop first, then vmap
+        first, ...) so that drift and other users' load hit both; the medians decide, with a
+        margin for vmap (one pass of large kernels, the GPU's strength, and far fewer launches).
+        What the calls compute is discarded: the step zeroes ``grads`` and prepares CCL again.
+        """
+        candidates = {"loop": self.loop, "vmap": self.vmap}
+
+        def run(path: str) -> Callable[[], object]:
+            def call() -> object:
+                if cross is not None:
+                    cross.prepare(xs, ys, candidates[path].rows_forward)
+                return candidates[path](xs, ys, cross)
+            return call
+
+        samples: dict[str, list[float]] = {path: [] for path in candidates}
+        for r in range(AUTO_WARMUP + AUTO_ROUNDS):
+            for path in (("loop", "vmap") if r % 2 == 0 else ("vmap", "loop")):
+                seconds = self._seconds(run(path))
+                if r >= AUTO_WARMUP:
+                    samples[path].append(seconds)
+        median = {path: statistics.median(values) for path, values in samples.items()}
+        choice = "loop" if median["loop"] < LOOP_MARGIN * median["vmap"] else "vmap"
+        what = "forward/backward" + (" with CCL" if cross is not None else "")
+        return self.adopt(choice, (
+            f"auto on CUDA: {choice} (median of {AUTO_ROUNDS} alternating rounds after "
+            f"{AUTO_WARMUP} warm-up calls: loop {median['loop'] * 1e3:.1f} ms, vmap "
+            f"{median['vmap'] * 1e3:.1f} ms per {what}; vmap unless the loop is "
+            f"{1 - LOOP_MARGIN:.0%} faster)"))
+
+    def adopt(self, path: str, reason: str) -> LoopPass:
+        """The pass ``path`` (loop or vmap) with ``reason``: a measured or a checkpointed choice."""
+        chosen = self.loop if path == "loop" else self.vmap
+        chosen.reason = reason
         return chosen
+
+    def _seconds(self, call: Callable[[], object]) -> float:
+        """Wall seconds of ``call`` including its GPU work (one-off: synchronising is fine)."""
+        device = self.state.device
+        cuda = device.type == "cuda"
+        if cuda:
+            torch.cuda.synchronize(device)
+        start = time.perf_counter()
+        call()
+        if cuda:
+            torch.cuda.synchronize(device)
+        return time.perf_counter() - start
 
 
 def choose(state: SwarmState, vectorize: str = "auto", agent_threads: int = 1) -> LoopPass:

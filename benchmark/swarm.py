@@ -30,7 +30,7 @@ from .algorithms.base import build_options, option_names
 from .algorithms.ccl import CCLOptions, CrossFeatureLoss
 from .distributed import Communicator
 from .errors import ConfigError
-from .forward_backward import choose
+from .forward_backward import AutoPass, choose
 from .swarm_state import SwarmState, bind_to_rows, pick_device
 from .timing import PhaseTimer
 
@@ -177,6 +177,9 @@ class Swarm:
             "lr": self.state.lr,
             "prev_lr": self.state.prev_lr,
             "iteration": self.iteration,
+            # the forward/backward path: a resumed run keeps what ``auto`` measured
+            "vectorize": self.vectorize,
+            "vectorize_reason": self.vectorize_reason,
         }
         if not self.comm.distributed:
             return state
@@ -206,12 +209,16 @@ class Swarm:
                 buf.copy_(buffers[name])
         self.state.lr, self.state.prev_lr = state["lr"], state["prev_lr"]
         self.state.iteration = state["iteration"]
+        saved = state.get("vectorize")
+        if isinstance(self.forward_backward, AutoPass) and saved in ("loop", "vmap"):
+            self.forward_backward = self.forward_backward.adopt(
+                saved, f"kept from the checkpoint: {state.get('vectorize_reason')}")
 
     # -- internals -----------------------------------------------------------------------------
     def _gradients(self, xs: torch.Tensor, ys: torch.Tensor) -> dict[str, torch.Tensor]:
         """Forward/backward of every agent on its own batch; gradients land in ``self.grads``."""
-        fb = self.forward_backward = self.forward_backward.settle(xs, ys)
         cross = self.cross_features
+        fb = self.forward_backward = self.forward_backward.settle(xs, ys, cross)
         if cross is not None:
             with self.timer.phase("cross_features"):
                 # no-grad passes from X^- (METHOD.md 4.1 step 4)

@@ -91,3 +91,56 @@ def test_agent_threads_give_the_loop_result(method):
     assert (swarms[0].params - swarms[0].params[:1]).abs().max() > 1e-3
     with pytest.raises(ConfigError, match="agent_threads"):
         Swarm(model, build_topology("ring", 5), device="cpu", agent_threads=0)
+
+
+def _auto(monkeypatch, loop_ms: float, vmap_ms: float, method: str = "ccl"):
+    """A swarm whose pass is ``auto`` (as on CUDA), against a fake clock: each loop pass costs
+    ``loop_ms``, each vmap pass ``vmap_ms``. Returns the swarm and the order of the calls."""
+    from benchmark import forward_backward as fb
+
+    now, calls = [0.0], []
+    monkeypatch.setattr(fb.time, "perf_counter", lambda: now[0])
+    for cls, cost in ((fb.LoopPass, loop_ms), (fb.VmapPass, vmap_ms)):
+        def timed(self, xs, ys, cross, _real=cls.__call__, _cost=cost, _name=cls.name):
+            calls.append((_name, cross is not None and cross._mv_sum.item() == 0))
+            now[0] += _cost / 1e3
+            return _real(self, xs, ys, cross)
+        monkeypatch.setattr(cls, "__call__", timed)
+    swarm, _ = _run("mlp", method, "loop", "none")  # a few loop steps: agents apart
+    swarm.forward_backward = fb.AutoPass(swarm.state, swarm.forward_backward)
+    calls.clear()
+    return swarm, calls
+
+
+@pytest.mark.parametrize(("loop_ms", "vmap_ms", "kept"), [
+    (10.0, 6.0, "vmap"), (5.6, 6.0, "vmap"), (5.0, 6.0, "loop")])  # vmap unless loop < 0.9x
+def test_auto_alternates_warms_up_includes_ccl_and_keeps_vmap_unless_loop_wins(
+        monkeypatch, loop_ms, vmap_ms, kept):
+    from benchmark.forward_backward import AUTO_ROUNDS, AUTO_WARMUP
+
+    swarm, calls = _auto(monkeypatch, loop_ms, vmap_ms)
+    g = torch.Generator().manual_seed(3)
+    xs, ys = torch.randn(AGENTS, BATCH, 3, 8, 8, generator=g), torch.randint(0, 10, (4, 3))
+    swarm.step(xs, ys)
+    rounds = AUTO_WARMUP + AUTO_ROUNDS
+    order = [name for name, _ in calls[: 2 * rounds]]
+    assert order == [p for r in range(rounds)
+                     for p in (("loop", "vmap") if r % 2 == 0 else ("vmap", "loop"))]
+    assert all(fresh for _, fresh in calls)  # CCL prepared anew before every timed pass
+    assert len(calls) == 2 * rounds + 1 and calls[-1][0] == kept  # then the step's own pass
+    assert swarm.vectorize == kept and "alternating rounds" in swarm.vectorize_reason
+    assert f"loop {loop_ms:.1f} ms, vmap {vmap_ms:.1f} ms" in swarm.vectorize_reason
+    swarm.step(xs, ys)  # settled: measured once
+    assert len(calls) == 2 * rounds + 2
+
+
+def test_a_resumed_run_keeps_the_measured_path(monkeypatch):
+    first, calls = _auto(monkeypatch, 10.0, 6.0, method="dsgdm-n")
+    first.step(torch.randn(AGENTS, BATCH, 3, 8, 8), torch.randint(0, 10, (AGENTS, BATCH)))
+    state = first.state_dict()
+    assert (state["vectorize"], first.vectorize) == ("vmap", "vmap")
+    resumed, calls = _auto(monkeypatch, 1.0, 6.0, method="dsgdm-n")  # the loop would win now
+    resumed.load_state_dict(state)
+    resumed.step(torch.randn(AGENTS, BATCH, 3, 8, 8), torch.randint(0, 10, (AGENTS, BATCH)))
+    assert resumed.vectorize == "vmap" and [name for name, _ in calls] == ["vmap"]
+    assert resumed.vectorize_reason.startswith("kept from the checkpoint: auto on CUDA: vmap")
