@@ -22,15 +22,17 @@ from benchmark.config import build_config
 from benchmark.opcount import OpCounter
 from benchmark.train import build_experiment, train_epoch
 
+_COUNTS: dict[str, int] = {}  # the active stub's counters (an event may be read later)
+
 
 class _FakeEvent:
-    """Stands in for ``torch.cuda.Event``: counts records; elapsed 0."""
+    """Stands in for ``torch.cuda.Event``: counts records and waits; elapsed 0."""
 
-    def __init__(self, counts: dict[str, int], **_: object) -> None:
-        self.counts = counts
+    def __init__(self, **_: object) -> None:
+        pass
 
     def record(self, *_: object) -> None:
-        self.counts["events"] += 1
+        _COUNTS["events"] += 1
 
     def elapsed_time(self, _: object) -> float:
         return 0.0
@@ -39,7 +41,7 @@ class _FakeEvent:
         return True
 
     def synchronize(self) -> None:
-        self.counts["timer_syncs"] += 1
+        _COUNTS["timer_syncs"] += 1
 
 
 @contextmanager
@@ -48,18 +50,21 @@ def cuda_timer_stub(swarm):
     counts = {"timer_syncs": 0, "events": 0}
 
     def synchronize(*_: object) -> None:
-        counts["timer_syncs"] += 1
+        _COUNTS["timer_syncs"] += 1
 
     timer = swarm.timer
     saved = timer.cuda
+    _COUNTS.clear()
+    _COUNTS.update(counts)
     with mock.patch.object(torch.cuda, "synchronize", synchronize), \
-            mock.patch.object(torch.cuda, "Event", lambda **kw: _FakeEvent(counts, **kw)), \
+            mock.patch.object(torch.cuda, "Event", _FakeEvent), \
             mock.patch.object(torch.cuda, "current_stream", lambda *_: None):
         timer.cuda = True
         try:
             yield counts
         finally:
             timer.cuda = saved
+            counts.update(_COUNTS)
 
 
 def measure(method: str, vectorize: str, args) -> dict[str, float]:
