@@ -135,6 +135,7 @@ def preloaded_round(argv: list[str], env: dict) -> tuple[float, float, float, st
         output = pipe.read()
     _, status, usage = os.wait4(pid, 0)
     t_exit = time.monotonic()
+    _children_cpu_delta()  # the child just reaped: counted from its own rusage, not again later
     if os.waitstatus_to_exitcode(status) != 0:
         raise SystemExit(f"child failed ({status}):\n{output[-3000:]}")
     return t_spawn, t_exit, client_cpu + usage.ru_utime + usage.ru_stime, output, client_cpu
