@@ -3,7 +3,11 @@
     snakemake --cores 2 reports/table_digits.csv       # the embedded default, offline
     snakemake -n --cores 8 reports/table_cifar10.csv   # plan the paper's grid (reads no data)
     snakemake --report reports/report.html             # tables + figures in one page
-    snakemake --cores 2 --config lambdas=tuned reports/table_digits.csv  # tune CCL weights first
+    snakemake --cores 2 reports/table_digits.csv reports/tuning_digits.csv --config protocol=both
+        # tune every method (same budget), then the fixed and the tuned grid side by side
+    snakemake --unlock reports/table_digits.csv        # after a hard kill, then rerun as before
+
+Targets go BEFORE `--config` (it takes every word after it as a key=value).
 
 Every family file is validated (benchmark.grid) when the workflow is parsed, i.e. before any job
 starts; a bad field is one error line. Runs write results/<family>/.../metrics.json (+ log.txt);
@@ -23,8 +27,11 @@ from benchmark.grid import RESULTS_ROOT, RUN_PATH, load_families
 
 FAMILY_DIR = config.get("family_dir", "config")
 try:
-    # `--config lambdas=tuned|fixed` overrides every family's tuning.lambdas (workflow/rules/tuning.smk)
-    FAMILIES = load_families(FAMILY_DIR, lambdas=config.get("lambdas"))
+    if "lambdas" in config:
+        raise UserError("--config lambdas: renamed; use --config protocol=fixed|tuned|both "
+                        "(tuned: every method tuned with the same budget)")
+    # `--config protocol=fixed|tuned|both` overrides every family's tuning.protocol
+    FAMILIES = load_families(FAMILY_DIR, protocol=config.get("protocol"))
 except UserError as err:
     raise WorkflowError(f"error: {err}") from None
 
@@ -50,7 +57,7 @@ rule all:
     input:
         [f"reports/{kind}_{name}.{ext}" for name in ("digits",) if name in FAMILIES
          for kind in ("table", "tuning")
-         if kind == "table" or FAMILIES[name].spec.tuning.lambdas == "tuned"
+         if kind == "table" or FAMILIES[name].spec.tuning.protocol != "fixed"
          for ext in ("csv", "md")],
 
 

@@ -22,11 +22,12 @@ def _train(args: argparse.Namespace) -> int:
     from .train import run
 
     config = load_config(args.config, args.overrides)
-    if args.tuned:  # the CCL weights found by the family's study at this alpha
+    if args.tuned:  # the values found by the family's study of this method at this alpha
         from .config import build_config
-        from .grid import tuned_lambdas
+        from .grid import tuned_from
 
-        config = build_config({**config.model_dump(), **tuned_lambdas(args.tuned, config)})
+        tuned = tuned_from(args.tuned, config)
+        config = build_config({**config.model_dump(), **tuned["values"], "tuned": tuned})
     metrics = run(config, args.out, restart=args.restart)
     final = metrics.final
     summary = f"{metrics.status}: wall {metrics.wall_time_s:.1f}s"
@@ -39,8 +40,10 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _tune(args: argparse.Namespace) -> int:
-    from .tuning import load_tuning, tune
+    from .tuning.spec import load_tuning
+    from .tuning.study import study_dir, tune
 
+    study_dir(args.study)  # a bad --study path is refused before anything is built
     config, spec = load_tuning(args.config, args.overrides)
     if config.tracking:  # a dead server: one line now, before the journal exists
         from .tracking import check_store
@@ -48,15 +51,15 @@ def _tune(args: argparse.Namespace) -> int:
         check_store()
     result = tune(config, spec, args.study, trials=args.trials)
     best = result.best
-    lambdas = ", ".join(f"{k}={best[k]:.4g}" for k in ("lambda_m", "lambda_d"))
+    values = ", ".join(f"{k}={v:.4g}" for k, v in best["values"].items())
     print(f"{result.study.study_name}: {best['n_complete']} complete, {best['n_pruned']} pruned, "
-          f"{best['n_failed']} failed; best {lambdas}: validation consensus acc "
+          f"{best['n_failed']} failed; best {values}: validation consensus acc "
           f"{best['value']:.2f}% -> {result.out_dir / 'best.json'}")
     return 0
 
 
 def _tune_table(args: argparse.Namespace) -> int:
-    from .tuning import write_best_table
+    from .tuning.outputs import write_best_table
 
     write_best_table(_table_inputs(args.best, args.out), args.out)
     return 0
@@ -171,20 +174,22 @@ def build_parser() -> argparse.ArgumentParser:
                        help="discard the checkpoint / metrics.json in --out and start over "
                        "(default: resume from the checkpoint; a finished run is a no-op)")
     train.add_argument("--tuned", metavar="BEST_JSON",
-                       help="lambda_m / lambda_d from a tuning study's best.json "
-                       "(studies/<family>/alpha<a>/best.json; must match the family and alpha)")
+                       help="the tuned values of a study's best.json (studies/<family>/<method>/"
+                       "alpha<a>/best.json; must match the family, method and alpha)")
     train.add_argument("overrides", nargs="*", metavar="key=value", help="option overrides")
     train.set_defaults(func=_train)
-    tune = sub.add_parser("tune", help="Optuna study of lambda_m / lambda_d for one alpha")
+    tune = sub.add_parser("tune", help="Optuna study of one method's hyperparameters at one alpha")
     tune.add_argument("--config", help="family file (run: + tuning:) or run options (YAML)")
     tune.add_argument("--study", required=True,
-                      help="journal file, studies/<family>/alpha<a>.journal")
+                      help="journal file, studies/<family>/<method>/alpha<a>.journal")
     tune.add_argument("--trials", type=int, help="total trial budget (default: tuning.trials)")
     tune.add_argument("overrides", nargs="*", metavar="key=value",
-                      help="run option or tuning.<key> overrides, e.g. alpha=0.1 tuning.epochs=5")
+                      help="run option or tuning.<key> overrides, e.g. method=qgm alpha=0.1 "
+                      "tuning.epochs=5")
     tune.set_defaults(func=_tune)
-    table = sub.add_parser("tune-table", help="table of best lambdas per alpha (best.json files)")
-    table.add_argument("best", nargs="+", help="studies/<family>/alpha<a>/best.json files")
+    table = sub.add_parser("tune-table",
+                           help="table of best values per method and alpha (best.json files)")
+    table.add_argument("best", nargs="+", help="studies/<family>/<method>/alpha<a>/best.json")
     table.add_argument("--out", required=True, help="output path without suffix (.csv and .md)")
     table.set_defaults(func=_tune_table)
     report = sub.add_parser("report", help="tables and figures of a family from metrics.json files")

@@ -29,7 +29,7 @@ from .algorithms.relaysgd import RELAY_NORMS
 from .data.partition import SCHEMES
 from .data.registry import synthetic_options
 from .errors import ConfigError, UserError, validation_error
-from .methods import METHODS, resolve_method
+from .methods import METHODS, resolve_method, zeroed_lambdas
 from .models.norms import EVONORM_STYLES, NORMS
 from .topology import MIXING_RULES, SPANNING_TREES
 
@@ -62,6 +62,16 @@ DEVICE = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
 # the forward/backward paths of benchmark.forward_backward, defined here because config sits
 # below the swarm layer (tests/test_architecture.py)
 VECTORIZE: tuple[str, ...] = ("auto", "loop", "vmap")
+
+
+class TunedFrom(BaseModel):
+    """Where a run's tuned hyperparameters came from (``train --tuned best.json``): the values,
+    already applied to the run's own fields, and the study that chose them."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    values: dict[str, float]
+    study: str
 
 
 class RunConfig(BaseModel):
@@ -147,6 +157,9 @@ class RunConfig(BaseModel):
     run_figures: bool = Field(True, json_schema_extra=MACHINE)
     # a sharded run computes the single-process run's numbers (tests/test_distributed.py)
     distributed: bool = Field(False, json_schema_extra=MACHINE)
+    # the tuned protocol's provenance (None = the fixed protocol); the values themselves are in
+    # the fields above, so this changes no result
+    tuned: TunedFrom | None = Field(None, json_schema_extra=MACHINE)
 
     @field_validator("dataset", "model", "topology", "method")
     @classmethod
@@ -182,6 +195,18 @@ class RunConfig(BaseModel):
 
             check_stable(self)
         return self
+
+    @model_validator(mode="before")
+    @classmethod
+    def _effective_weights(cls, data: Any) -> Any:
+        """One truth: the config holds the CCL weights the run uses, so a preset's inactive
+        lambdas are 0 (``ccl-mv`` zeroes ``lambda_d``; a method without CCL zeroes both)."""
+        if not isinstance(data, dict):
+            return data
+        method = data.get("method", cls.model_fields["method"].default)
+        if method not in METHODS:
+            return data  # the method validator names the mistake
+        return {**data, **{k: 0.0 for k in zeroed_lambdas(method)}}
 
     # derived views -------------------------------------------------------------------------
     @property

@@ -12,7 +12,7 @@ a ``grid:`` mapping of axes and an optional ``tuning:`` section::
       datasets: [{dataset: cifar10, model: resnet20}]     # optional; default: the run's pair
       blocks:                                             # optional: more runs, see Grid.blocks
         - {topologies: [{topology: ring, n_agents: 32}], methods: [dsgdm-n, ccl], alpha: [0.1]}
-    tuning: {lambdas: tuned, trials: 20, epochs: 50}      # optional; see :class:`Tuning`
+    tuning: {protocol: both, trials: 20, epochs: 50}      # optional; see benchmark.tuning.spec
 
 The whole family is validated here, before any job starts: an empty or mistyped axis, an unknown
 method or topology, an impossible graph size, or any run option that :class:`RunConfig` rejects
@@ -30,7 +30,7 @@ import shlex
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from pydantic import (
     BaseModel,
@@ -43,17 +43,20 @@ from pydantic import (
     model_validator,
 )
 
-from .config import MACHINE, RunConfig, build_config, read_yaml
+from .config import RunConfig, build_config, read_yaml
 from .errors import ConfigError, UserError, validation_error
 from .methods import METHODS
 from .topology import TOPOLOGIES, build_topology
+from .tuning.spec import PROTOCOLS, Tuning, build_spec
 
-# Where the workflow writes runs; a run's folder under it encodes every axis of the grid.
+# Where the workflow writes runs; a run's folder under it encodes every axis of the grid. Runs of
+# the tuned protocol live under ``<family>/tuned/``, so the two protocols never share a folder.
 RESULTS_ROOT = "results"
 RUN_PATH = "{family}/{dataset}/{model}/{topology}-n{n_agents}/alpha{alpha}/{method}/seed{seed}"
-# One Optuna study per (family, alpha): its journal and, beside it, a folder of outputs.
+TUNED_DIR = "tuned"
+# One Optuna study per (family, method, alpha): its journal and, beside it, a folder of outputs.
 STUDIES_ROOT = "studies"
-STUDY_PATH = "{family}/alpha{alpha}"
+STUDY_PATH = "{family}/{method}/alpha{alpha}"
 
 
 class _Entry(BaseModel):
@@ -182,56 +185,12 @@ class Grid(BaseModel):
         return v
 
 
-class Tuning(BaseModel):
-    """How the CCL weights are chosen, and the Optuna study that tunes them (benchmark.tuning).
-
-    ``lambdas: fixed``: CCL runs use the ``run:`` lambdas; ``tuned``: they use the best pair of
-    the family's study for their alpha (``studies/<family>/alpha<a>/best.json``). The other keys
-    describe that study; it trains with the family's ``run:`` options at ``epochs`` epochs.
-    """
-
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
-
-    # how the grid uses the study's result: changes nothing the study computes
-    lambdas: Literal["fixed", "tuned"] = Field("fixed", json_schema_extra=MACHINE)
-    method: str = "ccl"  # the CCL preset whose weights are tuned
-    trials: int = Field(20, ge=1)  # total budget: COMPLETE + PRUNED trials
-    epochs: int | None = Field(None, ge=1)  # tuning budget per trial; None = the run's epochs
-    lambda_m: tuple[float, float] = (1e-3, 1.0)
-    lambda_d: tuple[float, float] = (1e-3, 1.0)
-    log: bool = True  # log-uniform search (weights span orders of magnitude)
-    val_fraction: float = Field(0.1, gt=0, le=0.5)  # used when the run config has none
-    pruner: Literal["median", "hyperband", "none"] = "median"
-    startup_trials: int = Field(3, ge=0)  # median pruner: trials that are never pruned
-    warmup_epochs: int = Field(1, ge=0)  # median pruner: epochs before a trial may be pruned
-    sampler_seed: int = Field(0, ge=0)
-    enqueue_paper: bool = True  # run the paper's (0.1, 0.1) as the first trial
-
-    @model_validator(mode="after")
-    def _check(self) -> Tuning:
-        if self.method not in METHODS or not METHODS[self.method].ccl_terms:
-            ccl = [name for name, m in METHODS.items() if m.ccl_terms]
-            raise ConfigError("tuning.method", self.method, ccl)
-        for name in ("lambda_m", "lambda_d"):
-            low, high = getattr(self, name)
-            if not 0 <= low < high or (self.log and low <= 0):
-                allowed = "[low, high] with 0 < low < high" if self.log else "0 <= low < high"
-                raise ConfigError(f"tuning.{name}", [low, high], allowed)
-        return self
-
-    @property
-    def terms(self) -> tuple[str, ...]:
-        """The lambdas the study searches (an ablation preset tunes only its own term)."""
-        return METHODS[self.method].ccl_terms
-
-
 class FamilyFile(BaseModel):
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     run: dict[str, Any] = {}
     grid: Grid
     tuning: Tuning = Tuning()
-
 
 @dataclass(frozen=True)
 class RunSpec:
@@ -241,11 +200,15 @@ class RunSpec:
     config_path: str
     overrides: dict[str, Any]
     config: RunConfig = field(repr=False, compare=False)
-    tuned: str | None = None  # best.json whose lambdas this CCL run uses (lambdas: tuned)
+    tuned: str | None = None  # best.json whose values this run uses (the tuned protocol)
+
+    @property
+    def protocol(self) -> str:
+        return "tuned" if self.tuned else "fixed"
 
     @property
     def run_dir(self) -> str:
-        return f"{RESULTS_ROOT}/{run_path(self.config)}"
+        return f"{RESULTS_ROOT}/{run_path(self.config, self.protocol)}"
 
     @property
     def metrics_path(self) -> str:
@@ -282,6 +245,11 @@ class Family:
     def by_dir(self) -> dict[str, RunSpec]:
         return {r.run_dir: r for r in self.runs}
 
+    @cached_property
+    def studies(self) -> list[tuple[str, float]]:
+        """(method, alpha) of every study of the family (tuned protocol), in grid order."""
+        return _studies(self.spec.grid)
+
     @property
     def base(self) -> RunConfig:
         return build_config(self.spec.run)
@@ -292,51 +260,58 @@ def format_float(x: float) -> str:
     return repr(float(x))
 
 
-def run_path(config: RunConfig) -> str:
-    """``<family>/<dataset>/<model>/<topology>-n<agents>/alpha<a>/<method>/seed<s>``."""
+def run_path(config: RunConfig, protocol: str = "fixed") -> str:
+    """``<family>/<dataset>/<model>/<topology>-n<agents>/alpha<a>/<method>/seed<s>``; the tuned
+    protocol's runs under ``<family>/tuned/``."""
+    family = f"{config.family}/{TUNED_DIR}" if protocol == "tuned" else config.family
     return RUN_PATH.format(
-        family=config.family, dataset=config.dataset, model=config.model,
+        family=family, dataset=config.dataset, model=config.model,
         topology=config.topology, n_agents=config.n_agents, alpha=format_float(config.alpha),
         method=config.method, seed=config.seed,
     )
 
 
-def study_path(family: str, alpha: float, suffix: str = ".journal") -> str:
-    """``studies/<family>/alpha<a>.journal`` (or, with ``suffix="/best.json"``, its result)."""
-    return f"{STUDIES_ROOT}/" + STUDY_PATH.format(family=family, alpha=format_float(alpha)) + suffix
+def study_path(family: str, method: str, alpha: float, suffix: str = ".journal") -> str:
+    """``studies/<family>/<method>/alpha<a>.journal`` (``suffix="/best.json"``: its result)."""
+    return f"{STUDIES_ROOT}/" + STUDY_PATH.format(
+        family=family, method=method, alpha=format_float(alpha)) + suffix
 
 
-def best_path(family: str, alpha: float) -> str:
-    return study_path(family, alpha, "/best.json")
+def best_path(family: str, method: str, alpha: float) -> str:
+    return study_path(family, method, alpha, "/best.json")
 
 
-def tuned_lambdas(best_json: str | Path, config: RunConfig) -> dict[str, float]:
-    """``lambda_m`` / ``lambda_d`` from a study's ``best.json``, refusing a study of another
-    family or alpha (weights tuned for alpha 1 say nothing about alpha 0.01)."""
+def tuned_from(best_json: str | Path, config: RunConfig) -> dict[str, Any]:
+    """``{"values": ..., "study": ...}`` from a study's ``best.json``, refusing a study of another
+    family, method or alpha (a learning rate tuned for alpha 1 says nothing about alpha 0.01)."""
     path = Path(best_json)
     try:
         best = json.loads(path.read_text())
-        lambdas = {k: float(best[k]) for k in ("lambda_m", "lambda_d")}
-        family, alpha = best["family"], float(best["alpha"])
-    except (OSError, ValueError, KeyError, TypeError) as err:
+        values = {k: float(v) for k, v in best["values"].items()}
+        found = (best["family"], best["method"], float(best["alpha"]))
+        study = str(best["study"])
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:
         raise UserError(f"--tuned {path}: not a readable tuning result "
                         f"({type(err).__name__}: {err}); run `python -m benchmark tune` first"
                         ) from None
-    if (family, alpha) != (config.family, config.alpha):
-        raise ConfigError("--tuned", str(path), f"a study of family {config.family!r} at alpha "
-                          f"{config.alpha:g}", hint=f"it is {family!r} at alpha {alpha:g}")
-    return lambdas
+    if found != (config.family, config.method, config.alpha):
+        raise ConfigError("--tuned", str(path), f"a study of family {config.family!r}, method "
+                          f"{config.method} at alpha {config.alpha:g}",
+                          hint=f"it is {found[0]!r}, {found[1]} at alpha {found[2]:g}")
+    return {"values": values, "study": study}
 
 
-def load_family(path: str | Path, lambdas: str | None = None) -> Family:
+def load_family(path: str | Path, protocol: str | None = None) -> Family:
     """Read, validate and expand one family file; every run's config is validated too.
 
-    ``lambdas`` (``fixed`` / ``tuned``) overrides the file's ``tuning.lambdas``: the workflow's
-    switch (``snakemake --config lambdas=tuned``) to tune without editing the file.
+    ``protocol`` (``fixed`` / ``tuned`` / ``both``) overrides the file's ``tuning.protocol``: the
+    workflow's switch (``snakemake <targets> --config protocol=tuned``) without editing the file.
     """
     path = Path(path)
+    if protocol is not None and protocol not in PROTOCOLS:
+        raise ConfigError("--config protocol", protocol, PROTOCOLS)
     try:
-        return _load_family(path, lambdas)
+        return _load_family(path, protocol)
     except UserError as err:
         if str(err).startswith(f"{path}: "):
             raise
@@ -347,12 +322,15 @@ def load_family(path: str | Path, lambdas: str | None = None) -> Family:
         raise located from None
 
 
-def _load_family(path: str | Path, lambdas: str | None = None) -> Family:
+def _load_family(path: str | Path, protocol: str | None = None) -> Family:
     """Validate and expand (errors are prefixed with the path by :func:`load_family`)."""
     path = Path(path)
     raw = read_yaml(path)
-    if lambdas is not None:
-        raw = {**raw, "tuning": {**(raw.get("tuning") or {}), "lambdas": lambdas}}
+    tuning = raw.get("tuning") or {}
+    if not isinstance(tuning, dict):
+        raise ConfigError("tuning", tuning, "a mapping of tuning options")
+    tuning = {**tuning, **({"protocol": protocol} if protocol else {})}
+    raw = {**raw, "tuning": build_spec(tuning)}  # first: an old spelling gets its own line
     try:
         spec = FamilyFile(**raw)
     except ValidationError as err:
@@ -362,6 +340,12 @@ def _load_family(path: str | Path, lambdas: str | None = None) -> Family:
     name = run.setdefault("family", path.stem)
     if not isinstance(name, str) or not name or "/" in name:
         raise ConfigError("run.family", name, "a non-empty name without '/'")
+    protocols = ["fixed", "tuned"] if spec.tuning.protocol == "both" else [spec.tuning.protocol]
+    if "tuned" in protocols:
+        for method, _ in _studies(spec.grid):
+            if not spec.tuning.params_for(method):
+                raise ConfigError("tuning.baseline" if not METHODS[method].ccl_terms
+                                  else "tuning.ccl", [], f"something to search for {method}")
     runs: list[RunSpec] = []
     seen: dict[str, str] = {}
     for prefix, grid in spec.grid.products():
@@ -369,8 +353,8 @@ def _load_family(path: str | Path, lambdas: str | None = None) -> Family:
             for t_idx, topo in enumerate(grid.topologies):
                 where = f"{prefix}.topologies[{t_idx}]"
                 _check_graph(topo, {**run, **(data.options if data else {})}, where)
-                for alpha, method, seed in itertools.product(grid.alpha, grid.methods,
-                                                             grid.seeds):
+                for alpha, method, protocol, seed in itertools.product(
+                        grid.alpha, grid.methods, protocols, grid.seeds):
                     overrides = {
                         **({} if named else {"family": name}),
                         **(data.options if data else {}), **topo.options,
@@ -378,8 +362,7 @@ def _load_family(path: str | Path, lambdas: str | None = None) -> Family:
                     }
                     ctx = f"{prefix}.datasets[{d_idx}] / {where}" if data else where
                     config = _run_config({**run, **overrides}, ctx, path)
-                    tuned = (best_path(name, alpha) if spec.tuning.lambdas == "tuned"
-                             and METHODS[method].ccl_terms else None)
+                    tuned = best_path(name, method, alpha) if protocol == "tuned" else None
                     spec_ = RunSpec(name, str(path), overrides, config, tuned)
                     if spec_.run_dir in seen:
                         raise ConfigError(
@@ -391,7 +374,13 @@ def _load_family(path: str | Path, lambdas: str | None = None) -> Family:
     return Family(name, str(path), spec, runs)
 
 
-def load_families(config_dir: str | Path = "config", lambdas: str | None = None
+def _studies(grid: Grid) -> list[tuple[str, float]]:
+    """(method, alpha) of every study the grid's products call for, in grid order."""
+    pairs = {(m, a): None for _, g in grid.products() for m in g.methods for a in g.alpha}
+    return list(pairs)
+
+
+def load_families(config_dir: str | Path = "config", protocol: str | None = None
                   ) -> dict[str, Family]:
     """Every ``*.yaml`` family in a folder, by name; two files claiming one name is an error."""
     config_dir = Path(config_dir)
@@ -400,7 +389,7 @@ def load_families(config_dir: str | Path = "config", lambdas: str | None = None
         raise UserError(f"config: no family files (*.yaml) in {config_dir}/")
     families: dict[str, Family] = {}
     for file in files:
-        family = load_family(file, lambdas)
+        family = load_family(file, protocol)
         if family.name in families:
             raise ConfigError(
                 "run.family", family.name, "one file per family",

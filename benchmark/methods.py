@@ -29,6 +29,11 @@ METHODS: dict[str, Method] = {
 }
 
 
+def zeroed_lambdas(name: str) -> list[str]:
+    """The CCL weights preset ``name`` forces to 0 whatever is configured."""
+    return [k for k in ("lambda_m", "lambda_d") if k not in METHODS[name].ccl_terms]
+
+
 def resolve_method(
     name: str, lambda_m: float, lambda_d: float
 ) -> tuple[str, dict[str, float] | None]:

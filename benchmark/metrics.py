@@ -99,9 +99,9 @@ class Memory(_Section):
     peak_bytes: int | None = None
 
 
-class TunedLambdas(_Section):
-    values: dict[str, float]  # lambda_m / lambda_d taken from the study
-    study: str  # the study's best.json
+class TunedValues(_Section):
+    values: dict[str, float]  # the hyperparameters taken from the study (lr, lambda_m, ...)
+    study: str  # the study's journal
 
 
 class RunMetrics(_Section):
@@ -113,6 +113,7 @@ class RunMetrics(_Section):
     method: str
     algorithm: str
     ccl: dict[str, float] | None
+    ccl_zeroed: list[str] | None = None  # the lambdas the preset forces to 0 (config holds 0)
     topology: TopologySummary
     n_params: int
     iterations_per_epoch: int
@@ -130,7 +131,7 @@ class RunMetrics(_Section):
     environment: Environment | None = None
     memory: Memory | None = None
     protocol: Literal["fixed", "tuned"] = "fixed"
-    tuned: TunedLambdas | None = None
+    tuned: TunedValues | None = None
     # saved model files relative to the run folder (benchmark/saved.py): "consensus" and, with
     # save_models: all, "agents" (one file per agent, in agent order)
     models: dict[str, str | list[str]] | None = None

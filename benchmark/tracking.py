@@ -427,7 +427,8 @@ def track_run(config, out_dir: str | Path | None) -> Iterator[NullTracker | Mlfl
     store = client()
     exp_id = experiment_id(store, experiment_name(config))
     tags = {k: getattr(config, k) for k in TAG_KEYS}
-    tags.update(family=config.family, algorithm=config.algorithm, origin=origin())
+    tags.update(family=config.family, algorithm=config.algorithm, origin=origin(),
+                protocol="tuned" if getattr(config, "tuned", None) else "fixed")
     if out_dir is not None:
         tags["results_dir"] = str(Path(out_dir).resolve())
     differs = family_difference(config) if origin() == "manual" else {}
@@ -444,3 +445,20 @@ def track_run(config, out_dir: str | Path | None) -> Iterator[NullTracker | Mlfl
         tracker.end("FAILED", f"{type(exc).__name__}: {exc}")
         raise
     tracker.end("FINISHED")
+    if out_dir is not None:
+        supersede(store, exp_id, tags["results_dir"], tracker.run_id)
+
+
+def supersede(store, experiment: str, results_dir: str, run_id: str) -> None:
+    """Tag the earlier FINISHED runs of one results folder ``superseded`` (by ``run_id``).
+
+    A job that finished seconds before the workflow was killed is redone on the rerun (Snakemake
+    did not record it as complete); both runs are FINISHED, the later one wrote metrics.json.
+    Reports read metrics.json only; this keeps the MLflow view honest too.
+    """
+    earlier = retry(lambda: store.search_runs(
+        [experiment], f"tags.results_dir = '{results_dir}' and attributes.status = 'FINISHED'"),
+        "search_runs")
+    for run in earlier:
+        if run.info.run_id != run_id and "superseded" not in run.data.tags:
+            retry(lambda r=run.info.run_id: store.set_tag(r, "superseded", run_id), "set_tag")

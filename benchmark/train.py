@@ -36,6 +36,7 @@ from .device import configure, environment, pick_device
 from .errors import ConfigError
 from .gpu_slots import claim_gpu
 from .instability import training_instability
+from .methods import zeroed_lambdas
 from .metrics import RunMetrics
 from .models import build_model
 from .saved import model_spec, save_models
@@ -312,6 +313,10 @@ def _metrics(exp: Experiment, progress: Progress, status: str) -> RunMetrics:
         "method": config.method,
         "algorithm": config.algorithm,
         "ccl": config.ccl,
+        # the weights the preset forced to 0 (config holds the effective ones: one truth)
+        "ccl_zeroed": zeroed_lambdas(config.method),
+        "protocol": "tuned" if config.tuned else "fixed",
+        "tuned": config.tuned.model_dump() if config.tuned else None,
         "topology": {
             "name": topo.name, "n_agents": topo.n, "diameter": topo.diameter,
             "spectral_gap": topo.spectral_gap(config.mixing), "mixing": config.mixing,

@@ -1,5 +1,6 @@
-"""Optuna tuning of lambda_m / lambda_d: budget, resumption after SIGKILL, pruning, MLflow,
-and the guarantee that the objective never looks at the test split."""
+"""Optuna tuning of every method with one budget: search spaces, budget, resumption after
+SIGKILL, pruning, MLflow, the protocols in the grid, and the guarantee that the objective never
+looks at the test split."""
 
 from __future__ import annotations
 
@@ -20,9 +21,9 @@ import yaml
 from optuna.trial import TrialState
 
 from benchmark import train as train_module
-from benchmark import tuning
 from benchmark.cli import main
 from benchmark.errors import UserError
+from benchmark.tuning import objective, spec, study
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -37,10 +38,13 @@ RUN = {
     "batch_size": 16,
     "epochs": 5,
     "lr": 0.05,
+    "method": "ccl-dsgdm",
     "threads": 1,
     "tracking": False,
 }
-TUNING = {"method": "ccl-dsgdm", "epochs": 2, "pruner": "none", "trials": 3}
+TUNING = {"epochs": 2, "pruner": "none", "trials": 3}
+PAPER = {"lambda_m": 0.1, "lambda_d": 0.1}
+FIXED = {"lambda_m": 0.01, "lambda_d": 0.01}  # the run's own lambdas (RunConfig defaults)
 
 
 def _config_file(tmp_path: Path, run: dict | None = None, **tuning_opts) -> Path:
@@ -52,7 +56,7 @@ def _config_file(tmp_path: Path, run: dict | None = None, **tuning_opts) -> Path
 
 def _trials(journal: Path) -> list[optuna.trial.FrozenTrial]:
     """The journal as a fresh process would read it."""
-    storage = tuning.storage(journal)
+    storage = study.storage(journal)
     (summary,) = optuna.get_all_study_summaries(storage)
     return optuna.load_study(study_name=summary.study_name, storage=storage).trials
 
@@ -64,24 +68,26 @@ def _states(trials) -> list[str]:
 def test_tiny_study_writes_best_json_and_mlflow_runs(tmp_path, monkeypatch):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
     cfg = _config_file(tmp_path, run={"tracking": True})
-    journal = tmp_path / "studies" / "tiny" / "alpha0.5.journal"
+    journal = tmp_path / "studies" / "tiny" / "ccl-dsgdm" / "alpha0.5.journal"
 
     assert main(["tune", "--config", str(cfg), "--study", str(journal)]) == 0
 
     trials = _trials(journal)
     assert _states(trials) == ["COMPLETE"] * 3
-    assert trials[0].params == {"lambda_m": 0.1, "lambda_d": 0.1}  # the paper's point first
+    assert trials[0].params == PAPER and trials[1].params == FIXED  # the fixed points first
     assert all(sorted(t.intermediate_values) == [1, 2] for t in trials)  # one report per epoch
     best_trial = max(trials, key=lambda t: (t.value, -t.number))
-    best = json.loads((journal.with_suffix("") / "best.json").read_text())
-    assert best["lambda_m"] == best_trial.params["lambda_m"]
-    assert best["lambda_d"] == best_trial.params["lambda_d"]
-    assert best["value"] == best_trial.value
+    out = journal.with_suffix("")
+    best = json.loads((out / "best.json").read_text())
+    assert best["values"] == best_trial.params and best["value"] == best_trial.value
     assert (best["n_complete"], best["n_pruned"], best["n_failed"]) == (3, 0, 0)
     assert best["alpha"] == 0.5 and best["family"] == "tiny" and best["epochs"] == 2
-    assert best["paper_value"] == trials[0].value
+    assert best["method"] == "ccl-dsgdm" and best["study"] == str(journal)
+    assert best["start_point"] == PAPER and best["start_value"] == trials[0].value
     for name in ("history.png", "sensitivity.png", "trials.csv"):
-        assert (journal.with_suffix("") / name).stat().st_size > 0
+        assert (out / name).stat().st_size > 0
+    loaded = optuna.load_study(study_name="tiny-ccl-dsgdm-alpha0.5", storage=study.storage(journal))
+    assert loaded.metric_names == ["val_consensus_acc"]  # not "Objective 0" in the dashboard
 
     from mlflow import MlflowClient
 
@@ -92,8 +98,11 @@ def test_tiny_study_writes_best_json_and_mlflow_runs(tmp_path, monkeypatch):
     children = [r for r in runs if r.data.tags.get("kind") == "trial"]
     assert len(parents) == 1 and len(children) == 3
     parent = parents[0]
-    assert parent.info.status == "FINISHED"
+    assert parent.info.status == "FINISHED" and parent.data.tags["method"] == "ccl-dsgdm"
     assert parent.data.metrics["best_value"] == best["value"]
+    assert parent.data.metrics["best_lambda_m"] == best["values"]["lambda_m"]
+    artifacts = {a.path for a in client.list_artifacts(parent.info.run_id)}
+    assert artifacts == {"best.json", "history.png", "sensitivity.png", "trials.csv"}
     by_trial = {int(r.data.tags["trial"]): r for r in children}
     for t in trials:
         child = by_trial[t.number]
@@ -102,6 +111,34 @@ def test_tiny_study_writes_best_json_and_mlflow_runs(tmp_path, monkeypatch):
         assert float(child.data.params["lambda_m"]) == pytest.approx(t.params["lambda_m"])
         history = client.get_metric_history(child.info.run_id, "val_consensus_acc")
         assert {m.step: m.value for m in history} == pytest.approx(t.intermediate_values)
+
+
+def test_a_study_per_method_searches_the_family_space(tmp_path, monkeypatch):
+    """A baseline's study searches only its lr, from the family's range, the family's lr first;
+    an ablation preset searches lr (when the family says so) and its own lambda only."""
+    monkeypatch.setattr(objective, "run", _fake_run)
+    space = {"lr": [0.01, 0.5], "lambda_m": [1e-3, 1.0], "lambda_d": [1e-3, 1.0]}
+    cfg = _config_file(tmp_path, trials=3, space=space, ccl=["lr", "lambda_m", "lambda_d"])
+    searched = {}
+    for method in ("dsgdm-n", "ccl-mv"):
+        config, tuning_spec = spec.load_tuning(cfg, [f"method={method}"])
+        journal = tmp_path / method / "alpha0.5.journal"
+        study.tune(config, tuning_spec, journal)
+        trials = _trials(journal)
+        searched[method] = {name for t in trials for name in t.params}
+        assert len(study.finished_trials(study.open_study(journal, config, tuning_spec))) == 3
+        lr = trials[0].distributions["lr"]
+        assert (lr.low, lr.high, lr.log) == (0.01, 0.5, True)
+        assert trials[0].params["lr"] == 0.05  # the family's fixed lr is trial 0
+    assert searched == {"dsgdm-n": {"lr"}, "ccl-mv": {"lr", "lambda_m"}}
+
+
+def test_sampler_seed_differs_per_method_and_alpha():
+    tuning_spec = spec.build_spec({})
+    seeds = {tuning_spec.sampler_seed_for("f", m, a) for m in ("qgm", "ccl") for a in (0.1, 1.0)}
+    assert len(seeds) == 4
+    assert tuning_spec.sampler_seed_for("f", "qgm", 0.1) == spec.build_spec(
+        {}).sampler_seed_for("f", "qgm", 0.1)  # reproducible
 
 
 def test_rerun_of_finished_study_adds_no_trial_and_budget_is_a_total(tmp_path, capsys):
@@ -147,15 +184,17 @@ def test_killed_trial_is_failed_requeued_and_the_budget_completed(tmp_path):
 
     rerun = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert rerun.returncode == 0, rerun.stderr
+    assert f"trial {victim.number} was left RUNNING by a killed process" in rerun.stdout
 
     trials = _trials(journal)
     assert _states(trials).count("COMPLETE") == 4
-    assert _states(trials).count("FAIL") == 1
+    assert _states(trials).count("FAIL") == 1 and "RUNNING" not in _states(trials)
     failed = trials[victim.number]
     assert failed.state == TrialState.FAIL
     retries = [t for t in trials if t.user_attrs.get("retry_of") == victim.number]
     assert len(retries) == 1 and retries[0].state == TrialState.COMPLETE
     assert retries[0].params == victim.params
+    assert f"re-runs trial {victim.number}" in rerun.stdout
     best = json.loads((tmp_path / "alpha0.5" / "best.json").read_text())
     assert (best["n_complete"], best["n_failed"]) == (4, 1)
 
@@ -179,73 +218,99 @@ def test_objective_never_touches_the_test_split(tmp_path, monkeypatch):
         return bundle
 
     monkeypatch.setattr(train_module, "load_dataset", load_without_test)
-    config, spec = tuning.load_tuning(_config_file(tmp_path, trials=2))
+    config, tuning_spec = spec.load_tuning(_config_file(tmp_path, trials=2))
     assert config.val_fraction == 0.1  # carved for tuning although the run config has none
-    result = tuning.tune(config, spec, tmp_path / "alpha0.5.journal")
+    result = study.tune(config, tuning_spec, tmp_path / "alpha0.5.journal")
     assert result.best["n_complete"] == 2 and calls == [0.1, 0.1]
 
 
 def _fake_run(config, out_dir, eval_split="test", on_epoch=None):
-    """Stands in for train.run: accuracy 100 * (1 - lambda_m) at every epoch, divergence at
-    epoch 1 above lambda_m = 0.8 (reports nothing, as the real loop does)."""
+    """Stands in for train.run: accuracy 100 * (1 - lambda_m) * lr / 0.05 (capped) at every
+    epoch, divergence at epoch 1 above lambda_m = 0.8 (reports nothing, as the real loop does)."""
     assert eval_split == "val" and config.val_fraction > 0 and not config.tracking
     assert out_dir is None
     if config.lambda_m > 0.8:
         return SimpleNamespace(status="diverged", diverged_epoch=1,
                                final_value=lambda key: math.nan)
-    acc = 100 * (1 - config.lambda_m)
+    acc = 100 * (1 - config.lambda_m) * min(1.0, config.lr / 0.05)
     for epoch in range(1, config.epochs + 1):
         on_epoch(epoch, {"epoch": epoch, "consensus_acc": acc, "train_ce": 0.5})
     return SimpleNamespace(status="completed", diverged_epoch=None, final_value=lambda key: acc)
 
 
 def test_pruned_and_diverged_trials_count_towards_the_budget(tmp_path, monkeypatch):
-    monkeypatch.setattr(tuning, "run", _fake_run)
-    config, spec = tuning.load_tuning(
-        _config_file(tmp_path, pruner="median", startup_trials=1, warmup_epochs=0, trials=4))
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    monkeypatch.setattr(objective, "run", _fake_run)
+    config, tuning_spec = spec.load_tuning(
+        _config_file(tmp_path, run={"tracking": True}, pruner="median", startup_trials=1,
+                     warmup_epochs=0, trials=4))
     journal = tmp_path / "alpha0.5.journal"
-    study = tuning.open_study(journal, config, spec)
+    opened = study.open_study(journal, config, tuning_spec)
     for lm in (0.001, 0.9, 0.5):  # good, diverges, worse than the median -> pruned at epoch 1
-        study.enqueue_trial({"lambda_m": lm, "lambda_d": 0.01})
+        opened.enqueue_trial({"lambda_m": lm, "lambda_d": 0.01})
 
-    result = tuning.tune(config, spec, journal)  # then the paper's (0.1, 0.1): pruned as well
+    result = study.tune(config, tuning_spec, journal)  # then the paper's (0.1, 0.1): pruned too
 
     trials = _trials(journal)
     assert _states(trials) == ["COMPLETE", "PRUNED", "PRUNED", "PRUNED"]
     assert trials[1].user_attrs["diverged"] is True and trials[1].intermediate_values == {}
     assert trials[2].intermediate_values == {1: pytest.approx(50.0)}  # stopped after epoch 1
-    assert trials[3].params == {"lambda_m": 0.1, "lambda_d": 0.1}
+    assert trials[3].params == PAPER
     best = result.best
-    assert (best["lambda_m"], best["lambda_d"]) == (0.001, 0.01)
-    assert best["value"] == pytest.approx(99.9) and best["paper_value"] is None
+    assert best["values"] == {"lambda_m": 0.001, "lambda_d": 0.01}
+    assert best["value"] == pytest.approx(99.9) and best["start_value"] is None
     assert (best["n_complete"], best["n_pruned"], best["n_diverged"]) == (1, 3, 1)
+
+    from mlflow import MlflowClient
+
+    runs = MlflowClient().search_runs([MlflowClient().get_experiment_by_name("tiny").experiment_id])
+    states = {r.data.tags.get("state"): r.info.status for r in runs
+              if r.data.tags.get("kind") == "trial"}
+    assert states == {"complete": "FINISHED", "pruned": "FINISHED"}  # a pruned trial: no KILLED
+
+
+def test_a_trial_is_never_pruned_at_its_last_epoch(tmp_path, monkeypatch):
+    monkeypatch.setattr(objective, "run", _fake_run)
+    config, tuning_spec = spec.load_tuning(_config_file(
+        tmp_path, pruner="median", startup_trials=1, warmup_epochs=0, trials=3, epochs=1,
+        enqueue_paper=False))
+    journal = tmp_path / "alpha0.5.journal"
+    opened = study.open_study(journal, config, tuning_spec)
+    for lm in (0.001, 0.5, 0.6):  # worse than the median at epoch 1 = the last epoch
+        opened.enqueue_trial({"lambda_m": lm, "lambda_d": 0.01})
+    study.tune(config, tuning_spec, journal)
+    assert _states(_trials(journal)) == ["COMPLETE"] * 3
 
 
 def test_all_trials_diverged_is_a_user_error(tmp_path, monkeypatch):
-    monkeypatch.setattr(tuning, "run", _fake_run)
-    config, spec = tuning.load_tuning(_config_file(tmp_path, trials=2, enqueue_paper=False,
-                                                   lambda_m=[0.85, 1.0]))
+    monkeypatch.setattr(objective, "run", _fake_run)
+    config, tuning_spec = spec.load_tuning(_config_file(
+        tmp_path, trials=2, enqueue_paper=False,
+        space={"lambda_m": [0.85, 1.0], "lambda_d": [1e-3, 1.0]}))
     with pytest.raises(UserError, match="no complete trial"):
-        tuning.tune(config, spec, tmp_path / "alpha0.5.journal")
+        study.tune(config, tuning_spec, tmp_path / "alpha0.5.journal")
     assert not (tmp_path / "alpha0.5" / "best.json").exists()
 
 
 def test_resuming_with_other_settings_or_concurrently_is_refused(tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(tuning, "run", _fake_run)
+    monkeypatch.setattr(objective, "run", _fake_run)
     cfg = _config_file(tmp_path, trials=1)
     journal = tmp_path / "alpha0.5.journal"
     assert main(["tune", "--config", str(cfg), "--study", str(journal)]) == 0
 
     assert main(["tune", "--config", str(cfg), "--study", str(journal), "alpha=0.1"]) == 2
     assert "created with alpha=0.5, now alpha=0.1" in capsys.readouterr().err
+    assert main(["tune", "--config", str(cfg), "--study", str(journal), "method=ccl"]) == 2
+    assert "created with method='ccl-dsgdm', now method='ccl'" in capsys.readouterr().err
     # machine options (benchmark.config.result_fields) may change between sessions
     assert main(["tune", "--config", str(cfg), "--study", str(journal), "vectorize=loop",
                  "agent_threads=2", "device=cpu"]) == 0
 
     # a study begun before an option existed: the option counts as its default (momentum 0.9)
-    study = optuna.load_study(study_name="tiny-alpha0.5", storage=tuning.storage(journal))
-    study.set_user_attr("fingerprint", {k: v for k, v in study.user_attrs["fingerprint"].items()
-                                        if k != "momentum"})
+    loaded = optuna.load_study(study_name="tiny-ccl-dsgdm-alpha0.5",
+                               storage=study.storage(journal))
+    loaded.set_user_attr("fingerprint", {k: v for k, v in loaded.user_attrs["fingerprint"].items()
+                                         if k != "momentum"})
     assert main(["tune", "--config", str(cfg), "--study", str(journal)]) == 0
     assert main(["tune", "--config", str(cfg), "--study", str(journal), "momentum=0.5"]) == 2
     assert "created with momentum=0.9, now momentum=0.5" in capsys.readouterr().err
@@ -261,8 +326,13 @@ def test_resuming_with_other_settings_or_concurrently_is_refused(tmp_path, monke
 
 @pytest.mark.parametrize(("override", "field"), [
     ("tuning.trails=3", "tuning.trails"),
-    ("tuning.lambda_m=[0, 1]", "tuning.lambda_m"),
+    ("tuning.space={lambda_m: [0, 1]}", "tuning.space.lambda_m"),
+    ("tuning.space={lr: [0.5, 0.1]}", "tuning.space.lr"),
+    ("tuning.space={lr: [0.01, 0.1], batchsize: [1, 2]}", "tuning.space.batchsize"),
+    ("tuning.baseline=[momentum]", "tuning.baseline"),
     ("tuning.method=qgm", "tuning.method"),
+    ("tuning.lambdas=tuned", "tuning.lambdas"),
+    ("tuning.lambda_m=[0.1, 1]", "tuning.lambda_m"),
     ("tuning.pruner=asha", "tuning.pruner"),
 ])
 def test_bad_tuning_options_are_one_line_errors(tmp_path, capsys, override, field):
@@ -282,25 +352,33 @@ def test_study_path_must_be_a_journal(tmp_path, capsys):
 def test_torn_last_record_is_dropped(tmp_path):
     journal = tmp_path / "alpha0.5.journal"
     journal.write_bytes(b'{"op_code": 0}\n{"op_co')
-    with tuning._exclusive(journal):
+    with study._exclusive(journal):
         pass
     assert journal.read_bytes() == b'{"op_code": 0}\n'
 
 
-def test_best_table_sorts_by_alpha(tmp_path):
-    files = []
-    for alpha, lm in ((1.0, 0.02), (0.01, 0.3)):
-        path = tmp_path / f"alpha{alpha}" / "best.json"
-        path.parent.mkdir()
-        path.write_text(json.dumps({"family": "f", "alpha": alpha, "method": "ccl",
-                                    "lambda_m": lm, "lambda_d": 0.1, "value": 90.0,
-                                    "paper_value": 80.0, "n_complete": 5, "n_pruned": 1,
-                                    "n_failed": 0, "epochs": 3}))
-        files.append(str(path))
+def _best_json(path: Path, **fields) -> str:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"family": "f", "alpha": 1.0, "method": "ccl", "value": 90.0,
+                                "start_value": 80.0, "n_complete": 5, "n_pruned": 1,
+                                "n_failed": 0, "epochs": 3, "study": "s.journal", **fields}))
+    return str(path)
+
+
+def test_best_table_has_a_column_per_searched_value(tmp_path):
+    files = [_best_json(tmp_path / "ccl" / "alpha1.0" / "best.json",
+                        values={"lambda_m": 0.02, "lambda_d": 0.1}),
+             _best_json(tmp_path / "ccl" / "alpha0.01" / "best.json", alpha=0.01,
+                        values={"lambda_m": 0.3, "lambda_d": 0.1}),
+             _best_json(tmp_path / "qgm" / "alpha1.0" / "best.json", method="qgm",
+                        values={"lr": 0.2})]
     assert main(["tune-table", *files, "--out", str(tmp_path / "table")]) == 0
     lines = (tmp_path / "table.csv").read_text().splitlines()
-    assert lines[0].startswith("family,alpha,method,lambda_m,lambda_d,value")
-    assert [line.split(",")[1] for line in lines[1:]] == ["0.01", "1.0"]
+    assert lines[0] == ("family,method,alpha,lambda_d,lambda_m,lr,value,start_value,"
+                        "n_complete,n_pruned,n_failed,epochs")
+    assert [line.split(",")[1:3] for line in lines[1:]] == [["ccl", "0.01"], ["ccl", "1.0"],
+                                                           ["qgm", "1.0"]]
+    assert lines[3].split(",")[3:6] == ["", "", "0.2"]
     assert "| f " in (tmp_path / "table.md").read_text()
 
 
@@ -312,54 +390,75 @@ def _in_tmp(tmp_path, monkeypatch):
                        + os.environ.get("PYTHONPATH", ""))
 
 
-def _family_file(tmp_path: Path, lambdas: str = "tuned", **tuning_opts) -> Path:
+def _family_file(tmp_path: Path, protocol: str = "tuned", **tuning_opts) -> Path:
     path = tmp_path / "fam.yaml"
     grid = {"alpha": [0.1, 1.0], "topologies": [{"topology": "ring", "n_agents": 4}],
             "methods": ["dsgdm-n", "ccl-dsgdm"], "seeds": [0]}
     path.write_text(yaml.safe_dump({"run": {**RUN, "family": "fam", "epochs": 1}, "grid": grid,
-                                    "tuning": {**TUNING, "lambdas": lambdas, **tuning_opts}}))
+                                    "tuning": {**TUNING, "protocol": protocol, **tuning_opts}}))
     return path
 
 
-def test_tuned_family_makes_its_ccl_runs_read_best_json(tmp_path):
+def test_tuned_family_makes_every_run_read_its_method_study(tmp_path):
     from benchmark.grid import load_family
 
     family = load_family(_family_file(tmp_path))
     tuned = {(r.config.method, r.config.alpha): r.tuned for r in family.runs}
-    assert tuned == {("dsgdm-n", 0.1): None, ("dsgdm-n", 1.0): None,
-                     ("ccl-dsgdm", 0.1): "studies/fam/alpha0.1/best.json",
-                     ("ccl-dsgdm", 1.0): "studies/fam/alpha1.0/best.json"}
-    ccl = next(r for r in family.runs if r.tuned)
-    assert f"--tuned {ccl.tuned} topology=ring" in ccl.train_command(threads=1)
-    # the workflow's switch turns tuning on (or off) without editing the file
-    fixed = load_family(_family_file(tmp_path, lambdas="tuned"), lambdas="fixed")
-    assert all(r.tuned is None for r in fixed.runs)
-    assert any(r.tuned for r in load_family(_family_file(tmp_path, "fixed"), lambdas="tuned").runs)
+    assert tuned == {(m, a): f"studies/fam/{m}/alpha{a}/best.json"
+                     for m in ("dsgdm-n", "ccl-dsgdm") for a in (0.1, 1.0)}
+    run = family.runs[0]
+    assert run.run_dir == "results/fam/tuned/synthetic/mlp/ring-n4/alpha0.1/dsgdm-n/seed0"
+    assert f"--tuned {run.tuned} topology=ring" in run.train_command(threads=1)
+    # the workflow's switch sets the protocol without editing the file
+    assert all(r.tuned is None for r in load_family(_family_file(tmp_path), "fixed").runs)
+    both = load_family(_family_file(tmp_path, "fixed"), "both")
+    assert [r.protocol for r in both.runs] == ["fixed", "tuned"] * 4
+    assert both.runs[0].run_dir == "results/fam/synthetic/mlp/ring-n4/alpha0.1/dsgdm-n/seed0"
 
 
-def test_family_file_tuning_typo_is_one_line_error(tmp_path):
+def test_family_file_tuning_mistakes_are_one_line_errors(tmp_path):
     from benchmark.grid import load_family
 
     with pytest.raises(UserError, match=r"tuning\.trails.*trials"):
         load_family(_family_file(tmp_path, trails=3))
+    with pytest.raises(UserError, match=r"fam\.yaml: tuning\.lambdas: .*tuning\.protocol"):
+        load_family(_family_file(tmp_path, lambdas="tuned"))
+    with pytest.raises(UserError, match=r"tuning\.baseline: .*dsgdm-n"):
+        load_family(_family_file(tmp_path, baseline=[]))
 
 
-def test_train_takes_the_tuned_lambdas_of_its_alpha(tmp_path, capsys):
-    best = tmp_path / "studies" / "fam" / "alpha0.1" / "best.json"
-    best.parent.mkdir(parents=True)
-    best.write_text(json.dumps({"family": "fam", "alpha": 0.1, "lambda_m": 0.037,
-                                "lambda_d": 0.0042}))
+def test_train_takes_the_tuned_values_of_its_method_and_alpha(tmp_path, capsys):
+    best = tmp_path / "studies" / "fam" / "ccl-dsgdm" / "alpha0.1" / "best.json"
+    _best_json(best, family="fam", alpha=0.1, method="ccl-dsgdm",
+               values={"lr": 0.07, "lambda_m": 0.037, "lambda_d": 0.0042},
+               study="studies/fam/ccl-dsgdm/alpha0.1.journal")
     cfg = str(_family_file(tmp_path))
     out = tmp_path / "run"
     assert main(["train", "--config", cfg, "--out", str(out), "--tuned", str(best),
                  "alpha=0.1", "method=ccl-dsgdm"]) == 0
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["ccl"] == {"lambda_m": 0.037, "lambda_d": 0.0042}
+    assert metrics["config"]["lr"] == 0.07 and metrics["protocol"] == "tuned"
+    assert metrics["tuned"] == {"values": {"lr": 0.07, "lambda_m": 0.037, "lambda_d": 0.0042},
+                                "study": "studies/fam/ccl-dsgdm/alpha0.1.journal"}
 
     capsys.readouterr()
-    assert main(["train", "--config", cfg, "--out", str(tmp_path / "other"), "--tuned",
-                 str(best), "alpha=1.0", "method=ccl-dsgdm"]) == 2
-    assert "--tuned" in capsys.readouterr().err and not (tmp_path / "other").exists()
+    for wrong in (["alpha=1.0", "method=ccl-dsgdm"], ["alpha=0.1", "method=dsgdm-n"]):
+        assert main(["train", "--config", cfg, "--out", str(tmp_path / "other"), "--tuned",
+                     str(best), *wrong]) == 2
+        assert "--tuned" in capsys.readouterr().err and not (tmp_path / "other").exists()
+
+
+def test_a_preset_records_the_weights_it_uses(tmp_path):
+    """ccl-mv zeroes lambda_d: the config says 0 (one truth), metrics.json says who zeroed it."""
+    out = tmp_path / "run"
+    assert main(["train", "--config", str(_family_file(tmp_path)), "--out", str(out),
+                 "method=ccl-mv", "lambda_d=0.3", "lambda_m=0.2"]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert (metrics["config"]["lambda_m"], metrics["config"]["lambda_d"]) == (0.2, 0.0)
+    assert metrics["ccl"] == {"lambda_m": 0.2, "lambda_d": 0.0}
+    assert metrics["ccl_zeroed"] == ["lambda_d"] and metrics["protocol"] == "fixed"
+    assert metrics["tuned"] is None
 
 
 # ---------------------------------------------------------------------------- the workflow
@@ -367,7 +466,7 @@ REPO = Path(__file__).resolve().parents[1]
 SNAKEMAKE = [str(Path(sys.executable).parent / "snakemake"), "-s", str(REPO / "Snakefile")]
 
 
-def test_dry_run_of_the_cifar10_grid_tunes_before_its_ccl_runs(tmp_path):
+def test_dry_run_of_the_cifar10_grid_tunes_every_method_before_its_tuned_runs(tmp_path):
     proc = subprocess.run(
         [*SNAKEMAKE, "reports/table_cifar10.csv", "-d", str(tmp_path), "-n", "-p", "--cores", "8",
          "--config", f"family_dir={REPO / 'config'}"],
@@ -377,53 +476,72 @@ def test_dry_run_of_the_cifar10_grid_tunes_before_its_ccl_runs(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = proc.stdout + proc.stderr
     counts = dict(re.findall(r"^(\w+)\s+(\d+)\s*$", out, re.MULTILINE))
-    assert counts["tune"] == "3" and counts["train"] == "378"
+    # 6 methods x 3 alphas studies; 378 runs per protocol, the paper's and the tuned one
+    assert counts["tune"] == "18" and counts["train"] == str(2 * 378)
+    assert counts["tuning_table"] == "1"
     commands = [line for line in out.splitlines() if " -m benchmark train " in line]
-    ccl = [c for c in commands if " method=ccl" in c]
-    assert len(ccl) == 3 * 7 * 3 * 3  # ccl, ccl-mv, ccl-dv x 7 graphs x 3 alphas x 3 seeds
-    assert all("--tuned studies/cifar10/alpha" in c for c in ccl)
-    assert not any("--tuned" in c for c in commands if " method=ccl" not in c)
-    assert "--study studies/cifar10/alpha0.01.journal alpha=0.01" in out
+    tuned = [c for c in commands if "--tuned" in c]
+    assert len(tuned) == 378 and all("--out results/cifar10/tuned/" in c for c in tuned)
+    assert not any("/tuned/" in c for c in commands if "--tuned" not in c)
+    assert "--study studies/cifar10/relaysgd/alpha0.01.journal method=relaysgd alpha=0.01" in out
     assert not (tmp_path / "studies").exists() and not (tmp_path / "mlflow.db").exists()
 
 
-def test_tuned_tiny_grid_runs_the_study_then_ccl_with_its_lambdas(tmp_path):
+def test_old_workflow_switch_is_refused_with_the_new_spelling(tmp_path):
+    proc = subprocess.run(
+        [*SNAKEMAKE, "reports/table_digits.csv", "-d", str(tmp_path), "-n", "--cores", "1",
+         "--config", f"family_dir={REPO / 'config'}", "lambdas=tuned"],
+        capture_output=True, text=True, timeout=300)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0 and "--config protocol=fixed|tuned|both" in out
+
+
+def test_tuned_tiny_grid_runs_a_study_per_method_then_both_protocols(tmp_path):
     (tmp_path / "config").mkdir()
     _family_file(tmp_path / "config").rename(tmp_path / "config" / "fam.yaml")
     data = yaml.safe_load((tmp_path / "config" / "fam.yaml").read_text())
     data["grid"]["alpha"] = [0.5]
-    data["tuning"]["trials"] = 2
+    data["tuning"].update(trials=2, epochs=1)
     (tmp_path / "config" / "fam.yaml").write_text(yaml.safe_dump(data))
     cmd = [*SNAKEMAKE, "-d", str(tmp_path), "--cores", "2", "reports/table_fam.csv",
-           "reports/tuning_fam.csv"]
+           "--config", "protocol=both"]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-4000:]
 
-    best = json.loads((tmp_path / "studies" / "fam" / "alpha0.5" / "best.json").read_text())
-    assert best["n_complete"] == 2 and best["alpha"] == 0.5
-    run_root = tmp_path / "results" / "fam" / "synthetic" / "mlp" / "ring-n4" / "alpha0.5"
-    ccl = json.loads((run_root / "ccl-dsgdm" / "seed0" / "metrics.json").read_text())
-    assert ccl["ccl"] == {"lambda_m": best["lambda_m"], "lambda_d": best["lambda_d"]}
-    base = json.loads((run_root / "dsgdm-n" / "seed0" / "metrics.json").read_text())
-    assert base["ccl"] is None
+    for method in ("dsgdm-n", "ccl-dsgdm"):  # the same budget for every method
+        best = json.loads((tmp_path / "studies" / "fam" / method / "alpha0.5" / "best.json")
+                          .read_text())
+        assert best["n_complete"] + best["n_pruned"] == 2 and best["method"] == method
+        tuned_run = (tmp_path / "results" / "fam" / "tuned" / "synthetic" / "mlp" / "ring-n4"
+                     / "alpha0.5" / method / "seed0" / "metrics.json")
+        metrics = json.loads(tuned_run.read_text())
+        assert metrics["protocol"] == "tuned"
+        assert metrics["tuned"] == {"values": best["values"], "study": best["study"]}
+        assert metrics["config"]["lr"] == best["values"].get("lr", RUN["lr"])
+        fixed_run = Path(str(tuned_run).replace("/tuned/", "/"))
+        assert json.loads(fixed_run.read_text())["protocol"] == "fixed"
+    assert set(best["values"]) == {"lambda_m", "lambda_d"}  # the family's ccl list
+    log = (tmp_path / "studies" / "fam" / "ccl-dsgdm" / "alpha0.5.log").read_text()
+    assert "0 of 2 trials finished" in log
+    # the README's target brings the table of tuned values along
     table = (tmp_path / "reports" / "tuning_fam.csv").read_text().splitlines()
-    assert len(table) == 2 and table[1].startswith("fam,0.5,ccl-dsgdm,")
+    assert len(table) == 3 and table[1].startswith("fam,ccl-dsgdm,0.5,")
 
     again = subprocess.run([*cmd, "-n"], capture_output=True, text=True, timeout=300)
     assert again.returncode == 0 and "Nothing to be done" in again.stdout + again.stderr
 
 
 def test_hyperband_pruner_study_honours_the_budget(tmp_path, monkeypatch):
-    monkeypatch.setattr(tuning, "run", _fake_run)
-    config, spec = tuning.load_tuning(_config_file(tmp_path, pruner="hyperband", epochs=9,
-                                                   trials=3, enqueue_paper=False))
+    monkeypatch.setattr(objective, "run", _fake_run)
+    config, tuning_spec = spec.load_tuning(_config_file(tmp_path, pruner="hyperband", epochs=9,
+                                                        trials=3, enqueue_paper=False))
     journal = tmp_path / "alpha0.5.journal"
-    study = tuning.open_study(journal, config, spec)
-    assert isinstance(study.pruner, optuna.pruners.HyperbandPruner)
-    study.enqueue_trial({"lambda_m": 0.001, "lambda_d": 0.01})
-    result = tuning.tune(config, spec, journal)
+    opened = study.open_study(journal, config, tuning_spec)
+    assert isinstance(opened.pruner, optuna.pruners.HyperbandPruner)
+    opened.enqueue_trial({"lambda_m": 0.001, "lambda_d": 0.01})
+    result = study.tune(config, tuning_spec, journal)
     trials = _trials(journal)
     assert len(trials) == 3 and set(_states(trials)) <= {"COMPLETE", "PRUNED"}
     assert trials[0].state == TrialState.COMPLETE
     assert sorted(trials[0].intermediate_values) == list(range(1, 10))
-    assert result.best["lambda_m"] == 0.001  # the best possible value in the fake objective
+    assert result.best["values"]["lambda_m"] == 0.001  # the best possible value of the fake

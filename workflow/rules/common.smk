@@ -9,7 +9,8 @@ RESULT_OPTIONS = result_fields()
 
 
 wildcard_constraints:
-    family=r"[^/]+",
+    # a run of the tuned protocol lives under results/<family>/tuned/ (benchmark.grid.run_path)
+    family=r"[^/]+(/tuned)?",
     dataset=r"[^/]+",
     model=r"[^/]+",
     topology=r"[^/]+",
@@ -26,7 +27,7 @@ USED_FAMILIES = set()
 def run_spec(wildcards):
     """The RunSpec behind a results/ path; a path outside every grid is an error, not a job."""
     run_dir = f"{RESULTS_ROOT}/" + RUN_PATH.format(**wildcards)
-    family = FAMILIES.get(wildcards.family)
+    family = FAMILIES.get(wildcards.family.removesuffix("/tuned"))
     spec = family.by_dir.get(run_dir) if family else None
     if spec is None:
         raise WorkflowError(

@@ -22,9 +22,17 @@ def family_metrics(wildcards):
     return [run.metrics_path for run in FAMILIES[wildcards.family].runs]
 
 
+def tuning_table(wildcards):
+    """A family with tuned runs: the table of tuned values comes with the table it feeds."""
+    family = FAMILIES.get(wildcards.family)
+    tuned = family is not None and family.spec.tuning.protocol != "fixed"
+    return [f"reports/tuning_{wildcards.family}.csv"] if tuned else []
+
+
 rule report_family:
     input:
-        family_metrics,
+        metrics=family_metrics,
+        tuning=tuning_table,
     output:
         csv=report("reports/table_{family}.csv", category="{family}", subcategory="tables",
                    caption="../report/table.rst"),
@@ -39,4 +47,4 @@ rule report_family:
     log:
         "reports/logs/report_{family}.txt",
     shell:
-        "{PYTHON} -m benchmark report --family {wildcards.family} --out reports {input} > {log} 2>&1"
+        "{PYTHON} -m benchmark report --family {wildcards.family} --out reports {input.metrics} > {log} 2>&1"

@@ -1,39 +1,43 @@
-"""Optuna studies: one job per (family, alpha) of a family whose CCL weights are tuned.
+"""Optuna studies: one job per (family, method, alpha) of a family whose protocol is tuned/both.
 
-A family with `tuning: {lambdas: tuned}` (or every family, with `--config lambdas=tuned`) gets
-`studies/<family>/alpha<a>/best.json` before its CCL runs, which depend on it and train with its
-lambdas (`train --tuned`). The journal `studies/<family>/alpha<a>.journal` is not an output:
-Snakemake never deletes it, so a failed or killed tuning job resumes where it stopped, and a
-larger `tuning.trials` only adds the missing trials.
+A family with `tuning: {protocol: tuned}` (or `both`; or every family, with
+`--config protocol=...` after the targets) gets `studies/<family>/<method>/alpha<a>/best.json`
+before its tuned runs, which depend on it and train with its values (`train --tuned`). The
+journal `studies/<family>/<method>/alpha<a>.journal` and the study log beside it (`.log`,
+appended by every attempt) are not outputs: Snakemake never deletes them, so a failed or killed
+tuning job resumes where it stopped, and a larger `tuning.trials` only adds the missing trials.
 """
 
 import json
 import shlex
 
-from benchmark.grid import STUDIES_ROOT, Tuning, format_float, study_path
+from benchmark.config import result_fields
+from benchmark.grid import STUDIES_ROOT, best_path, format_float, study_path
+from benchmark.tuning.spec import Tuning
 
-STUDY_OUT = f"{STUDIES_ROOT}/{{family}}/alpha{{alpha}}"
+STUDY_OUT = f"{STUDIES_ROOT}/{{family}}/{{method}}/alpha{{alpha}}"
 
 
 def tuning_family(wildcards):
-    """The family of a study path; a study outside every tuned family's alphas is an error."""
+    """The family of a study path; a study outside the family's methods and alphas is an error."""
     family = FAMILIES.get(wildcards.family)
-    alphas = [format_float(a) for a in family.spec.grid.alpha] if family else []
-    if wildcards.alpha not in alphas:
+    studies = family.studies if family else []
+    if (wildcards.method, wildcards.alpha) not in {(m, format_float(a)) for m, a in studies}:
         raise WorkflowError(
             f"{STUDY_OUT.format(**wildcards)} is not a study of any family in {FAMILY_DIR}/ "
-            f"(a family's grid.alpha values: {', '.join(alphas) or 'none'})"
+            f"(a family's (method, alpha) pairs: "
+            f"{', '.join(f'{m}/alpha{format_float(a)}' for m, a in studies) or 'none'})"
         )
     USED_FAMILIES.add(family.name)  # its MLflow experiment is prepared in onstart
     return family
 
 
 def tune_command(wildcards, threads):
-    """GPU pinning (as train jobs) + `python -m benchmark tune` for this family and alpha."""
+    """GPU pinning (as train jobs) + `python -m benchmark tune` for this method and alpha."""
     family = tuning_family(wildcards)
     args = [PYTHON, "-m", "benchmark", "tune", "--config", family.path,
-            "--study", study_path(family.name, float(wildcards.alpha)),
-            f"alpha={wildcards.alpha}", f"threads={threads}"]
+            "--study", study_path(family.name, wildcards.method, float(wildcards.alpha)),
+            f"method={wildcards.method}", f"alpha={wildcards.alpha}", f"threads={threads}"]
     return gpu_launcher(family.base) + shlex.join(args)
 
 
@@ -53,21 +57,26 @@ rule tune:
     output:
         best=f"{STUDY_OUT}/best.json",
         history=report(f"{STUDY_OUT}/history.png", category="{family}",
-                       subcategory="tuning", labels={"alpha": "{alpha}", "plot": "history"}),
+                       subcategory="tuning",
+                       labels={"method": "{method}", "alpha": "{alpha}", "plot": "history"}),
         sensitivity=report(f"{STUDY_OUT}/sensitivity.png", category="{family}",
                            subcategory="tuning",
-                           labels={"alpha": "{alpha}", "plot": "sensitivity"}),
+                           labels={"method": "{method}", "alpha": "{alpha}",
+                                   "plot": "sensitivity"}),
         trials=f"{STUDY_OUT}/trials.csv",
     log:
         f"{STUDY_OUT}/log.txt",
     params:
         command=tune_command,
+        # every attempt appended: the record of the trials before a kill survives the rerun
+        study_log=lambda wildcards: study_path(wildcards.family, wildcards.method,
+                                               float(wildcards.alpha), ".log"),
         options=study_options,
     threads: lambda wildcards: job_threads(tuning_family(wildcards).base)
     resources:
         gpu=lambda wildcards: 1 if on_gpu(tuning_family(wildcards).base) else 0,
     shell:
-        "{params.command} > {log} 2>&1"
+        "{params.command} 2>&1 | tee -a {params.study_log} > {log}"
 
 
 def tuned_best_files(wildcards):
@@ -75,12 +84,11 @@ def tuned_best_files(wildcards):
     if family is None:
         raise WorkflowError(f"no family '{wildcards.family}' in {FAMILY_DIR}/ "
                             f"(families: {', '.join(FAMILIES)})")
-    return [f"{STUDY_OUT.format(family=family.name, alpha=format_float(a))}/best.json"
-            for a in family.spec.grid.alpha]
+    return [best_path(family.name, m, a) for m, a in family.studies]
 
 
 rule tuning_table:
-    """The best lambdas per alpha of a family (runs its studies if they are missing)."""
+    """The best values per method and alpha of a family (runs its studies if they are missing)."""
     input:
         tuned_best_files,
     output:
