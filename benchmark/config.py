@@ -196,17 +196,13 @@ class RunConfig(BaseModel):
             check_stable(self)
         return self
 
-    @model_validator(mode="before")
-    @classmethod
-    def _effective_weights(cls, data: Any) -> Any:
+    @model_validator(mode="after")
+    def _effective_weights(self) -> RunConfig:
         """One truth: the config holds the CCL weights the run uses, so a preset's inactive
-        lambdas are 0 (``ccl-mv`` zeroes ``lambda_d``; a method without CCL zeroes both)."""
-        if not isinstance(data, dict):
-            return data
-        method = data.get("method", cls.model_fields["method"].default)
-        if method not in METHODS:
-            return data  # the method validator names the mistake
-        return {**data, **{k: 0.0 for k in zeroed_lambdas(method)}}
+        lambdas are 0 (``ccl-mv`` zeroes ``lambda_d``; a method without CCL zeroes both). After
+        the field checks, so a bad value is still refused; ``__dict__`` skips re-validation."""
+        self.__dict__.update({k: 0.0 for k in zeroed_lambdas(self.method)})
+        return self
 
     # derived views -------------------------------------------------------------------------
     @property

@@ -509,4 +509,55 @@ def test_class5_tune_table_over_missing_files_or_a_file_as_out(capsys, tmp_path,
     assert main(["tune-table", *args, "--out", out]) == 2
     err = capsys.readouterr().err
     assert err.startswith(expected) and err.count("\n") == 1, err
+
+
+# ------------------------------------------------------------------ issue 12, class 6: studies
+RECORD = b'{"op_code":0,"worker_id":"w","study_name":"s","directions":[1]}\n'
+JUNK = bytes(range(256)) * 4  # binary, with a newline at byte 10
+
+
+@pytest.mark.parametrize(("journal_bytes", "bad_line"), [
+    (RECORD + b"this is not json\n" + RECORD, 2),      # a garbage line in the middle
+    (RECORD + b"[1, 2]\n", 2),                         # JSON, but not a record
+    (JUNK, 1),                                         # binary junk (1024 bytes)
+    (RECORD + b"\x00\xff\xfe no newline", 2),          # a binary tail is not a torn record
+])
+def test_class6_a_journal_that_is_not_optuna_is_refused_never_cut(capsys, tmp_path,
+                                                                 journal_bytes, bad_line):
+    journal = tmp_path / "studies" / "alpha0.5.journal"
+    journal.parent.mkdir()
+    journal.write_bytes(journal_bytes)
+    assert main(["tune", "--study", str(journal), *SYNTH, "method=qgm"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1
+    _assert_parts(err, f"error: study {journal}: line {bad_line} is not an Optuna journal record",
+                  "nothing was changed", f"rm {journal}")
+    assert journal.read_bytes() == journal_bytes
+    assert sorted(p.name for p in journal.parent.iterdir()) == ["alpha0.5.journal"]
+
+
+@pytest.mark.parametrize(("override", "field"), [
+    ("tuning.space={lr: [0.01, .inf]}", "tuning.space.lr"),
+    ("tuning.space={lambda_m: [.nan, 1.0]}", "tuning.space.lambda_m"),
+    ("tuning.space={lr: [-.inf, 0.1]}", "tuning.space.lr"),
+])
+def test_class6_a_search_range_with_a_non_finite_bound(capsys, tmp_path, override, field):
+    journal = tmp_path / "alpha0.5.journal"
+    assert main(["tune", "--study", str(journal), *SYNTH, "method=ccl", override]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {field}: invalid value") and err.count("\n") == 1
+    assert "finite [low, high]" in err and not journal.exists()
+
+
+@pytest.mark.parametrize("where", ["directory", "under a file"])
+def test_class6_a_study_path_that_cannot_be_a_journal(capsys, tmp_path, where):
+    a_file = tmp_path / "notes.txt"
+    a_file.write_text("x")
+    study = {"directory": tmp_path / "d.journal", "under a file": a_file / "a.journal"}[where]
+    if where == "directory":
+        study.mkdir()
+    before = sorted(tmp_path.rglob("*"))
+    assert main(["tune", "--study", str(study), *SYNTH, "method=qgm"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: --study: invalid value '{study}'") and err.count("\n") == 1
     assert sorted(tmp_path.rglob("*")) == before
