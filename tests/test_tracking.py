@@ -144,6 +144,22 @@ def test_crash_marks_the_run(store: str, error: BaseException, status: str) -> N
         assert run["tags.error"] == "RuntimeError: boom"
 
 
+def test_a_redone_run_supersedes_the_earlier_finished_one(store: str, tmp_path: Path) -> None:
+    """A job that finished just before the workflow was killed is redone: the earlier FINISHED
+    run of that results folder is tagged ``superseded`` (by the new run's id); other folders'
+    runs are left alone."""
+    ids = []
+    for out in ("run", "run", "other"):
+        with track_run(_config(), tmp_path / out) as tracker:
+            tracker.log_epoch(1, _records(1)[0])
+        ids.append(tracker.run_id)
+    client = MlflowClient()
+    tags = [client.get_run(i).data.tags for i in ids]
+    assert tags[0]["superseded"] == ids[1]
+    assert "superseded" not in tags[1] and "superseded" not in tags[2]
+    assert tags[1]["protocol"] == "fixed"
+
+
 def test_tracking_off_touches_nothing(store: str, tmp_path: Path) -> None:
     with track_run(_config(tracking=False), None) as tracker:
         assert isinstance(tracker, NullTracker)
