@@ -46,8 +46,9 @@ def test_paper_grid_expands_to_the_product_of_its_axes() -> None:
     families = load_families(REPO / "config")
     assert {"digits", "cifar10", "cifar100", "fmnist", "imagenette", "imagenet"} <= set(families)
     cifar = families["cifar10"]
-    assert len(cifar.runs) == 7 * 6 * 3 * 3
+    assert len(cifar.runs) == 2 * 7 * 6 * 3 * 3  # protocol both: the paper's and the tuned one
     assert len({r.run_dir for r in cifar.runs}) == len(cifar.runs)
+    assert sum(r.protocol == "tuned" for r in cifar.runs) == 7 * 6 * 3 * 3
     graphs = {(r.config.topology, r.config.n_agents, r.config.gamma) for r in cifar.runs}
     assert graphs == {("ring", n, 1.0) for n in (8, 16, 24, 32, 40)} | {
         ("paper-dyck", 32, 0.9), ("paper-torus", 32, 0.9)}
@@ -180,7 +181,7 @@ def test_dry_run_plans_the_cifar10_grid_without_reading_data(tmp_path: Path) -> 
                 * len(axes["seeds"]))
     assert expected == 378
     planned = re.search(r"^train\s+(\d+)\s*$", out, re.MULTILINE)
-    assert planned and int(planned.group(1)) == expected
+    assert planned and int(planned.group(1)) == 2 * expected  # fixed + tuned protocol
     assert re.search(r"^report_family\s+1\s*$", out, re.MULTILINE)
     # the data are fetched once, before every training and tuning job (workflow/rules/data.smk)
     assert re.search(r"^fetch_data\s+1\s*$", out, re.MULTILINE)
