@@ -25,7 +25,8 @@ LAYERS: list[tuple[str, set[str]]] = [
     ("data, topology, models", {"data", "topology", "models"}),
     ("swarm state", {"swarm_state"}),
     ("algorithms", {"algorithms", "stability"}),
-    ("config", {"config", "metrics", "checkpoint", "grid"}),
+    # tuning.spec: the family's tuning: section, part of the family schema grid validates
+    ("config", {"config", "metrics", "checkpoint", "grid", "tuning.spec"}),
     ("swarm", {"swarm", "forward_backward", "memory"}),
     ("outputs", {"report", "tracking", "instability", "saved"}),
     ("train", {"train", "run_output"}),
