@@ -559,5 +559,7 @@ def test_class6_a_study_path_that_cannot_be_a_journal(capsys, tmp_path, where):
     before = sorted(tmp_path.rglob("*"))
     assert main(["tune", "--study", str(study), *SYNTH, "method=qgm"]) == 2
     err = capsys.readouterr().err
-    assert err.startswith(f"error: --study: invalid value '{study}'") and err.count("\n") == 1
+    assert err.startswith("error: --study: invalid value '") and err.count("\n") == 1
+    _assert_parts(err, {"directory": "it is a directory",
+                        "under a file": f"{a_file} is a file"}[where])
     assert sorted(tmp_path.rglob("*")) == before

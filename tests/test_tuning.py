@@ -204,17 +204,23 @@ def test_objective_never_touches_the_test_split(tmp_path, monkeypatch):
     calls = []
 
     class Poisoned:
+        """The test split's size stays known (the memory estimate sizes an evaluation batch
+        with it); any access to its images or labels fails the trial."""
+
+        def __init__(self, size: int) -> None:
+            self.size = size
+
         def __getattr__(self, name):
             raise AssertionError(f"tuning read the test split ({name})")
 
         def __len__(self):
-            raise AssertionError("tuning read the test split (len)")
+            return self.size
 
     def load_without_test(*args, **kwargs):
         bundle = real_load(*args, **kwargs)
         calls.append(kwargs["val_fraction"])
         assert bundle.val is not None and len(bundle.val) > 0
-        bundle.test = Poisoned()
+        bundle.test = Poisoned(len(bundle.test))
         return bundle
 
     monkeypatch.setattr(train_module, "load_dataset", load_without_test)
