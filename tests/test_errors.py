@@ -509,6 +509,7 @@ def test_class5_tune_table_over_missing_files_or_a_file_as_out(capsys, tmp_path,
     assert main(["tune-table", *args, "--out", out]) == 2
     err = capsys.readouterr().err
     assert err.startswith(expected) and err.count("\n") == 1, err
+    assert sorted(tmp_path.rglob("*")) == before
 
 
 # ------------------------------------------------------------------ issue 12, class 6: studies
