@@ -99,7 +99,7 @@ def child(argv: list[str]) -> None:
 def fresh_round(argv: list[str], env: dict) -> tuple[float, float, float, str]:
     """``python -m benchmark argv`` in a new interpreter (a job without the preload server)."""
     t_spawn = time.monotonic()
-    proc = subprocess.run([sys.executable, __file__, "--child", *argv], capture_output=True,
+    proc = subprocess.run([sys.executable, __file__, "--child", "--", *argv], capture_output=True,
                           text=True, env=env, cwd=ROOT)
     t_exit = time.monotonic()
     if proc.returncode != 0:

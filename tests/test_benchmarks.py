@@ -102,3 +102,26 @@ def test_gpu_check_runs_every_step_at_toy_sizes_on_the_cpu(tmp_path):
     assert set(plan["wall_hours_by_slots"]) == {"1", "4", "8"} and plan["calibrated_on"] == "CPU"
     calibration = json.loads((tmp_path / "calibration.json").read_text())
     assert len(calibration["entries"]) == 4 and set(calibration["concurrency"]) == {"1", "2"}
+
+
+@pytest.mark.parametrize("mode", [[], ["--fresh"]])
+def test_fixed_cost_tiny_splits_a_real_run(mode):
+    """One real run, forked as the preload server forks a job, or in a fresh interpreter: its
+    phases are not negative, add up to the fixed cost, and fit inside the run's wall and CPU
+    time. A subprocess, so the fork happens in a process that has run nothing yet."""
+    proc = subprocess.run([sys.executable, str(BENCHMARKS / "fixed_cost.py"), "--tiny", *mode],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = _summary(proc.stdout)
+    assert summary["status"] == "completed" and summary["epochs"] == 2
+    assert summary["preload"] == (not mode)
+    med = {k: v["median"] for k, v in summary.items() if isinstance(v, dict) and "median" in v}
+    for suffix in ("", "_cpu"):
+        parts = [med[f"{p}{suffix}"] for p in ("startup", "imports", "setup",
+                                                "first_iteration_excess", "finish", "exit")]
+        assert all(p >= 0 for p in parts)
+        assert (med[f"imports{suffix}"] > 0) == bool(mode)  # preloaded: nothing to import
+        assert math.isclose(sum(parts), med[f"fixed{suffix}"])
+        assert med[f"fixed{suffix}"] < med[f"total{suffix}"]
+        assert 0 < med[f"fixed_share{suffix}"] < 1
+    assert 0 < med["final_evaluation"] <= med["evaluation"] < med["total"]
