@@ -176,7 +176,7 @@ def wall_hours(device_hours: float, gpus: int, slots: int,
     """(low, high) wall-clock hours on ``gpus`` GPUs with ``slots`` runs each, and why."""
     speedup = concurrency.get(str(slots))
     if slots == 1:
-        return device_hours / gpus, device_hours / gpus, "one run per GPU"
+        return device_hours / gpus, device_hours / gpus, "one run per device"
     if speedup is not None:
         hours = device_hours / (gpus * speedup)
         return hours, hours, f"measured speed-up of {slots} concurrent runs: {speedup:.2f}x"
@@ -209,5 +209,5 @@ def describe(name: str, plan: Plan, calibration: Calibration | None, source: str
     for k in slots:
         low, high, why = wall_hours(plan.device_hours, gpus, k, calibration.concurrency)
         span = f"{low:.1f} h" if low == high else f"{low:.1f}-{high:.1f} h"
-        lines.append(f"wall time on {gpus} GPU(s) x {k} slot(s): {span} ({why})")
+        lines.append(f"wall time on {gpus} device(s) x {k} slot(s): {span} ({why})")
     return lines

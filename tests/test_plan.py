@@ -121,4 +121,4 @@ def test_calibrate_times_every_workload_then_plan_uses_it(family, tmp_path, caps
                      str(out), "--gpus", "1"]) == 0
     text = capsys.readouterr().out
     assert f"calibration: {out} (cpu, CPU" in text and "scaled 8, timed 10" in text
-    assert "wall time on 1 GPU(s) x 1 slot(s)" in text
+    assert "wall time on 1 device(s) x 1 slot(s)" in text
