@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 
 from .config import RunConfig, build_config
-from .plan import DATA_SHAPES, Calibration, Workload, study_config
+from .plan import DATA_SHAPES, Calibration, Workload, family_studies, study_config
 
 
 def workloads(families, agents: set[int] | None = None) -> list[RunConfig]:
@@ -34,8 +34,7 @@ def workloads(families, agents: set[int] | None = None) -> list[RunConfig]:
     seen: dict[str, RunConfig] = {}
     for family in families:
         configs = [r.config for r in family.runs]
-        if family.spec.tuning.lambdas == "tuned":
-            configs.append(study_config(family))
+        configs += [study_config(family, m, a) for m, a in family_studies(family)]
         for config in configs:
             if agents is None or config.n_agents in agents:
                 seen.setdefault(Workload.of(config).key, config)

@@ -143,12 +143,9 @@ def plan_family(family, calibration: Calibration | None, root: str | Path = ".")
 
     todo = [r for r in family.runs if not (Path(root) / r.metrics_path).exists()]
     jobs = [(r.config, 1) for r in todo]
-    studies = []
-    if family.spec.tuning.lambdas == "tuned":
-        studies = [a for a in family.spec.grid.alpha
-                   if not (Path(root) / best_path(family.name, a)).exists()]
-        study = study_config(family)
-        jobs += [(study, family.spec.tuning.trials)] * len(studies)
+    studies = [(m, a) for m, a in family_studies(family)
+               if not (Path(root) / best_path(family.name, m, a)).exists()]
+    jobs += [(study_config(family, m, a), family.spec.tuning.trials) for m, a in studies]
     how: dict[str, int] = {}
     seconds = 0.0
     for config, repeats in jobs:
@@ -164,11 +161,16 @@ def plan_family(family, calibration: Calibration | None, root: str | Path = ".")
                 device_hours=seconds / 3600 if how.keys() - {"missing"} else None, how=how)
 
 
-def study_config(family) -> RunConfig:
-    """The run a trial of the family's study trains (benchmark.tuning's own reading)."""
-    from .tuning import load_tuning
+def family_studies(family) -> list[tuple[str, float]]:
+    """(method, alpha) of the studies the family runs (none under the fixed protocol)."""
+    return family.studies if family.spec.tuning.protocol != "fixed" else []
 
-    return load_tuning(family.path)[0]
+
+def study_config(family, method: str, alpha: float) -> RunConfig:
+    """The run a trial of one of the family's studies trains (benchmark.tuning's reading)."""
+    from .tuning.spec import load_tuning
+
+    return load_tuning(family.path, [f"method={method}", f"alpha={alpha!r}"])[0]
 
 
 def wall_hours(device_hours: float, gpus: int, slots: int,

@@ -26,7 +26,7 @@ TINY = {
     "grid": {"alpha": [0.1, 1.0], "topologies": [{"topology": "ring", "n_agents": 4},
                                                  {"topology": "ring", "n_agents": 8}],
              "methods": ["dsgdm-n", "ccl"], "seeds": [0, 1]},
-    "tuning": {"lambdas": "tuned", "trials": 3, "epochs": 1},
+    "tuning": {"protocol": "tuned", "trials": 3, "epochs": 1},
 }
 
 
@@ -56,27 +56,27 @@ def test_plan_arithmetic_against_a_hand_written_calibration(family, tmp_path) ->
     # ring-4: floor(128/4) = 32 images per agent -> 2 iterations/epoch x 2 epochs = 4 per run;
     # ring-8: 16 images -> 1 x 2 = 2 per run; 8 runs of each
     assert (plan.runs, plan.done, plan.run_iterations) == (16, 0, 8 * 4 + 8 * 2)
-    # studies: ring-4 ccl at 1 epoch on 128 - ceil(12.8) = 115 images: floor(115/4) = 28 per
-    # agent -> 2 iterations, x 3 trials, one study per alpha
-    assert (plan.studies, plan.study_iterations) == (2, 2 * 2 * 3)
-    assert plan.how == {"timed": 12 + 2, "scaled": 4}
+    # studies, one per (method, alpha): ring-4 at 1 epoch on 128 - ceil(12.8) = 115 images:
+    # floor(115/4) = 28 per agent -> 2 iterations, x 3 trials
+    assert (plan.studies, plan.study_iterations) == (4, 4 * 2 * 3)
+    assert plan.how == {"timed": 12 + 4, "scaled": 4}
     seconds = (4 * 4 * 225 + 4 * 4 * 450 + 4 * 2 * 1350 + 4 * 2 * 450  # runs
-               + 2 * 2 * 3 * 450)  # studies
-    assert seconds == 30_600 and plan.device_hours == pytest.approx(8.5)
-    assert wall_hours(8.5, gpus=2, slots=4, concurrency=calibration.concurrency)[:2] == (
-        pytest.approx(1.7), pytest.approx(1.7))  # 8.5 / (2 GPUs x 2.5)
+               + 2 * 2 * 3 * 225 + 2 * 2 * 3 * 450)  # studies: dsgdm-n, ccl
+    assert seconds == 33_300 and plan.device_hours == pytest.approx(9.25)
+    assert wall_hours(9.25, gpus=2, slots=4, concurrency=calibration.concurrency)[:2] == (
+        pytest.approx(1.85), pytest.approx(1.85))  # 9.25 / (2 GPUs x 2.5)
     low, high, why = wall_hours(8.5, gpus=1, slots=2, concurrency=calibration.concurrency)
     assert (low, high) == (pytest.approx(4.25), pytest.approx(8.5)) and "not measured" in why
     # a finished run (its metrics.json) and a finished study leave the plan
     done = tmp_path / family.runs[0].metrics_path
     done.parent.mkdir(parents=True)
     done.write_text("{}")
-    best = tmp_path / "studies" / "tiny" / "alpha0.1" / "best.json"
+    best = tmp_path / "studies" / "tiny" / "ccl" / "alpha0.1" / "best.json"
     best.parent.mkdir(parents=True)
     best.write_text("{}")
     again = plan_family(family, calibration, root=tmp_path)
-    assert (again.done, again.run_iterations, again.studies) == (1, 48 - 4, 1)
-    assert again.device_hours == pytest.approx((30_600 - 4 * 225 - 6 * 450) / 3600)
+    assert (again.done, again.run_iterations, again.studies) == (1, 48 - 4, 3)
+    assert again.device_hours == pytest.approx((33_300 - 4 * 225 - 6 * 450) / 3600)
 
 
 def test_plan_without_calibration_says_so(family, tmp_path, capsys, monkeypatch) -> None:
@@ -84,7 +84,7 @@ def test_plan_without_calibration_says_so(family, tmp_path, capsys, monkeypatch)
     assert cli.main(["plan", "tiny", "--config-dir", str(tmp_path)]) == 0
     out = capsys.readouterr().out
     assert "tiny: 16 runs (0 done), 48 training iterations to do" in out
-    assert "2 tuning studies: at most 12 iterations" in out
+    assert "4 tuning studies: at most 24 iterations" in out
     assert "no calibration (calibration.json not found): device time unknown" in out
 
 
@@ -120,5 +120,5 @@ def test_calibrate_times_every_workload_then_plan_uses_it(family, tmp_path, caps
     assert cli.main(["plan", "tiny", "--config-dir", str(tmp_path), "--calibration",
                      str(out), "--gpus", "1"]) == 0
     text = capsys.readouterr().out
-    assert f"calibration: {out} (cpu, CPU" in text and "scaled 8, timed 10" in text
+    assert f"calibration: {out} (cpu, CPU" in text and "scaled 8, timed 12" in text
     assert "wall time on 1 device(s) x 1 slot(s)" in text
