@@ -225,8 +225,9 @@ class RunDir:
         finally:
             lock.close()  # releases the flock
 
-    def save(self, swarm, progress: Progress) -> None:
-        """Checkpoint after ``progress.epoch`` completed epochs (temporary file + rename)."""
+    def save(self, swarm_state: dict[str, Any], progress: Progress) -> None:
+        """Checkpoint ``Swarm.state_dict()`` after ``progress.epoch`` completed epochs
+        (temporary file + rename)."""
         state = {
             "format": FORMAT,
             "config": fingerprint(self.config),
@@ -237,7 +238,7 @@ class RunDir:
                 "elapsed_s": progress.wall_time(),
                 "resumed_after": progress.resumed_after,
             },
-            "swarm": swarm.state_dict(),
+            "swarm": swarm_state,
             "rng": capture_rng(),
         }
         with self.writing(), atomic_open(self.checkpoint) as fh:

@@ -8,10 +8,7 @@ a checkpoint only needs the swarm state, the epoch and the history to resume exa
 from __future__ import annotations
 
 import math
-import sys
 import time
-from collections.abc import Callable
-from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -39,13 +36,13 @@ from .instability import training_instability
 from .methods import zeroed_lambdas
 from .metrics import RunMetrics
 from .models import build_model
+from .run_output import EpochCallback, RunOutput
 from .saved import model_spec, save_models
 from .swarm import Swarm
 from .timing import timed
 from .topology import Topology, build_topology
-from .tracking import check_store, track_run
+from .tracking import check_store
 
-EpochCallback = Callable[[int, dict[str, Any]], None]
 # Training statistics stay on the device; the host reads them (one synchronisation) every this
 # many iterations to stop a diverged run, so divergence is noticed at most this many iterations
 # late (a diverged epoch's statistics are non-finite either way), and at every epoch's end.
@@ -160,7 +157,7 @@ def train_epoch(exp: Experiment, epoch: int, progress: tqdm | None = None) -> di
     swarm.set_lr(exp.config.lr_at(epoch))
     if swarm.cross_features is not None:
         swarm.cross_features.set_weight_scale(exp.config.lambda_scale_at(epoch))
-    swarm.timer.reset()  # this epoch's phases only (written by _train_loop as record["phases"])
+    swarm.timer.reset()  # this epoch's phases only (written by _epoch as record["phases"])
     keys: list[str] = []
     sums: torch.Tensor | None = None  # float64 on the device: the same sums as Python floats
     count = 0
@@ -208,97 +205,81 @@ def run(
         check_store()
     progress = Progress()
     exp = build_experiment(config)
+    # distributed: every rank trains its shard, rank 0 alone writes, logs and prints
+    out = RunOutput(config, out_dir, store, on_epoch, speaks=exp.swarm.comm.is_main)
     resumed = store.load(exp.swarm) if store is not None and not restart else None
-    if resumed is not None:
+    if resumed is not None:  # a sharded run: every rank loaded its rows, one speaks
         resumed.started = progress.started
         progress = resumed
-        if exp.swarm.comm.is_main:  # a sharded run: every rank loaded its rows, one speaks
-            print(f"resuming {store.path} after epoch {progress.epoch}/{config.epochs}",
-                  flush=True)
-    # distributed: every rank trains its shard, rank 0 alone writes files and logs to MLflow
-    main = exp.swarm.comm.is_main
-    session = store.session(restart) if store is not None and main else nullcontext()
-    tracked = config if main else config.model_copy(update={"tracking": False})
-    with session, track_run(tracked, out_dir) as tracker:
-        tracker.log_dataset(exp.bundle, exp.parts)
-        status = _train_loop(exp, eval_split, on_epoch, tracker, progress, store)
+        out.say(f"resuming {store.path} after epoch {progress.epoch}/{config.epochs}")
+    with out.session(restart):
+        out.tracker.log_dataset(exp.bundle, exp.parts)
+        status = _train_loop(exp, eval_split, progress, out)
         metrics = _metrics(exp, progress, status)
-        if store is not None and status == "completed":  # before metrics.json: it names them
-            with store.writing():
+        if store is not None and status == "completed":  # every rank: the consensus model is a
+            with store.writing():  # collective; before metrics.json: it names them
                 metrics.models = save_models(exp, store.path)
-        if store is not None and main:
-            store.finish(metrics)
-        tracker.log_result(metrics)
+        out.finish(metrics)
     return metrics
 
 
-def _train_loop(
-    exp: Experiment,
-    eval_split: str,
-    on_epoch: EpochCallback | None,
-    tracker,
-    progress: Progress,
-    store: RunDir | None = None,
-) -> str:
+def _train_loop(exp: Experiment, eval_split: str, progress: Progress, out: RunOutput) -> str:
     """Epochs ``progress.epoch + 1 .. epochs``; returns the status ("completed" or "diverged")."""
-    config = exp.config
-    interactive = sys.stderr.isatty()
-    main = exp.swarm.comm.is_main
-    per_epoch = exp.batches.iterations_per_epoch
-    bar = tqdm(total=config.epochs * per_epoch, initial=progress.epoch * per_epoch,
-               disable=not interactive or not main, desc=config.method)
+    epochs, per_epoch = exp.config.epochs, exp.batches.iterations_per_epoch
+    bar = out.progress_bar(epochs * per_epoch, progress.epoch * per_epoch)
     status = "completed"
-    for epoch in range(progress.epoch, config.epochs):
-        t0 = time.time()
-        record: dict[str, Any] = {"epoch": epoch + 1, **train_epoch(exp, epoch, bar)}
-        diverged = not _all_finite(record)
-        if not diverged and ((epoch + 1) % config.eval_every == 0 or epoch + 1 == config.epochs):
-            with exp.swarm.timer.phase("evaluation"):
-                evaluation = evaluate(exp.swarm, exp.bundle, eval_split)
-            record.update(evaluation)
-            # finite losses but overflowing parameters (possible at the very last step)
-            diverged = not math.isfinite(evaluation["consensus_distance"])
-            if not diverged:
-                progress.final = evaluation
-        record["phases"] = exp.swarm.timer.reset()  # seconds per phase (benchmark/timing.py)
-        record["time_s"] = time.time() - t0
-        progress.history.append(record)
-        progress.epoch = epoch + 1
+    for epoch in range(progress.epoch, epochs):
+        record, evaluation, diverged = _epoch(exp, epoch, eval_split, bar)
+        _advance(progress, record, evaluation, diverged)
         if diverged:
             status = "diverged"
-            progress.final = {}  # no figures a table could average with the completed runs
-            if not interactive and main:
-                print(f"epoch {epoch + 1}/{config.epochs} | diverged (non-finite loss)", flush=True)
+            out.diverged(epoch + 1)
             break
-        if store is not None and epoch + 1 < config.epochs:
-            if main:
-                store.save(exp.swarm, progress)  # before logging: a printed epoch is a saved epoch
-            else:
-                exp.swarm.state_dict()  # this rank's rows, gathered into rank 0's checkpoint
-        tracker.log_epoch(epoch + 1, record)
-        if not interactive and main:
-            print(_epoch_line(record, config.epochs), flush=True)
-        if on_epoch is not None:
-            on_epoch(epoch + 1, record)
+        if epoch + 1 < epochs:
+            out.checkpoint(exp.swarm, progress)  # before logging: a printed epoch is a saved one
+        out.epoch(record)
     bar.close()
     return status
 
 
+def _epoch(
+    exp: Experiment, epoch: int, eval_split: str, bar: tqdm
+) -> tuple[dict[str, Any], dict[str, float] | None, bool]:
+    """Train one epoch and evaluate when due: the epoch's record, the evaluation (None when not
+    due or skipped) and whether the run diverged."""
+    t0 = time.time()
+    record: dict[str, Any] = {"epoch": epoch + 1, **train_epoch(exp, epoch, bar)}
+    diverged = not _all_finite(record)
+    evaluation = None
+    if not diverged and _evaluation_due(exp.config, epoch):
+        with exp.swarm.timer.phase("evaluation"):
+            evaluation = evaluate(exp.swarm, exp.bundle, eval_split)
+        record.update(evaluation)
+        # finite losses but overflowing parameters (possible at the very last step)
+        diverged = not math.isfinite(evaluation["consensus_distance"])
+    record["phases"] = exp.swarm.timer.reset()  # seconds per phase (benchmark/timing.py)
+    record["time_s"] = time.time() - t0
+    return record, evaluation, diverged
+
+
+def _evaluation_due(config: RunConfig, epoch: int) -> bool:
+    return (epoch + 1) % config.eval_every == 0 or epoch + 1 == config.epochs
+
+
+def _advance(
+    progress: Progress, record: dict[str, Any], evaluation: dict[str, float] | None,
+    diverged: bool,
+) -> None:
+    progress.history.append(record)
+    progress.epoch = record["epoch"]
+    if diverged:
+        progress.final = {}  # no figures a table could average with the completed runs
+    elif evaluation is not None:
+        progress.final = evaluation
+
+
 def _all_finite(record: dict[str, Any]) -> bool:
     return all(math.isfinite(v) for v in record.values() if isinstance(v, float))
-
-
-def _epoch_line(record: dict[str, Any], epochs: int) -> str:
-    parts = [f"epoch {record['epoch']}/{epochs}", f"lr {record['lr']:.4g}",
-             f"ce {record['train_ce']:.4f}"]
-    for key, label in (("l_mv", "L_mv"), ("l_dv", "L_dv")):
-        if key in record:
-            parts.append(f"{label} {record[key]:.4g}")
-    if "consensus_acc" in record:
-        parts.append(f"consensus {record['consensus_acc']:.2f}%")
-        parts.append(f"local {record['local_acc_mean']:.2f}±{record['local_acc_std']:.2f}%")
-    parts.append(f"{record['time_s']:.1f}s")
-    return " | ".join(parts)
 
 
 def _metrics(exp: Experiment, progress: Progress, status: str) -> RunMetrics:
