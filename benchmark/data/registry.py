@@ -1,5 +1,10 @@
 """Dataset registry: every dataset the suite knows, loaded once into uint8 tensors.
 
+``REGISTRY`` is a table, one row per dataset (at the end of this module): its loader, number of
+classes, channels, default image size, normalisation constants and augmentation. A loader only
+reads files into a train and a test :class:`Split`; :func:`load_dataset` builds every
+:class:`DatasetBundle` the same way from the row and what the loader returns.
+
 Why uint8 tensors in memory rather than torchvision datasets with PIL transforms: a run simulates
 many agents in one process, and per-sample PIL decoding for ``n * B`` images per iteration would
 dominate the step time. CIFAR-10 is 150 MB as uint8, so the whole training set can live on the
@@ -16,6 +21,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -27,15 +33,6 @@ from torch.utils.data import Dataset, Subset
 
 from benchmark.errors import ConfigError, DataMissingError
 
-DATASETS: tuple[str, ...] = (
-    "cifar10",
-    "cifar100",
-    "fmnist",
-    "imagenette",
-    "imagenet",
-    "digits",
-    "synthetic",
-)
 AUGMENTATIONS: tuple[str, ...] = ("cifar", "none", "imagenette")
 
 # input normalisation (mean, std) as the authors' trainer.py (METHOD.md section 5)
@@ -119,6 +116,41 @@ class DatasetBundle:
     augment: str  # "cifar" | "none" | "imagenette"
 
 
+@dataclass(frozen=True)
+class Request:
+    """What a loader is asked for: where the files are, and the dataset's options."""
+
+    root: Path
+    download: bool
+    image_size: int | None  # the configured size, else the row's default
+    synthetic: dict
+
+
+@dataclass
+class Loaded:
+    """What a loader returns: the two splits, plus any property its files or options decide
+    (``None``: the registry row's value)."""
+
+    train: Split
+    test: Split
+    num_classes: int | None = None
+    channels: int | None = None
+    image_size: int | None = None
+    augment: str | None = None
+
+
+@dataclass(frozen=True)
+class DatasetRow:
+    """One dataset: its loader and what models and batches need to know about it."""
+
+    load: Callable[[Request], Loaded]
+    num_classes: int | None  # None: the loader counts them (ImageNet's folders, synthetic)
+    channels: int | None
+    image_size: int | None  # the default size
+    stats: tuple[tuple[float, ...], tuple[float, ...]] | None  # None: from the training images
+    augment: str | None
+
+
 def load_dataset(
     name: str,
     data_dir: str | os.PathLike[str] = "data",
@@ -145,22 +177,23 @@ def load_dataset(
         raise ConfigError("image_size", image_size, "a positive integer")
     if synthetic is not None and name != "synthetic":
         raise ConfigError("synthetic", synthetic, "options only for dataset 'synthetic'")
-    root = Path(data_dir)
-
-    if name in ("cifar10", "cifar100", "fmnist"):
-        bundle = _load_torchvision_small(name, root, download, image_size)
-    elif name == "imagenette":
-        bundle = _load_imagenette(root, download, image_size or 32)
-    elif name == "imagenet":
-        bundle = _load_imagenet(root, image_size or 224)
-    elif name == "digits":
-        bundle = _load_digits(image_size or 28)
-    else:
-        bundle = _load_synthetic(synthetic or {}, image_size)
-
+    row = REGISTRY[name]
+    request = Request(Path(data_dir), download, image_size or row.image_size, synthetic or {})
+    loaded = row.load(request)
+    train = loaded.train
     if val_fraction > 0:
-        bundle.train, bundle.val = _carve_validation(bundle.train, val_fraction, seed)
-    return bundle
+        train, val = _carve_validation(train, val_fraction, seed)
+    else:
+        val = None
+    # datasets without published constants are normalised with their own training images'
+    mean, std = row.stats or _channel_stats(loaded.train.x)
+    return DatasetBundle(
+        name=name, train=train, val=val, test=loaded.test,
+        num_classes=loaded.num_classes or row.num_classes,
+        in_channels=loaded.channels or row.channels,
+        image_size=loaded.image_size or request.image_size,
+        mean=mean, std=std, augment=loaded.augment or row.augment,
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -193,45 +226,30 @@ def _missing(name: str, path: Path, how: str) -> DataMissingError:
 
 _DOWNLOAD_HINT = "set download: true in the config (or pass download=True) to fetch them"
 
-_SMALL = {
-    # name: (torchvision class name, folder torchvision expects under data_dir, native size, stats)
-    "cifar10": ("CIFAR10", "cifar-10-batches-py", 32, CIFAR10_STATS, "cifar"),
-    "cifar100": ("CIFAR100", "cifar-100-python", 32, CIFAR100_STATS, "cifar"),
-    "fmnist": ("FashionMNIST", "FashionMNIST/raw", 28, FMNIST_STATS, "none"),
-}
+def _torchvision_small(name: str, class_name: str, folder: str, native: int):
+    """A loader of a small torchvision dataset (``class_name``, files in ``data_dir/folder``)
+    held in memory at its ``native`` size."""
 
+    def load(request: Request) -> Loaded:
+        import torchvision.datasets as tvd
 
-def _load_torchvision_small(
-    name: str, root: Path, download: bool, image_size: int | None
-) -> DatasetBundle:
-    import torchvision.datasets as tvd
+        if request.image_size is not None and int(request.image_size) != native:
+            raise ConfigError("image_size", request.image_size,
+                              f"{native} for {name} (or leave it unset)")
+        dataset_class = getattr(tvd, class_name)
+        splits = []
+        for train in (True, False):
+            try:
+                ds = dataset_class(root=str(request.root), train=train, download=request.download)
+            except RuntimeError as err:
+                raise _missing(name, request.root / folder, _DOWNLOAD_HINT) from err
+            x = torch.as_tensor(np.asarray(ds.data))
+            x = x.unsqueeze(1) if x.ndim == 3 else x.permute(0, 3, 1, 2)  # -> [N, C, H, W]
+            y = torch.as_tensor(np.asarray(ds.targets), dtype=torch.long)
+            splits.append(Split(x.to(torch.uint8).contiguous(), y))
+        return Loaded(*splits, image_size=native)
 
-    class_name, folder, native, (mean, std), augment = _SMALL[name]
-    if image_size is not None and int(image_size) != native:
-        raise ConfigError("image_size", image_size, f"{native} for {name} (or leave it unset)")
-    dataset_class = getattr(tvd, class_name)
-    splits = []
-    for train in (True, False):
-        try:
-            ds = dataset_class(root=str(root), train=train, download=download)
-        except RuntimeError as err:
-            raise _missing(name, root / folder, _DOWNLOAD_HINT) from err
-        x = torch.as_tensor(np.asarray(ds.data))
-        x = x.unsqueeze(1) if x.ndim == 3 else x.permute(0, 3, 1, 2)  # -> [N, C, H, W]
-        y = torch.as_tensor(np.asarray(ds.targets), dtype=torch.long)
-        splits.append(Split(x.to(torch.uint8).contiguous(), y))
-    return DatasetBundle(
-        name=name,
-        train=splits[0],
-        val=None,
-        test=splits[1],
-        num_classes=10 if name != "cifar100" else 100,
-        in_channels=splits[0].x.shape[1],
-        image_size=native,
-        mean=mean,
-        std=std,
-        augment=augment,
-    )
+    return load
 
 
 def _resize_transform(size: int, crop: int | None = None):
@@ -252,7 +270,7 @@ def imagenette_source(image_size: int) -> str:
     return "160px" if image_size <= 160 else "320px"
 
 
-def _load_imagenette(root: Path, download: bool, image_size: int) -> DatasetBundle:
+def _load_imagenette(request: Request) -> Loaded:
     """Imagenette resized once to ``image_size`` (32 in the paper) and cached as uint8 tensors.
 
     The 160 px release is enough for sizes up to 160, the 320 px one is used above. Images are
@@ -262,6 +280,7 @@ def _load_imagenette(root: Path, download: bool, image_size: int) -> DatasetBund
     import torchvision.datasets as tvd
     from torch.utils.data import DataLoader
 
+    root, download, image_size = request.root, request.download, request.image_size
     source = imagenette_source(image_size)
     folder = root / f"imagenette2-{source[:3]}"
     cache_dir = root / "imagenette_cache"
@@ -293,22 +312,10 @@ def _load_imagenette(root: Path, download: bool, image_size: int) -> DatasetBund
         torch.save({"x": x, "y": y}, tmp)
         os.replace(tmp, cache)  # atomic: a concurrent or killed run never sees half a file
         splits.append(Split(x, y))
-    mean, std = IMAGENET_STATS
-    return DatasetBundle(
-        name="imagenette",
-        train=splits[0],
-        val=None,
-        test=splits[1],
-        num_classes=10,
-        in_channels=3,
-        image_size=image_size,
-        mean=mean,
-        std=std,
-        augment="imagenette",
-    )
+    return Loaded(*splits)
 
 
-def _load_imagenet(root: Path, image_size: int) -> DatasetBundle:
+def _load_imagenet(request: Request) -> Loaded:
     """ImageNet from ``data_dir/imagenet/{train,val}`` (one sub-folder per class), read lazily.
 
     Training images are resized and centre-cropped to ``image_size`` and get a random-resized
@@ -316,6 +323,7 @@ def _load_imagenet(root: Path, image_size: int) -> DatasetBundle:
     """
     import torchvision.datasets as tvd
 
+    root, image_size = request.root, request.image_size
     splits = []
     for split, transform in (
         ("train", _resize_transform(image_size)),
@@ -334,19 +342,7 @@ def _load_imagenet(root: Path, image_size: int) -> DatasetBundle:
         except (FileNotFoundError, RuntimeError) as err:
             raise _missing("imagenet", path, how) from err
         splits.append(Split(None, torch.as_tensor(ds.targets, dtype=torch.long), ds))
-    mean, std = IMAGENET_STATS
-    return DatasetBundle(
-        name="imagenet",
-        train=splits[0],
-        val=None,
-        test=splits[1],
-        num_classes=len(splits[0].dataset.classes),
-        in_channels=3,
-        image_size=image_size,
-        mean=mean,
-        std=std,
-        augment="imagenette",
-    )
+    return Loaded(*splits, num_classes=len(splits[0].dataset.classes))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -361,7 +357,7 @@ def _channel_stats(x: torch.Tensor) -> tuple[tuple[float, ...], tuple[float, ...
     return mean, std
 
 
-def _load_digits(image_size: int) -> DatasetBundle:
+def _load_digits(request: Request) -> Loaded:
     """scikit-learn's 8x8 handwritten digits (offline), at 8 px or upsampled (28 px by default).
 
     Digits has no official test set, so a fixed stratified 20% is held out (the same for every
@@ -369,6 +365,7 @@ def _load_digits(image_size: int) -> DatasetBundle:
     scikit-learn ships, with the split's indices kept in ``benchmark/resources``: importing
     ``sklearn.datasets`` costs about 2.5 CPU-seconds, more than a small run's whole setup.
     """
+    image_size = request.image_size
     pixels, labels = _digits_arrays()
     images = torch.as_tensor(pixels, dtype=torch.float32).reshape(-1, 1, 8, 8) / 16.0
     if image_size != 8:
@@ -378,21 +375,7 @@ def _load_digits(image_size: int) -> DatasetBundle:
     test_idx = np.array((resources.files("benchmark") / "resources" / DIGITS_TEST_INDICES)
                         .read_text().split("\n", 3)[3].split(), dtype=np.int64)
     train_idx = np.setdiff1d(np.arange(len(y)), test_idx)
-    train = Split(x, y).subset(train_idx)
-    test = Split(x, y).subset(test_idx)
-    mean, std = _channel_stats(train.x)
-    return DatasetBundle(
-        name="digits",
-        train=train,
-        val=None,
-        test=test,
-        num_classes=10,
-        in_channels=1,
-        image_size=image_size,
-        mean=mean,
-        std=std,
-        augment="none",
-    )
+    return Loaded(Split(x, y).subset(train_idx), Split(x, y).subset(test_idx))
 
 
 def _digits_arrays() -> tuple[np.ndarray, np.ndarray]:
@@ -430,13 +413,13 @@ def synthetic_options(options: dict, image_size: int | None = None) -> dict:
     return opts
 
 
-def _load_synthetic(options: dict, image_size: int | None) -> DatasetBundle:
+def _load_synthetic(request: Request) -> Loaded:
     """Class-conditional random images for tests: a fixed random prototype per class + noise.
 
     With the default noise the classes are linearly separable, so anything that trains at all
     beats chance quickly; larger ``noise`` makes the task harder.
     """
-    opts = synthetic_options(options, image_size)
+    opts = synthetic_options(request.synthetic, request.image_size)
     k, c, s = opts["num_classes"], opts["channels"], opts["image_size"]
 
     gen = torch.Generator().manual_seed(int(opts["seed"]))
@@ -451,16 +434,31 @@ def _load_synthetic(options: dict, image_size: int | None) -> DatasetBundle:
         return Split((x.clamp(0, 1) * 255).round().to(torch.uint8), y.long())
 
     train, test = sample(opts["train_size"]), sample(opts["test_size"])
-    mean, std = _channel_stats(train.x)
-    return DatasetBundle(
-        name="synthetic",
-        train=train,
-        val=None,
-        test=test,
-        num_classes=k,
-        in_channels=c,
-        image_size=s,
-        mean=mean,
-        std=std,
-        augment=str(opts["augment"]),
-    )
+    return Loaded(train, test, num_classes=k, channels=c, image_size=s,
+                  augment=str(opts["augment"]))
+
+
+# ---------------------------------------------------------------------------------------------
+# the registry: one row per dataset. ``stats`` are the normalisation mean/std on the [0, 1]
+# scale; augment "cifar": random crop + flip, "imagenette": random-resized crop + flip.
+
+REGISTRY: dict[str, DatasetRow] = {
+    "cifar10": DatasetRow(_torchvision_small("cifar10", "CIFAR10", "cifar-10-batches-py", 32),
+                          num_classes=10, channels=3, image_size=32, stats=CIFAR10_STATS,
+                          augment="cifar"),
+    "cifar100": DatasetRow(_torchvision_small("cifar100", "CIFAR100", "cifar-100-python", 32),
+                           num_classes=100, channels=3, image_size=32, stats=CIFAR100_STATS,
+                           augment="cifar"),
+    "fmnist": DatasetRow(_torchvision_small("fmnist", "FashionMNIST", "FashionMNIST/raw", 28),
+                         num_classes=10, channels=1, image_size=28, stats=FMNIST_STATS,
+                         augment="none"),
+    "imagenette": DatasetRow(_load_imagenette, num_classes=10, channels=3, image_size=32,
+                             stats=IMAGENET_STATS, augment="imagenette"),
+    "imagenet": DatasetRow(_load_imagenet, num_classes=None, channels=3, image_size=224,
+                           stats=IMAGENET_STATS, augment="imagenette"),
+    "digits": DatasetRow(_load_digits, num_classes=10, channels=1, image_size=28, stats=None,
+                         augment="none"),
+    "synthetic": DatasetRow(_load_synthetic, num_classes=None, channels=None, image_size=None,
+                            stats=None, augment=None),
+}
+DATASETS: tuple[str, ...] = tuple(REGISTRY)
