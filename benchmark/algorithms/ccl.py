@@ -24,7 +24,7 @@ EvoNorm nets) are grouped. Own features come from a train-mode forward, so on a 
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -257,29 +257,40 @@ class CrossFeatureLoss:
         self, xs: torch.Tensor, receivers: torch.Tensor, senders: torch.Tensor,
         rows_forward: RowsForward | None,
     ) -> torch.Tensor:
-        """``c_{j->i} = F(x_j^-; X_i)`` for every edge, grouped by sender model where exact."""
-        if rows_forward is not None and len(senders):  # all edges in one pass (a GPU)
+        """``c_{j->i} = F(x_j^-; X_i)`` for every edge ``e = (i <- j)``: ``[E, B, D]``."""
+        if rows_forward is not None and len(senders):  # every edge in one vmap pass (a GPU)
             return rows_forward(self.state.pre_params_ext[senders], xs[receivers])[0]
-        models = self._cross_models()
         cross: torch.Tensor | None = None
-        for j, edges, receiver_ids in self._by_sender:
-            model = models[j]
-            buffers = dict(model.named_buffers())
-            # with buffers (BatchNorm) each receiver's own buffers must be loaded: one pass per
-            # edge; without, one pass on every receiver's batch at once
-            groups = ([(edges[k : k + 1], receiver_ids[k]) for k in range(len(edges))]
-                      if buffers else [(edges, None)])
-            for group, receiver_id in groups:
-                if receiver_id is not None:
-                    for name, buf in self.state.models[receiver_id].named_buffers():
-                        buffers[name].copy_(buf)
-                batch = xs[receivers[group]]  # [g, B, ...]
-                features, logits = model(batch.flatten(0, 1))
-                if cross is None:
-                    self.feature_dim, self.num_classes = features.shape[-1], logits.shape[-1]
-                    cross = features.new_empty(len(senders), xs.shape[1], features.shape[-1])
-                cross[group] = features.view(len(group), xs.shape[1], -1)
+        for model, edges, receiver_id in self._passes():
+            features = self._receivers_pass(model, xs[receivers[edges]], receiver_id)
+            if cross is None:  # allocated at the first pass, which tells the feature width
+                cross = features.new_empty(len(senders), xs.shape[1], features.shape[-1])
+            cross[edges] = features.view(len(edges), xs.shape[1], -1)
         if cross is None:  # no edges at all (a single agent)
-            d = self.feature_dim or 0
-            cross = xs.new_empty(0, xs.shape[1], d)
+            return xs.new_empty(0, xs.shape[1], self.feature_dim or 0)
         return cross
+
+    def _passes(self) -> Iterator[tuple[nn.Module, torch.Tensor, int | None]]:
+        """``(sender model, its edges, receiver)`` per forward: all of a sender's edges in one
+        pass (receiver None), or one pass per edge for a model with buffers, whose receiver's
+        own buffers must be loaded first."""
+        models = self._cross_models()
+        for j, edges, receiver_ids in self._by_sender:
+            if any(True for _ in models[j].buffers()):
+                yield from ((models[j], edges[k : k + 1], receiver_ids[k])
+                            for k in range(len(edges)))
+            else:
+                yield models[j], edges, None
+
+    def _receivers_pass(
+        self, model: nn.Module, batches: torch.Tensor, receiver_id: int | None
+    ) -> torch.Tensor:
+        """``model``'s features on ``batches`` ``[g, B, ...]`` (``[g * B, D]``), with the
+        receiver's buffers loaded first when there is one (its BatchNorm statistics, eval mode)."""
+        if receiver_id is not None:
+            buffers = dict(model.named_buffers())
+            for name, buf in self.state.models[receiver_id].named_buffers():
+                buffers[name].copy_(buf)
+        features, logits = model(batches.flatten(0, 1))
+        self.feature_dim, self.num_classes = features.shape[-1], logits.shape[-1]
+        return features
