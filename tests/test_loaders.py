@@ -100,7 +100,8 @@ def test_fashion_mnist_idx_files(tmp_path):
     batches = AgentBatches(bundle.train, [np.arange(4)], 4, bundle.augment, bundle.mean,
                            bundle.std, seed=0)
     xs, ys = next(batches.epoch(0))
-    expected = (bundle.train.x[batches.indices(0, 0)[0]].float() / 255 - 0.2860) / 0.3530
+    (mean,), (std,) = FMNIST_STATS
+    expected = (bundle.train.x[batches.indices(0, 0)[0]].float() / 255 - mean) / std
     assert torch.allclose(xs[0], expected, atol=1e-5)
     assert ys[0].tolist() == bundle.train.y[batches.indices(0, 0)[0]].tolist()
 
