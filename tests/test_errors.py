@@ -371,9 +371,9 @@ def test_class4_a_study_checks_the_tracking_store_before_its_journal(capsys, tmp
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:9")
     family = tmp_path / "fam.yaml"
     family.write_text("run: {dataset: synthetic, model: mlp, n_agents: 4, epochs: 1}\n"
-                      "tuning: {method: ccl, trials: 1}\n")
+                      "tuning: {trials: 1}\n")
     journal = tmp_path / "studies" / "alpha1.0.journal"
-    assert main(["tune", "--config", str(family), "--study", str(journal)]) == 2
+    assert main(["tune", "--config", str(family), "--study", str(journal), "method=ccl"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: tracking: the MLflow server http://127.0.0.1:9 does not answer")
     assert err.count("\n") == 1 and os.listdir(tmp_path) == ["fam.yaml"]
