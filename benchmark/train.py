@@ -114,10 +114,12 @@ def build_experiment(config: RunConfig) -> Experiment:
         bundle.train, parts, config.batch_size, bundle.augment, bundle.mean, bundle.std,
         seed=config.seed, device=device,
     )
-    # evaluation splits held on the device once, not uploaded again at every evaluation
-    bundle.test = bundle.test.to(device)
+    # the evaluated split held on the device once, not uploaded again at every evaluation; with
+    # a validation split (tuning) the test split is never touched, not even to move it
     if bundle.val is not None:
         bundle.val = bundle.val.to(device)
+    else:
+        bundle.test = bundle.test.to(device)
     return Experiment(config, bundle, parts, topology, swarm, batches,
                       estimated and estimated.total)
 
