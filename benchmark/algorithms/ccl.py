@@ -155,9 +155,13 @@ class CrossFeatureLoss:
         # classes absent from i's batch are never indexed; the clamp only avoids 0/0 there
         targets = totals / counts.clamp_min(1)[:, None]
         l_dv = (f_dv - targets[y]).pow(2).mean()
+        return self._weighted(l_mv, l_dv)
+
+    def _weighted(self, l_mv: torch.Tensor, l_dv: torch.Tensor) -> torch.Tensor:
+        """Accumulate both terms for the statistics; the loss holds only the active ones."""
         self._mv_sum = self._mv_sum + l_mv.detach()
         self._dv_sum = self._dv_sum + l_dv.detach()
-        total = f.new_zeros(())
+        total = l_mv.new_zeros(())
         if self.lambda_m > 0:
             total = total + self.lambda_m * l_mv
         if self.lambda_d > 0:
@@ -188,14 +192,7 @@ class CrossFeatureLoss:
         targets = totals / counts.clamp_min(1)[..., None]
         own = targets.gather(1, ys[..., None].expand(-1, -1, targets.shape[-1]))  # [n, B, D]
         l_dv = (f_dv - own).pow(2).mean(dim=(1, 2)).sum()
-        self._mv_sum = self._mv_sum + l_mv.detach()
-        self._dv_sum = self._dv_sum + l_dv.detach()
-        total = f.new_zeros(())
-        if self.lambda_m > 0:
-            total = total + self.lambda_m * l_mv
-        if self.lambda_d > 0:
-            total = total + self.lambda_d * l_dv
-        return total
+        return self._weighted(l_mv, l_dv)
 
     def stats(self) -> dict[str, torch.Tensor]:
         """Mean over agents of this iteration's ``L_mv`` and ``L_dv``: the heterogeneity measure."""
