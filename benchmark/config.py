@@ -28,7 +28,7 @@ from .algorithms.qgm import QGM_VARIANTS
 from .algorithms.relaysgd import RELAY_NORMS
 from .data.partition import SCHEMES
 from .data.registry import synthetic_options
-from .errors import ConfigError, UserError, validation_error
+from .errors import ConfigError, UserError, no_bool_for_numbers, validation_error
 from .methods import METHODS, resolve_method, zeroed_lambdas
 from .models.norms import EVONORM_STYLES, NORMS
 from .topology import MIXING_RULES, SPANNING_TREES
@@ -78,6 +78,8 @@ class RunConfig(BaseModel):
     """Everything that defines one training run (see METHOD.md section 5 for the paper's values)."""
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
+
+    _numbers = field_validator("*", mode="before")(no_bool_for_numbers)
 
     # experiment family: the MLflow experiment and the results/ sub-folder
     family: str = Field("default", json_schema_extra=MACHINE)

@@ -11,7 +11,7 @@ import difflib
 from collections.abc import Iterable
 from typing import Literal, get_args, get_origin
 
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, ValidationError, ValidationInfo
 
 EXIT_USER_ERROR = 2
 
@@ -80,6 +80,28 @@ def validation_error(err: ValidationError, model: type[BaseModel], prefix: str =
     # "Input should be greater than 0" -> "allowed: greater than 0"
     problem = first["msg"].removeprefix("Value error, ").removeprefix("Input should be ")
     return ConfigError(name, value, problem)
+
+
+def no_bool_for_numbers(cls: type[BaseModel], value: object, info: ValidationInfo) -> object:
+    """A ``mode="before"`` validator for every field of a schema: YAML reads ``true``/``yes`` as a
+    boolean and pydantic would take it for 1 (``n_agents: true`` would train one agent), so a
+    number field, or a list of numbers, refuses a boolean.
+    Use: ``_numbers = field_validator("*", mode="before")(no_bool_for_numbers)``."""
+    items = value if isinstance(value, list) else [value]
+    if any(isinstance(item, bool) for item in items):
+        if _is_number(cls.model_fields[info.field_name].annotation):
+            raise ValueError("a number, not a boolean (true/false)")
+    return value
+
+
+def _is_number(annotation: object) -> bool:
+    """``int``, ``float``, ``int | None``, ``list[float]``...: a number type, never ``bool``."""
+    if annotation is bool:
+        return False
+    if annotation in (int, float):
+        return True
+    args = get_args(annotation)
+    return bool(args) and get_origin(annotation) is not dict and any(map(_is_number, args))
 
 
 def literal_choices(annotation: object) -> list[object]:

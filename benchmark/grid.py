@@ -44,7 +44,7 @@ from pydantic import (
 )
 
 from .config import RunConfig, build_config, read_yaml
-from .errors import ConfigError, UserError, validation_error
+from .errors import ConfigError, UserError, no_bool_for_numbers, validation_error
 from .methods import METHODS
 from .topology import TOPOLOGIES, build_topology
 from .tuning.spec import PROTOCOLS, Tuning, build_spec
@@ -75,6 +75,8 @@ class TopologyEntry(_Entry):
 
     topology: str
     n_agents: int = Field(ge=1)
+
+    _numbers = field_validator("*", mode="before")(no_bool_for_numbers)
 
     @property
     def label(self) -> str:
@@ -109,6 +111,7 @@ class Grid(BaseModel):
     datasets: list[DataEntry] | None = Field(None, min_length=1)
     blocks: list[dict[str, Any]] = []
     _products: list[tuple[str, Grid]] = PrivateAttr(default_factory=list)
+    _numbers = field_validator("*", mode="before")(no_bool_for_numbers)
 
     def products(self) -> list[tuple[str, Grid]]:
         """(``grid`` or ``grid.blocks[i]``, the axes of that product), the grid's own first."""

@@ -440,6 +440,41 @@ def test_class7_a_value_listed_twice_on_an_axis(capsys, tmp_path, axis, values, 
     assert os.listdir(tmp_path) == ["fam.yaml"]
 
 
+@pytest.mark.parametrize(("overrides", "first_line"), [
+    (["n_agents=true"], "n_agents: invalid value True; allowed: a number, not a boolean"),
+    (["lr=false"], "lr: invalid value False; allowed: a number, not a boolean"),
+    (["seed=yes"], "seed: invalid value True; allowed: a number, not a boolean"),
+    (["lr_milestones=[0.5, true]"], "lr_milestones: invalid value [0.5, True]; allowed: a number"),
+    (["clip_grad_norm=true"], "clip_grad_norm: invalid value True; allowed: a number"),
+])
+def test_class1_a_boolean_is_not_a_number(capsys, tmp_path, overrides, first_line):
+    """YAML reads true/yes as booleans, which pydantic would take for 1: `n_agents=true` would
+    train one agent. Every number field refuses them; boolean fields still take them."""
+    line = _fail(capsys, tmp_path / "run", *SYNTH, *overrides)
+    assert line.startswith(first_line), line
+
+
+@pytest.mark.parametrize(("where", "text", "first_line"), [
+    ("seeds", "  seeds: [0, true]\n", "grid.seeds: invalid value [0, True]; allowed: a number"),
+    ("graph", "  topologies: [{topology: ring, n_agents: true}]\n",
+     "grid.topologies[0].n_agents: invalid value True; allowed: a number"),
+    ("tuning", "tuning: {trials: true}\n", "tuning.trials: invalid value True; allowed: a number"),
+    ("tuning", "tuning: {space: {lr: [true, 1.0]}}\n",
+     "tuning.space.lr.low: invalid value True; allowed: a number"),
+])
+def test_class7_a_boolean_on_a_numeric_axis_or_budget(capsys, tmp_path, where, text, first_line):
+    parts = {"seeds": "  seeds: [0]\n", "graph": "  topologies: [{topology: ring, n_agents: 4}]\n",
+             "tuning": "", where: text}
+    family = tmp_path / "fam.yaml"
+    family.write_text("run: {family: fam, dataset: synthetic, model: mlp, epochs: 1}\n"
+                      "grid:\n  alpha: [0.1]\n  methods: [dsgdm-n]\n"
+                      + parts["seeds"] + parts["graph"] + parts["tuning"])
+    assert main(["plan", "fam", "--config-dir", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {family}: {first_line}") and err.count("\n") == 1, err
+    assert os.listdir(tmp_path) == ["fam.yaml"]
+
+
 # ---------------------------------------------------------------------------- issue 12, class 5
 def _run_metrics(seed: int = 0) -> dict:
     """A finished run's metrics.json (benchmark.metrics.RunMetrics) of family ``hand``."""

@@ -19,7 +19,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from ..config import MACHINE, RunConfig, build_config, parse_overrides, read_run_file
-from ..errors import ConfigError, validation_error
+from ..errors import ConfigError, no_bool_for_numbers, validation_error
 from ..methods import METHODS
 
 # The paper's CCL weights (METHOD.md section 5): the first point of every CCL study.
@@ -35,6 +35,8 @@ class Range(BaseModel):
     low: float
     high: float
     log: bool = True
+
+    _numbers = field_validator("*", mode="before")(no_bool_for_numbers)
 
     @model_validator(mode="before")
     @classmethod
@@ -77,6 +79,8 @@ class Tuning(BaseModel):
     warmup_epochs: int = Field(1, ge=0)  # median pruner: epochs before a trial may be pruned
     sampler_seed: int = Field(0, ge=0)  # mixed with (family, method, alpha) per study
     enqueue_paper: bool = True  # the fixed protocol's point (paper lambdas, family lr) first
+
+    _numbers = field_validator("*", mode="before")(no_bool_for_numbers)
 
     @field_validator("space", mode="before")
     @classmethod
