@@ -102,6 +102,26 @@ def _unused(axes: dict[tuple, Any], used: set[tuple]) -> None:
             ax.axis("off")
 
 
+def _epoch_panels(frame: pd.DataFrame, ylabel: str) -> tuple[Figure, list[tuple[Any, Any]]]:
+    """Per-epoch figures: a panel per (graph, alpha) (rows = graphs, columns = alpha, y shared),
+    titled, with epoch on x; returns the figure and (panel, its rows) pairs; empty panels off."""
+    graphs = sorted(frame.groupby(GRAPH).groups)
+    alphas = sorted(frame["alpha"].unique())
+    fig, axes = _grid(graphs, alphas, sharey=True)
+    panels, used = [], set()
+    for (*graph, alpha), sub in frame.groupby([*GRAPH, "alpha"], sort=True):
+        ax = axes[(tuple(graph), alpha)]
+        used.add((tuple(graph), alpha))
+        ax.set_title(f"{_graph_title(tuple(graph))}, alpha={alpha:g}", fontsize=9)
+        ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_ylabel(ylabel)
+        ax.grid(alpha=0.3)
+        panels.append((ax, sub))
+    _unused(axes, used)
+    return fig, panels
+
+
 # --------------------------------------------------------------------------- family figures
 def learning_curves_figure(results: list[dict[str, Any]]) -> Figure:
     """Consensus test accuracy per epoch: rows = graphs, columns = alpha; mean line and ± std
@@ -110,13 +130,8 @@ def learning_curves_figure(results: list[dict[str, Any]]) -> Figure:
     runs = _curves(results)
     if runs.empty:
         return placeholder("Learning curves", "no completed run with evaluations")
-    graphs = sorted(runs.groupby(GRAPH).groups)
-    alphas = sorted(runs["alpha"].unique())
-    fig, axes = _grid(graphs, alphas, sharey=True)
-    used = set()
-    for (*graph, alpha), sub in runs.groupby([*GRAPH, "alpha"], sort=True):
-        ax = axes[(tuple(graph), alpha)]
-        used.add((tuple(graph), alpha))
+    fig, panels = _epoch_panels(runs, ACC_LABEL)
+    for ax, sub in panels:
         for label in label_order(sub):
             mine = sub[sub["label"] == label]
             curves = pd.concat(list(mine["curve"]), axis=1)
@@ -126,12 +141,6 @@ def learning_curves_figure(results: list[dict[str, Any]]) -> Figure:
                             color=method_color(label), linewidth=0)
             for _, run in mine[mine["unstable_epochs"].map(bool)].iterrows():
                 _mark_unstable(ax, run["curve"], run["unstable_epochs"], label)
-        ax.set_title(f"{_graph_title(tuple(graph))}, alpha={alpha:g}", fontsize=9)
-        ax.set_xlabel("epoch")
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.set_ylabel(ACC_LABEL)
-        ax.grid(alpha=0.3)
-    _unused(axes, used)
     extra = [Patch(facecolor="grey", alpha=0.3, label=BAND)]
     if runs["unstable_epochs"].map(bool).any():
         extra.append(Line2D([], [], color="black", linestyle=":", marker="x",
@@ -213,23 +222,12 @@ def heterogeneity_figure(results: list[dict[str, Any]]) -> Figure:
                            "log_cross_features: true in the family's run: section to fill it "
                            "for the baselines (CCL presets log it always), as digits does")
     hist = with_labels(pd.DataFrame(rows))
-    graphs = sorted(hist.groupby(GRAPH).groups)
-    alphas = sorted(hist["alpha"].unique())
-    fig, axes = _grid(graphs, alphas, sharey=True)
-    used = set()
-    for (*graph, alpha), sub in hist.groupby([*GRAPH, "alpha"], sort=True):
-        ax = axes[(tuple(graph), alpha)]
-        used.add((tuple(graph), alpha))
+    fig, panels = _epoch_panels(hist, "mean L_mv over agents and seeds (log)")
+    for ax, sub in panels:
         for label in label_order(sub):
             mean = sub[sub["label"] == label].groupby("epoch")["l_mv"].mean()
             ax.plot(mean.index, mean.values, label=label, **_style(label))
         ax.set_yscale("log")
-        ax.set_title(f"{_graph_title(tuple(graph))}, alpha={alpha:g}", fontsize=9)
-        ax.set_xlabel("epoch")
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.set_ylabel("mean L_mv over agents and seeds (log)")
-        ax.grid(alpha=0.3)
-    _unused(axes, used)
     _legend(fig)
     return fig
 
