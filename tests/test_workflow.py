@@ -241,6 +241,44 @@ def test_bad_family_stops_the_workflow_before_any_job(tmp_path: Path) -> None:
     assert not (tmp_path / "results").exists()
 
 
+FAKE_SMI = """#!/bin/sh
+if [ "$1" = "--query-gpu=name,driver_version" ]; then
+  echo "NVIDIA H100 80GB HBM3, 535.104.05"
+else
+  echo "| NVIDIA-SMI 535.104.05     Driver Version: 535.104.05     CUDA Version: 12.2     |"
+fi
+"""
+
+
+@pytest.mark.parametrize("gpu_shown", [True, False])
+def test_planning_says_when_a_gpu_is_there_but_torch_cannot_use_it(tmp_path, gpu_shown) -> None:
+    """A GPU that nvidia-smi shows but this torch cannot use (here: none can) makes the plan
+    count 0 GPUs; the dry run says so once, with the cause and the fix; without one, nothing."""
+    (tmp_path / "config").mkdir()
+    _family_file(tmp_path / "config", TINY, "tiny")
+    fake_bin = tmp_path / "bin"
+    fake_bin.mkdir()
+    if gpu_shown:
+        (fake_bin / "nvidia-smi").write_text(FAKE_SMI)
+        (fake_bin / "nvidia-smi").chmod(0o755)
+    env = {k: v for k, v in os.environ.items() if k not in ("CUDA_VISIBLE_DEVICES",
+                                                            "BENCHMARK_GPU_CHECKED")}
+    env["PATH"] = f"{fake_bin}:{BIN}:/usr/bin:/bin"
+    proc = subprocess.run([*SNAKEMAKE, "-d", str(tmp_path), "-n", "--cores", "1",
+                           "reports/table_tiny.csv"], capture_output=True, text=True,
+                          timeout=300, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = proc.stdout + proc.stderr
+    warned = [line for line in out.splitlines() if "plans 0 GPUs" in line]
+    if gpu_shown:
+        assert len(warned) == 1, out[-3000:]
+        assert "NVIDIA H100" in warned[0] and "built for CUDA" in warned[0]
+        assert "--index-url https://download.pytorch.org/whl/cu126" in warned[0]
+    else:
+        assert warned == []
+    assert not (tmp_path / "results").exists()
+
+
 # ---------------------------------------------------------------------------- a real grid
 @pytest.fixture(scope="module")
 def tiny_grid(tmp_path_factory) -> dict:

@@ -67,17 +67,34 @@ def slots_per_device(run_config):
 GPU_THREADS = _positive_int("gpu_threads", 2)
 
 
+# Set by profiles/slurm (`config: cluster=slurm`): jobs run on compute nodes, so this host's GPUs
+# say nothing; a run on device auto/cuda asks the scheduler for one, which pins it there.
+CLUSTER = config.get("cluster")
+
+
+def warn_unused_gpu():
+    """The plan counts the GPUs this torch can use. On a machine whose GPU this torch cannot use
+    (a CUDA build newer than the driver, a CPU-only wheel) that is 0, and the whole grid would run
+    on the CPU without a word: say it once per invocation, when planning (dry runs included).
+    The environment variable keeps Snakemake's own re-reads of this file quiet."""
+    if GPUS or CLUSTER or os.environ.get("BENCHMARK_GPU_CHECKED"):
+        return
+    os.environ["BENCHMARK_GPU_CHECKED"] = "1"
+    from benchmark.device import cpu_fallback_warning
+
+    message = cpu_fallback_warning()
+    if message:
+        print(f"warning: the workflow plans 0 GPUs, so every job runs on the CPU: {message}",
+              file=sys.stderr)
+
+
 GPUS = visible_gpus()
+warn_unused_gpu()
 if GPUS and "gpu" not in workflow.global_resources.keys():
     # the `gpu` resource counts slots (GPUs x runs per GPU); without it, or --resources gpu=N,
     # Snakemake would not limit GPU jobs at all
     slots = max(slots_per_device(family.base) for family in FAMILIES.values())
     workflow.register_resource("gpu", len(GPUS) * slots)
-
-
-# Set by profiles/slurm (`config: cluster=slurm`): jobs run on compute nodes, so this host's GPUs
-# say nothing; a run on device auto/cuda asks the scheduler for one, which pins it there.
-CLUSTER = config.get("cluster")
 
 
 def on_gpu(config):
