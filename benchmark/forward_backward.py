@@ -190,11 +190,16 @@ class AutoPass(LoopPass):
         median = {path: statistics.median(values) for path, values in samples.items()}
         choice = "loop" if median["loop"] < LOOP_MARGIN * median["vmap"] else "vmap"
         what = "forward/backward" + (" with CCL" if cross is not None else "")
-        return self.adopt(choice, (
-            f"auto on CUDA: {choice} (median of {AUTO_ROUNDS} alternating rounds after "
-            f"{AUTO_WARMUP} warm-up calls: loop {median['loop'] * 1e3:.1f} ms, vmap "
-            f"{median['vmap'] * 1e3:.1f} ms per {what}; vmap unless the loop is "
-            f"{1 - LOOP_MARGIN:.0%} faster)"))
+        reason = (f"auto on CUDA: {choice} (median of {AUTO_ROUNDS} alternating rounds after "
+                  f"{AUTO_WARMUP} warm-up calls: loop {median['loop'] * 1e3:.1f} ms, vmap "
+                  f"{median['vmap'] * 1e3:.1f} ms per {what}; vmap unless the loop is "
+                  f"{1 - LOOP_MARGIN:.0%} faster)")
+        comm = self.state.comm
+        if comm.distributed:  # every rank measured its own shard; all take rank 0's choice, so
+            # one run has one path (and one line in metrics.json), whatever each GPU measured
+            choice, reason = comm.all_gather_objects((choice, reason))[0]
+            reason = f"rank 0's measurement, taken by all {comm.world_size} ranks: {reason}"
+        return self.adopt(choice, reason)
 
     def adopt(self, path: str, reason: str) -> LoopPass:
         """The pass ``path`` (loop or vmap) with ``reason``: a measured or a checkpointed choice."""

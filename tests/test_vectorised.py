@@ -134,6 +134,26 @@ def test_auto_alternates_warms_up_includes_ccl_and_keeps_vmap_unless_loop_wins(
     assert len(calls) == 2 * rounds + 2
 
 
+def test_distributed_ranks_all_take_rank_0s_measured_path(monkeypatch):
+    """Each rank measures loop vs vmap on its own shard and could decide otherwise; every rank
+    takes rank 0's choice (here rank 1 measured vmap faster, rank 0 chose the loop)."""
+    from benchmark.distributed import Communicator
+
+    class RankOne(Communicator):
+        distributed = True
+
+        def all_gather_objects(self, obj):
+            return [("loop", "auto on CUDA: loop (rank 0's numbers)"), obj]
+
+    swarm, calls = _auto(monkeypatch, 10.0, 6.0, method="dsgdm-n")
+    monkeypatch.setattr(swarm.state, "comm", RankOne(AGENTS, rank=1, world_size=2))
+    xs, ys = torch.randn(AGENTS, BATCH, 3, 8, 8), torch.randint(0, 10, (AGENTS, BATCH))
+    chosen = swarm.forward_backward.settle(xs, ys, None)
+    assert chosen.name == "loop" and {name for name, _ in calls} == {"loop", "vmap"}
+    assert chosen.reason == ("rank 0's measurement, taken by all 2 ranks: auto on CUDA: loop "
+                             "(rank 0's numbers)")
+
+
 def test_a_resumed_run_keeps_the_measured_path(monkeypatch):
     first, calls = _auto(monkeypatch, 10.0, 6.0, method="dsgdm-n")
     first.step(torch.randn(AGENTS, BATCH, 3, 8, 8), torch.randint(0, 10, (AGENTS, BATCH)))
