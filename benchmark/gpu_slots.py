@@ -7,7 +7,8 @@ first free pair, slot 0 of every GPU before slot 1 of any (runs spread over GPUs
 share one). The lock file stays open in the process that trains: the workflow's launcher
 (``python -m benchmark.gpu_slots --gpus 0,1 --slots 4 -- cmd ...``) ``exec``s the command with
 the descriptor inherited, so the kernel releases the slot when that process ends, however it
-ends (SIGKILL included); no stale slots.
+ends (SIGKILL included); no stale slots. Through the preload server the descriptor travels on
+to the forked child that trains (``BENCHMARK_GPU_SLOT_FD``), which holds the slot as well.
 
 The launched process learns its slot from ``BENCHMARK_GPU_SLOT=<gpu>:<slot>/<k>`` (the memory
 check gives a run ``1/k`` of its GPU). The lock folder is machine-wide by default (GPUs are),
@@ -24,10 +25,12 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from .io import try_lock
-
 LOCKS_ENV = "BENCHMARK_GPU_LOCKS"
 SLOT_ENV = "BENCHMARK_GPU_SLOT"
+# the descriptor of the held slot lock in the launched process: a job run through the preload
+# server (benchmark/preload.py) hands it on to the forked child that trains, so the slot stays
+# held until the training itself ends, not only its forwarding client
+SLOT_FD_ENV = "BENCHMARK_GPU_SLOT_FD"
 
 
 @dataclass(frozen=True)
@@ -52,6 +55,8 @@ def lock_dir() -> Path:
 
 def try_acquire(gpus: list[str], per_device: int, directory: Path | None = None) -> Slot | None:
     """The first free (GPU, slot) pair, locked; None when all ``gpus x per_device`` are held."""
+    from .io import try_lock  # imported on use: the preload client reads this module's names
+
     directory = Path(directory or lock_dir())
     directory.mkdir(parents=True, exist_ok=True)
     for index in range(per_device):
@@ -117,7 +122,8 @@ def main(argv: list[str] | None = None) -> None:
     gpus = [g for g in args.gpus.split(",") if g]
     slot = acquire(gpus, args.slots, Path(args.lock_dir) if args.lock_dir else None, args.poll)
     os.set_inheritable(slot.fd, True)  # the command's process holds the lock after exec
-    os.environ.update(CUDA_VISIBLE_DEVICES=slot.gpu, **{SLOT_ENV: slot.label})
+    os.environ.update(CUDA_VISIBLE_DEVICES=slot.gpu,
+                      **{SLOT_ENV: slot.label, SLOT_FD_ENV: str(slot.fd)})
     print(f"gpu_slot: CUDA_VISIBLE_DEVICES={slot.gpu} (slot {slot.label})", file=sys.stderr,
           flush=True)
     os.execvp(command[0], command)

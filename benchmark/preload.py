@@ -6,8 +6,9 @@ about 3.5 CPU-seconds importing torch and the rest before its first iteration
 (``onstart``) and exports its socket as ``BENCHMARK_PRELOAD``; with that variable set,
 ``python -m benchmark ...`` (the job command, unchanged) hands its arguments, working directory,
 environment and stdin/stdout/stderr (the file descriptors themselves, so ``> log.txt`` holds) to
-the server, which forks a child that runs exactly ``benchmark.cli.main`` on them. The client
-forwards SIGTERM/SIGINT/SIGHUP to that child and exits with its exit code.
+the server, which forks a child that runs exactly ``benchmark.cli.main`` on them (with the GPU
+slot lock the job holds, so the child keeps the slot). The client forwards SIGTERM/SIGINT/SIGHUP
+to that child and exits with its exit code.
 
 The server only imports modules, it never runs anything: no thread, no random draw, no CUDA
 context exist when it forks, so a child computes what a fresh process computes (the tests
@@ -55,7 +56,7 @@ def run_via_server(argv: list[str]) -> int | None:
     request = json.dumps({"argv": argv, "cwd": os.getcwd(), "env": dict(os.environ)}).encode()
     with conn:
         try:
-            socket.send_fds(conn, [_HEADER.pack(len(request))], [0, 1, 2])
+            socket.send_fds(conn, [_HEADER.pack(len(request))], [0, 1, 2, *_held_locks()])
             conn.sendall(request)
             replies = conn.makefile("r")
             pid = json.loads(replies.readline() or "{}").get("pid")
@@ -71,6 +72,20 @@ def run_via_server(argv: list[str]) -> int | None:
               file=sys.stderr)
         return 1
     return json.loads(line)["exit"]
+
+
+def _held_locks() -> list[int]:
+    """Lock descriptors this job holds and its training child must hold too: the GPU slot of
+    ``benchmark.gpu_slots`` (were only this client to hold it, a killed client would free the
+    slot while the child still trains on the GPU)."""
+    from .gpu_slots import SLOT_FD_ENV
+
+    fd = os.environ.get(SLOT_FD_ENV, "")
+    try:
+        os.fstat(int(fd))
+    except (ValueError, OSError):
+        return []
+    return [int(fd)]
 
 
 # -- server --------------------------------------------------------------------------------------
@@ -141,7 +156,7 @@ def serve(path: str) -> None:
 def _fork_job(conn: socket.socket, listener: socket.socket,
               children: dict[int, socket.socket]) -> int | None:
     try:
-        header, fds, _, _ = socket.recv_fds(conn, _HEADER.size, 3)
+        header, fds, _, _ = socket.recv_fds(conn, _HEADER.size, 4)  # stdio + a held lock
         (size,) = _HEADER.unpack(header)
         request = json.loads(conn.makefile("rb").read(size))
     except (OSError, ValueError, struct.error):
@@ -178,9 +193,13 @@ def _run_job(request: dict, fds: list[int]) -> int:
 
     import numpy as np
 
-    for target, fd in enumerate(fds):
+    for target, fd in enumerate(fds[:3]):
         os.dup2(fd, target)
         os.close(fd)
+    if fds[3:]:  # the GPU slot lock: kept open until this child exits, under its new number
+        from .gpu_slots import SLOT_FD_ENV
+
+        request["env"][SLOT_FD_ENV] = str(fds[3])
     sys.stdin = open(0, closefd=False)  # noqa: SIM115
     sys.stdout = open(1, "w", buffering=1 if os.isatty(1) else -1, closefd=False)  # noqa: SIM115
     sys.stderr = open(2, "w", buffering=1, closefd=False, errors="backslashreplace")  # noqa: SIM115

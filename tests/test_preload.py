@@ -75,6 +75,36 @@ def test_sigterm_reaches_the_job_and_it_resumes(server, tmp_path):
         assert job.returncode == 130 and "resume" in err
 
 
+def test_the_training_child_holds_the_gpu_slot_of_its_job(server, tmp_path):
+    """A workflow GPU job: gpu_slots locks a slot and execs the client, which hands the lock on
+    with its stdio, so the forked child that trains holds the slot too (the client alone would
+    free it when killed, while the child still trains)."""
+    from benchmark.gpu_slots import try_acquire
+
+    socket, log = server
+    locks, out = tmp_path / "locks", tmp_path / "run"
+    env = {**os.environ, ENV: socket}
+    job = subprocess.Popen(
+        [sys.executable, "-m", "benchmark.gpu_slots", "--gpus", "0", "--lock-dir", str(locks),
+         "--", sys.executable, "-m", "benchmark", "train", "--out", str(out), *TINY,
+         "epochs=500", "device=cpu"],
+        env=env, cwd=tmp_path, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    for line in job.stdout:
+        if line.startswith("epoch 1/500"):
+            break
+    started = [line for line in log.read_text().splitlines() if f"--out {out}" in line]
+    child = int(started[-1].split()[1].rstrip(":"))
+    assert child != job.pid
+    held = {os.readlink(f"/proc/{child}/fd/{fd}") for fd in os.listdir(f"/proc/{child}/fd")}
+    assert str(locks / "gpu0-slot0.lock") in held
+    assert try_acquire(["0"], 1, locks) is None  # taken
+    job.send_signal(signal.SIGTERM)
+    job.communicate(timeout=60)
+    assert job.returncode == 130
+    slot = try_acquire(["0"], 1, locks)
+    assert slot is not None and (slot.gpu, slot.index) == ("0", 0)  # freed with the child
+
+
 def test_without_a_server_the_client_runs_it_itself(tmp_path):
     job = _train(tmp_path / "run", "epochs=1", socket=str(tmp_path / "no-such-socket"))
     out, err = job.communicate(timeout=300)
