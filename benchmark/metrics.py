@@ -73,10 +73,12 @@ class DistributedLayout(_Section):
 
 
 class Instability(_Section):
-    """Epochs whose training loss jumped above ``threshold`` times its running minimum
-    (:mod:`benchmark.instability`); ``max_jump`` is None before a second finite epoch."""
+    """Epochs whose training loss jumped above ``threshold`` times its running minimum and by
+    ``min_rise`` nats (:mod:`benchmark.instability`; files written before the floor have none);
+    ``max_jump`` is None before a second finite epoch."""
 
     threshold: float
+    min_rise: float | None = None
     epochs: list[int]
     max_jump: float | None = None
 
