@@ -132,6 +132,35 @@ def test_result_backfills_epochs_logged_before_a_resume(store: str) -> None:
     assert sorted(steps) == [1, 2, 3]
 
 
+def test_epoch_metrics_are_written_with_the_next_evaluated_epoch(store: str) -> None:
+    """One transaction per evaluated epoch (eval_every), not per epoch; what is still buffered
+    when the run fails is written as it ends."""
+    client = MlflowClient(store)
+
+    def steps(run_id: str) -> list[int]:
+        return sorted(m.step for m in client.get_metric_history(run_id, "loss/ce"))
+
+    with pytest.raises(RuntimeError), track_run(_config(), None) as tracker:
+        for e in range(1, 5):
+            tracker.log_epoch(e, {"epoch": e, "train_ce": 1.0 / e, "lr": 0.1})
+        assert steps(tracker.run_id) == []
+        tracker.log_epoch(5, {"epoch": 5, "train_ce": 0.2, "lr": 0.1, "consensus_acc": 50.0})
+        assert steps(tracker.run_id) == [1, 2, 3, 4, 5]
+        assert [m.step for m in client.get_metric_history(tracker.run_id, "acc/consensus")] == [5]
+        tracker.log_epoch(6, {"epoch": 6, "train_ce": 0.1, "lr": 0.1})
+        raise RuntimeError("boom")
+    assert steps(tracker.run_id) == [1, 2, 3, 4, 5, 6]
+
+
+def test_a_long_epoch_is_written_without_waiting_for_an_evaluation(store: str,
+                                                                   monkeypatch) -> None:
+    monkeypatch.setattr(tracking, "FLUSH_EVERY_S", 0.0)
+    with track_run(_config(), None) as tracker:
+        tracker.log_epoch(1, {"epoch": 1, "train_ce": 1.0, "lr": 0.1})
+        assert [m.step for m in MlflowClient(store).get_metric_history(
+            tracker.run_id, "loss/ce")] == [1]
+
+
 @pytest.mark.parametrize(("error", "status"), [(RuntimeError("boom"), "FAILED"),
                                                (KeyboardInterrupt(), "KILLED")])
 def test_crash_marks_the_run(store: str, error: BaseException, status: str) -> None:
