@@ -206,7 +206,7 @@ def test_torchrun_train_resumes_a_checkpoint_and_writes_the_single_process_metri
 
     options = ["dataset=digits", "model=mlp", "n_agents=8", "topology=ring", "method=ccl",
                "alpha=0.1", "epochs=3", "batch_size=32", "lambda_m=0.1", "lambda_d=0.1",
-               "tracking=false", "device=cpu"]
+               "tracking=false", "device=cpu", "save_models=all"]
     single = run(load_config(None, options), tmp_path / "single").to_dict()
 
     class Stop(Exception):
@@ -245,3 +245,13 @@ def test_torchrun_train_resumes_a_checkpoint_and_writes_the_single_process_metri
     per_iteration = 2 * 2 * (sharded["n_params"] * 4 + per_edge)
     assert layout["bytes_between_processes"] == iterations * per_iteration
     assert not (tmp_path / "sharded" / "checkpoint.pt").exists()  # finished: checkpoint dropped
+    # save_models=all: rank 0 writes the consensus model, each rank its own agents' models;
+    # every file equals the single-process run's
+    assert sharded["models"] == single["models"]
+    assert len(single["models"]["agents"]) == 8
+    for name in [single["models"]["consensus"], *single["models"]["agents"]]:
+        got, want = (torch.load(tmp_path / d / name, weights_only=False)["state_dict"]
+                     for d in ("sharded", "single"))
+        assert got.keys() == want.keys(), name
+        for key in want:
+            assert torch.allclose(got[key], want[key], atol=1e-5), (name, key)
