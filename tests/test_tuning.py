@@ -509,10 +509,16 @@ def test_tuned_tiny_grid_runs_a_study_per_method_then_both_protocols(tmp_path):
     data["grid"]["alpha"] = [0.5]
     data["tuning"].update(trials=2, epochs=1)
     (tmp_path / "config" / "fam.yaml").write_text(yaml.safe_dump(data))
+    old = tmp_path / "studies" / "fam" / "alpha0.5.journal"  # a study of the old layout
+    old.parent.mkdir(parents=True)
+    old.write_text("{}\n")
     cmd = [*SNAKEMAKE, "-d", str(tmp_path), "--cores", "2", "reports/table_fam.csv",
            "--config", "protocol=both"]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-4000:]
+    warned = [line for line in proc.stderr.splitlines() if "old layout" in line]
+    assert len(warned) == 1 and "studies/fam/alpha0.5.journal" in warned[0]
+    assert old.read_text() == "{}\n"  # left alone
 
     for method in ("dsgdm-n", "ccl-dsgdm"):  # the same budget for every method
         best = json.loads((tmp_path / "studies" / "fam" / method / "alpha0.5" / "best.json")

@@ -99,3 +99,24 @@ rule tuning_table:
     shell:
         "{PYTHON} -m benchmark tune-table {input} --out reports/tuning_{wildcards.family} "
         "> {log} 2>&1"
+
+
+def warn_old_layout_studies():
+    """A study of the old layout (`studies/<family>/alpha<a>.journal`: CCL's lambdas only,
+    before every method got a study with the same budget) is not used by this workflow; say so
+    once per invocation (the variable keeps Snakemake's re-reads of this file quiet), so nobody
+    takes its trials for reused ones."""
+    if os.environ.get("BENCHMARK_OLD_STUDIES_CHECKED"):
+        return
+    os.environ["BENCHMARK_OLD_STUDIES_CHECKED"] = "1"
+    for name, family in FAMILIES.items():
+        if family.spec.tuning.protocol == "fixed":
+            continue
+        for old in sorted(Path(STUDIES_ROOT, name).glob("alpha*.journal")):
+            print(f"warning: {old} is a study of the old layout (CCL's lambdas only) and is not "
+                  f"used: every method now has its own study, {STUDIES_ROOT}/{name}/<method>/"
+                  f"alpha<a>.journal, with the family's one budget; keep it as a record or "
+                  f"delete it", file=sys.stderr)
+
+
+warn_old_layout_studies()
