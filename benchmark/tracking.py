@@ -74,13 +74,22 @@ def _is_lock_error(exc: BaseException) -> bool:
     return "database is locked" in text or "database table is locked" in text or "busy" in text
 
 
-def retry(fn: Callable[[], T], what: str) -> T:
-    """Call ``fn`` until it stops failing on SQLite locking (other errors propagate at once)."""
+def _is_dataset_race(exc: BaseException) -> bool:
+    """Two runs sharing a partition (every method of one seed and alpha) log the same dataset
+    at once: MLflow looks it up, finds none, and both insert it; the second insert fails. Tried
+    again, it finds the first one's row and links to it."""
+    return "UNIQUE constraint failed: datasets." in str(exc)
+
+
+def retry(fn: Callable[[], T], what: str,
+          transient: Callable[[BaseException], bool] = _is_lock_error) -> T:
+    """Call ``fn`` until it stops failing on SQLite locking (or another ``transient`` error);
+    other errors propagate at once."""
     for attempt in range(_RETRIES):
         try:
             return fn()
         except Exception as exc:  # MLflow wraps the driver's error in its own exception types
-            if not _is_lock_error(exc) or attempt == _RETRIES - 1:
+            if not transient(exc) or attempt == _RETRIES - 1:
                 raise
             delay = min(_BACKOFF_MAX_S, _BACKOFF_S * 2**attempt) * (0.5 + random.random())
             time.sleep(delay)
@@ -434,7 +443,7 @@ class MlflowTracker:
                           profile=json.dumps(profile))
         tags = [InputTag("mlflow.data.context", "train")]
         retry(lambda: self.client.log_inputs(self.run_id, [DatasetInput(dataset, tags)]),
-              "log_inputs")
+              "log_inputs", lambda exc: _is_lock_error(exc) or _is_dataset_race(exc))
 
     def end(self, status: str, error: str | None = None) -> None:
         self.flush()  # what a crashed or interrupted run trained is in the charts too

@@ -196,6 +196,37 @@ def test_tracking_off_touches_nothing(store: str, tmp_path: Path) -> None:
     assert not (tmp_path / "mlflow.db").exists()
 
 
+def test_a_dataset_logged_by_two_runs_at_once_is_linked_not_failed(store: str,
+                                                                     monkeypatch) -> None:
+    """The race of two runs sharing a partition: MLflow finds no dataset row, inserts, and the
+    other run's insert won; its IntegrityError is retried and the run links the existing row."""
+    from types import SimpleNamespace
+
+    monkeypatch.setattr(tracking, "_BACKOFF_S", 0.0)
+    bundle = SimpleNamespace(train=SimpleNamespace(y=[0] * 8), test=SimpleNamespace(y=[0] * 4))
+    parts = [[0, 1], [2, 3], [4, 5], [6, 7]]
+    with track_run(_config(), None) as first:
+        first.log_dataset(bundle, parts)
+    with track_run(_config(), None) as second:
+        real, calls = second.client.log_inputs, []
+
+        def racing(*args, **kwargs):
+            calls.append(1)
+            if len(calls) == 1:
+                raise mlflow.exceptions.MlflowException(
+                    "(sqlite3.IntegrityError) UNIQUE constraint failed: datasets.experiment_id, "
+                    "datasets.name, datasets.digest")
+            return real(*args, **kwargs)
+
+        monkeypatch.setattr(second.client, "log_inputs", racing)
+        second.log_dataset(bundle, parts)
+    assert len(calls) == 2
+    client = MlflowClient(store)
+    digests = [d.dataset.digest for run in (first, second)
+               for d in client.get_run(run.run_id).inputs.dataset_inputs]
+    assert len(digests) == 2 and len(set(digests)) == 1
+
+
 def test_retry_repeats_only_lock_errors(monkeypatch) -> None:
     monkeypatch.setattr(tracking, "_BACKOFF_S", 0.0)
     calls = []
@@ -227,10 +258,14 @@ WRITER = textwrap.dedent("""
     config = SimpleNamespace(
         tracking=True, family="conc", dataset="synthetic", model="mlp", topology="ring",
         n_agents=4, alpha=0.1, method="dsgdm-n", seed=index, algorithm="dsgdm-n",
-        model_dump=lambda: {"seed": index, "nested": {"a": 1}},
+        partition="lin", model_dump=lambda: {"seed": index, "nested": {"a": 1}},
     )
+    bundle = SimpleNamespace(train=SimpleNamespace(y=[0] * 8), test=SimpleNamespace(y=[0] * 4))
     time.sleep(max(0.0, start - time.time()))  # all writers hit the store together
     with track_run(config, None) as tracker:
+        # one partition for all (as every method of one seed and alpha): one dataset digest,
+        # which every writer's run logs at the same moment
+        tracker.log_dataset(bundle, [[0, 1], [2, 3], [4, 5], [6, 7]])
         for e in range(1, epochs + 1):
             tracker.log_epoch(e, {"epoch": e, "train_ce": index + e / 1000, "lr": 0.1,
                                   "consensus_acc": float(e)})
@@ -238,7 +273,8 @@ WRITER = textwrap.dedent("""
 
 
 def test_concurrent_writers_lose_no_run_and_no_point(store: str, tmp_path: Path) -> None:
-    """8 processes log at once into one SQLite store: every run and every point is there."""
+    """8 processes log at once into one SQLite store: every run and every point is there, and
+    every run is linked to the one dataset they all logged at once."""
     writers, epochs = 8, 25
     prepare_store(["conc"])  # as the workflow's onstart does
     script = tmp_path / "writer.py"
@@ -262,6 +298,10 @@ def test_concurrent_writers_lose_no_run_and_no_point(store: str, tmp_path: Path)
         ce = sorted(client.get_metric_history(run["run_id"], "loss/ce"), key=lambda m: m.step)
         expected = [index + e / 1000 for e in range(1, epochs + 1)]
         assert [m.value for m in ce] == pytest.approx(expected)
+    digests = {d.dataset.digest for _, run in runs.iterrows()
+               for d in client.get_run(run["run_id"]).inputs.dataset_inputs}
+    assert len(digests) == 1
+    assert all(len(client.get_run(r).inputs.dataset_inputs) == 1 for r in runs["run_id"])
 
 
 # ---------------------------------------------------------------------------- issue 13
