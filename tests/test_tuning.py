@@ -540,6 +540,7 @@ def test_tuned_tiny_grid_runs_a_study_per_method_then_both_protocols(tmp_path):
     assert len(table) == 3 and table[1].startswith("fam,ccl-dsgdm,0.5,")
     report = (tmp_path / "reports" / "table_fam.md").read_text()
     assert "dsgdm-n (fixed)" in report and "dsgdm-n (tuned)" in report  # labelled columns
+    assert "(tuned) = each method's best values from its own study" in report  # and explained
 
     again = subprocess.run([*cmd, "-n"], capture_output=True, text=True, timeout=300)
     assert again.returncode == 0 and "Nothing to be done" in again.stdout + again.stderr

@@ -349,6 +349,7 @@ def test_tiny_grid_writes_runs_tables_and_figures(tiny_grid: dict) -> None:
     assert (table["seeds"] == 1).all() and (table["completed"] == 1).all()
     md = (work / "reports" / "table_tiny.md").read_text()
     assert "| dataset | model | graph | alpha | dsgdm-n | ccl |" in md
+    assert "(tuned) =" not in md  # the fixed protocol alone: no note about tuned values
     for name in ("learning_curves", "ablation", "heterogeneity", "scaling_agents",
                  "spectral_gap", "overhead"):
         assert (work / "reports" / "figures" / "tiny" / f"{name}.png").stat().st_size > 0

@@ -258,6 +258,11 @@ NOTES = {
     "plateau": f"{NOT_PLATEAUED} = not plateaued: the mean consensus accuracy still moved by "
                f"{PLATEAU_TOLERANCE:g} point or more over the last {PLATEAU_WINDOW:.0%} of the "
                "epochs (CSV: `plateau`, `last_change`).",
+    "tuned": "(tuned) = each method's best values from its own study at that alpha "
+             "(studies/<family>/<method>/alpha<a>, validation split, one budget for all), "
+             "searched on the family's `run:` graph and used on every graph of the grid: on "
+             "other graphs they may not suit (README \"Tuning\"); (fixed) = the family's "
+             "`run:` values for every method.",
     "paired": "Paired: per-seed difference of consensus accuracy (points) between a CCL preset "
               "and its base optimiser under the same protocol and seeds (same partition and "
               "initial model); mean [95% Student-t interval], wins = seeds where the preset is "
@@ -281,6 +286,7 @@ def markdown_table(summary: pd.DataFrame, family: str = "") -> str:
             lines.append("| " + " | ".join(head + texts) + " |")
         lines.append("")
     lines += [NOTES["cells"], "", NOTES["plateau"]]
+    lines += ["", NOTES["tuned"]] if (summary["protocol"] == "tuned").any() else []
     lines += ["", NOTES["paired"]] if len(sections) > 2 else []
     return "\n".join(lines) + "\n"
 
@@ -311,7 +317,9 @@ def html_table(summary: pd.DataFrame, family: str = "") -> str:
         last_change=summary["last_change"].map(lambda v: "" if math.isnan(v) else f"{v:+.2f}"))
     parts += ["<h2>Status counts and plateau check</h2>",
               status.rename(columns={"label": "method"}).to_html(index=False, na_rep="")]
-    parts += [f"<p>{html.escape(NOTES[k])}</p>" for k in ("cells", "plateau", "paired")]
+    notes = ("cells", "plateau", *(("tuned",) if (summary["protocol"] == "tuned").any() else ()),
+             "paired")
+    parts += [f"<p>{html.escape(NOTES[k])}</p>" for k in notes]
     style = ("body{font-family:sans-serif;font-size:14px} table{border-collapse:collapse;"
              "margin-bottom:1em} td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}")
     return (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(family)}"
