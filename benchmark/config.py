@@ -72,6 +72,9 @@ class TunedFrom(BaseModel):
 
     values: dict[str, float]
     study: str
+    # the graph the study tuned on ({topology, n_agents}; None for studies that did not say):
+    # the report marks a run on another graph
+    graph: dict[str, str | int] | None = None
 
 
 class RunConfig(BaseModel):

@@ -285,7 +285,7 @@ def best_path(family: str, method: str, alpha: float) -> str:
 
 
 def tuned_from(best_json: str | Path, config: RunConfig) -> dict[str, Any]:
-    """``{"values": ..., "study": ...}`` from a study's ``best.json``, refusing a study of another
+    """``{"values", "study", "graph"}`` from a study's ``best.json``, refusing a study of another
     family, method or alpha (a learning rate tuned for alpha 1 says nothing about alpha 0.01)."""
     path = Path(best_json)
     try:
@@ -293,6 +293,7 @@ def tuned_from(best_json: str | Path, config: RunConfig) -> dict[str, Any]:
         values = {k: float(v) for k, v in best["values"].items()}
         found = (best["family"], best["method"], float(best["alpha"]))
         study = str(best["study"])
+        graph = best.get("graph")  # absent in studies written before it was recorded
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:
         raise UserError(f"--tuned {path}: not a readable tuning result "
                         f"({type(err).__name__}: {err}); run `python -m benchmark tune` first"
@@ -301,7 +302,7 @@ def tuned_from(best_json: str | Path, config: RunConfig) -> dict[str, Any]:
         raise ConfigError("--tuned", str(path), f"a study of family {config.family!r}, method "
                           f"{config.method} at alpha {config.alpha:g}",
                           hint=f"it is {found[0]!r}, {found[1]} at alpha {found[2]:g}")
-    return {"values": values, "study": study}
+    return {"values": values, "study": study, **({"graph": graph} if graph else {})}
 
 
 def load_family(path: str | Path, protocol: str | None = None) -> Family:

@@ -19,7 +19,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, ValidationError, field_serializer, field_validator
 
-from .config import STORED, RunConfig
+from .config import STORED, RunConfig, TunedFrom
 from .errors import UserError, validation_error
 from .io import atomic_write_json
 
@@ -101,11 +101,6 @@ class Memory(_Section):
     peak_bytes: int | None = None
 
 
-class TunedValues(_Section):
-    values: dict[str, float]  # the hyperparameters taken from the study (lr, lambda_m, ...)
-    study: str  # the study's journal
-
-
 class RunMetrics(_Section):
     """Everything one run wrote: status, resolved config, graph, history, final figures."""
 
@@ -133,7 +128,7 @@ class RunMetrics(_Section):
     environment: Environment | None = None
     memory: Memory | None = None
     protocol: Literal["fixed", "tuned"] = "fixed"
-    tuned: TunedValues | None = None
+    tuned: TunedFrom | None = None  # the values taken from a study, its journal and graph
     # saved model files relative to the run folder (benchmark/saved.py): "consensus" and, with
     # save_models: all, "agents" (one file per agent, in agent order)
     models: dict[str, str | list[str]] | None = None

@@ -275,6 +275,26 @@ def test_protocols_are_separate_columns_and_pairs() -> None:
     assert list(_table(runs[:4])["label"]) == ["qgm", "ccl"]
 
 
+def test_tuned_values_from_another_graph_are_marked() -> None:
+    """The runs are on ring-8; a study that tuned on ring-16 marks its runs' cells with ‡ (and
+    the CSV column), one that tuned on ring-8 (or did not record its graph) does not."""
+    def tuned(method: str, seed: int, graph: dict | None) -> dict:
+        run = _metrics(method, seed, 0.1, 70.0 + seed, 60.0, protocol="tuned")
+        run["tuned"] = {"values": {"lr": 0.2}, "study": f"studies/hand/{method}/alpha0.1.journal",
+                        **({"graph": graph} if graph else {})}
+        return run
+
+    runs = [tuned("qgm", s, {"topology": "ring", "n_agents": 16}) for s in range(2)]
+    runs += [tuned("ccl", s, {"topology": "ring", "n_agents": 8}) for s in range(2)]
+    runs += [tuned("dsgdm-n", s, None) for s in range(2)]
+    table = _table(runs).set_index("method")
+    assert table["tuned_elsewhere"].to_dict() == {"dsgdm-n": False, "qgm": True, "ccl": False}
+    md = markdown_table(table.reset_index(), "hand")
+    row = next(line for line in md.splitlines() if line.startswith("| digits | lenet5 | ring-8"))
+    assert row.count("‡") == 1 and "70.50 ± 0.71 ‡" in row
+    assert "‡ = tuned on another graph than the row's" in md
+
+
 @pytest.mark.parametrize(("curves", "plateau", "change"), [
     # 10 epochs: the window is epochs 8-10; flat within 0.6 points -> plateaued
     ([[10, 50, 70, 80, 85, 88, 89, 89.5, 89.8, 90.1]] * 2, True, 0.6),

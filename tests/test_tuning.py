@@ -446,7 +446,8 @@ def test_train_takes_the_tuned_values_of_its_method_and_alpha(tmp_path, capsys):
     assert metrics["ccl"] == {"lambda_m": 0.037, "lambda_d": 0.0042}
     assert metrics["config"]["lr"] == 0.07 and metrics["protocol"] == "tuned"
     assert metrics["tuned"] == {"values": {"lr": 0.07, "lambda_m": 0.037, "lambda_d": 0.0042},
-                                "study": "studies/fam/ccl-dsgdm/alpha0.1.journal"}
+                                "study": "studies/fam/ccl-dsgdm/alpha0.1.journal",
+                                "graph": None}  # a best.json that does not name its graph
 
     capsys.readouterr()
     for wrong in (["alpha=1.0", "method=ccl-dsgdm"], ["alpha=0.1", "method=dsgdm-n"]):
@@ -528,7 +529,9 @@ def test_tuned_tiny_grid_runs_a_study_per_method_then_both_protocols(tmp_path):
                      / "alpha0.5" / method / "seed0" / "metrics.json")
         metrics = json.loads(tuned_run.read_text())
         assert metrics["protocol"] == "tuned"
-        assert metrics["tuned"] == {"values": best["values"], "study": best["study"]}
+        assert best["graph"] == {"topology": "ring", "n_agents": 4}  # the family's run: graph
+        assert metrics["tuned"] == {"values": best["values"], "study": best["study"],
+                                    "graph": best["graph"]}
         assert metrics["config"]["lr"] == best["values"].get("lr", RUN["lr"])
         fixed_run = Path(str(tuned_run).replace("/tuned/", "/"))
         assert json.loads(fixed_run.read_text())["protocol"] == "fixed"

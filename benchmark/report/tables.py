@@ -27,6 +27,7 @@ ACCURACIES = {"consensus_acc": "consensus model", "local_acc": "mean of local mo
 PROTOCOLS = ("fixed", "tuned")
 PAIRED = ("pairs", "left_out", "wins", "diff_mean", "ci_low", "ci_high")
 NOT_PLATEAUED = "†"
+TUNED_ELSEWHERE = "‡"  # tuned values searched on another graph than the row's
 
 
 def base_method(method: str) -> str:
@@ -107,6 +108,15 @@ def unstable_epochs(result: dict[str, Any]) -> list[int]:
     return [int(e) for e in block.get("epochs") or []] if isinstance(block, dict) else []
 
 
+def _tuned_elsewhere(result: dict[str, Any], topo: dict, cfg: dict) -> bool:
+    """A tuned run whose values were searched on another graph than its own."""
+    graph = ((result.get("tuned") or {}) if result.get("protocol") == "tuned" else {}).get("graph")
+    if not isinstance(graph, dict):
+        return False
+    own = (topo.get("name", cfg.get("topology")), int(topo.get("n_agents", cfg.get("n_agents", 0))))
+    return (graph.get("topology"), graph.get("n_agents")) != own
+
+
 def runs_frame(results: list[dict[str, Any]]) -> pd.DataFrame:
     """One row per run with its axes, status and final figures."""
     rows = []
@@ -123,6 +133,7 @@ def runs_frame(results: list[dict[str, Any]]) -> pd.DataFrame:
             "alpha": float(cfg.get("alpha", math.nan)),
             "method": r.get("method", cfg.get("method")),
             "protocol": r.get("protocol") or "fixed",
+            "tuned_elsewhere": _tuned_elsewhere(r, topo, cfg),
             "seed": cfg.get("seed"),
             "status": r.get("status", "unknown"),
             "unstable": bool(unstable_epochs(r)),
@@ -152,6 +163,7 @@ def summary_table(runs: pd.DataFrame) -> pd.DataFrame:
         for status in statuses:
             row[status] = int((grp["status"] == status).sum())
         row["unstable"] = int(grp["unstable"].sum())
+        row["tuned_elsewhere"] = bool(grp["tuned_elsewhere"].any())
         done = grp[grp["status"] == "completed"]
         for acc in ACCURACIES:
             row[f"{acc}_mean"] = done[acc].mean() if len(done) else math.nan
@@ -199,6 +211,8 @@ def _cell(row: pd.Series, acc: str) -> str:
         text += f" ({', '.join(notes)})"
     if acc == "consensus_acc" and not_plateaued(row):
         text += f" {NOT_PLATEAUED}"
+    if row.get("tuned_elsewhere"):
+        text += f" {TUNED_ELSEWHERE}"
     return text
 
 
@@ -260,9 +274,10 @@ NOTES = {
                "epochs (CSV: `plateau`, `last_change`).",
     "tuned": "(tuned) = each method's best values from its own study at that alpha "
              "(studies/<family>/<method>/alpha<a>, validation split, one budget for all), "
-             "searched on the family's `run:` graph and used on every graph of the grid: on "
-             "other graphs they may not suit (README \"Tuning\"); (fixed) = the family's "
-             "`run:` values for every method.",
+             "searched on the family's `run:` graph and used on every graph of the grid; "
+             f"{TUNED_ELSEWHERE} = tuned on another graph than the row's, where the values may "
+             "not suit (README \"Tuning\"); (fixed) = the family's `run:` values for every "
+             "method.",
     "paired": "Paired: per-seed difference of consensus accuracy (points) between a CCL preset "
               "and its base optimiser under the same protocol and seeds (same partition and "
               "initial model); mean [95% Student-t interval], wins = seeds where the preset is "

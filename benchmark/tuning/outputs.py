@@ -51,6 +51,8 @@ def best_summary(study: optuna.Study, config: RunConfig, spec: Tuning, journal: 
         "start_value": _value_at(complete, starts[0]) if starts else None,
         "start_point": starts[0] if starts else None,
         "study": str(journal),
+        # the values suit this graph; the grid may use them on others (README "Tuning")
+        "graph": {"topology": config.topology, "n_agents": config.n_agents},
     }
 
 
