@@ -302,7 +302,7 @@ def tuned_from(best_json: str | Path, config: RunConfig) -> dict[str, Any]:
         raise ConfigError("--tuned", str(path), f"a study of family {config.family!r}, method "
                           f"{config.method} at alpha {config.alpha:g}",
                           hint=f"it is {found[0]!r}, {found[1]} at alpha {found[2]:g}")
-    return {"values": values, "study": study, **({"graph": graph} if graph else {})}
+    return {"values": values, "study": study, "graph": graph}
 
 
 def load_family(path: str | Path, protocol: str | None = None) -> Family:

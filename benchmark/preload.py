@@ -80,12 +80,12 @@ def _held_locks() -> list[int]:
     slot while the child still trains on the GPU)."""
     from .gpu_slots import SLOT_FD_ENV
 
-    fd = os.environ.get(SLOT_FD_ENV, "")
     try:
-        os.fstat(int(fd))
+        fd = int(os.environ.get(SLOT_FD_ENV, ""))
+        os.fstat(fd)
     except (ValueError, OSError):
         return []
-    return [int(fd)]
+    return [fd]
 
 
 # -- server --------------------------------------------------------------------------------------

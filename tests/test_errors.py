@@ -260,6 +260,13 @@ def store(tmp_path, monkeypatch) -> Path:
     (["topology=ring", "torus_rows=3"], "torus_rows: invalid value 3; allowed: only used by"),
     (["data_dir="], "data_dir: invalid value None"),
     (["data_dir=''"], "data_dir: invalid value ''; allowed: String should have at least 1"),
+    # YAML reads true/yes as booleans, which pydantic would take for 1 (`n_agents=true` would
+    # train one agent): every number field refuses them; boolean fields still take them
+    (["n_agents=true"], "n_agents: invalid value True; allowed: a number, not a boolean"),
+    (["lr=false"], "lr: invalid value False; allowed: a number, not a boolean"),
+    (["seed=yes"], "seed: invalid value True; allowed: a number, not a boolean"),
+    (["lr_milestones=[0.5, true]"], "lr_milestones: invalid value [0.5, True]; allowed: a number"),
+    (["clip_grad_norm=true"], "clip_grad_norm: invalid value True; allowed: a number"),
 ])
 def test_class1_every_option_is_validated_before_anything(capsys, tmp_path, store, overrides,
                                                           first_line):
@@ -430,28 +437,20 @@ def test_class4_a_full_disk_keeps_the_last_checkpoint_and_the_run_resumes(tmp_pa
 ])
 def test_class7_a_value_listed_twice_on_an_axis(capsys, tmp_path, axis, values, first_line):
     axes = {"alpha": "[0.1]", "seeds": "[0]", "methods": "[dsgdm-n]", axis: values}
+    _plan_fails(capsys, tmp_path, "  topologies: [{topology: ring, n_agents: 4}]\n"
+                + "".join(f"  {k}: {v}\n" for k, v in axes.items()), first_line)
+
+
+def _plan_fails(capsys, tmp_path: Path, grid_and_tuning: str, first_line: str) -> None:
+    """``plan`` of a family file (a synthetic run: section, then ``grid_and_tuning``) exits 2
+    with one line naming the file and ``first_line``, and writes nothing."""
     family = tmp_path / "fam.yaml"
-    family.write_text("run: {family: fam, dataset: synthetic, model: mlp, epochs: 1}\n"
-                      "grid:\n  topologies: [{topology: ring, n_agents: 4}]\n"
-                      + "".join(f"  {k}: {v}\n" for k, v in axes.items()))
+    family.write_text("run: {family: fam, dataset: synthetic, model: mlp, epochs: 1}\ngrid:\n"
+                      + grid_and_tuning)
     assert main(["plan", "fam", "--config-dir", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert err.startswith(f"error: {family}: {first_line}") and err.count("\n") == 1, err
     assert os.listdir(tmp_path) == ["fam.yaml"]
-
-
-@pytest.mark.parametrize(("overrides", "first_line"), [
-    (["n_agents=true"], "n_agents: invalid value True; allowed: a number, not a boolean"),
-    (["lr=false"], "lr: invalid value False; allowed: a number, not a boolean"),
-    (["seed=yes"], "seed: invalid value True; allowed: a number, not a boolean"),
-    (["lr_milestones=[0.5, true]"], "lr_milestones: invalid value [0.5, True]; allowed: a number"),
-    (["clip_grad_norm=true"], "clip_grad_norm: invalid value True; allowed: a number"),
-])
-def test_class1_a_boolean_is_not_a_number(capsys, tmp_path, overrides, first_line):
-    """YAML reads true/yes as booleans, which pydantic would take for 1: `n_agents=true` would
-    train one agent. Every number field refuses them; boolean fields still take them."""
-    line = _fail(capsys, tmp_path / "run", *SYNTH, *overrides)
-    assert line.startswith(first_line), line
 
 
 @pytest.mark.parametrize(("where", "text", "first_line"), [
@@ -465,14 +464,8 @@ def test_class1_a_boolean_is_not_a_number(capsys, tmp_path, overrides, first_lin
 def test_class7_a_boolean_on_a_numeric_axis_or_budget(capsys, tmp_path, where, text, first_line):
     parts = {"seeds": "  seeds: [0]\n", "graph": "  topologies: [{topology: ring, n_agents: 4}]\n",
              "tuning": "", where: text}
-    family = tmp_path / "fam.yaml"
-    family.write_text("run: {family: fam, dataset: synthetic, model: mlp, epochs: 1}\n"
-                      "grid:\n  alpha: [0.1]\n  methods: [dsgdm-n]\n"
-                      + parts["seeds"] + parts["graph"] + parts["tuning"])
-    assert main(["plan", "fam", "--config-dir", str(tmp_path)]) == 2
-    err = capsys.readouterr().err
-    assert err.startswith(f"error: {family}: {first_line}") and err.count("\n") == 1, err
-    assert os.listdir(tmp_path) == ["fam.yaml"]
+    _plan_fails(capsys, tmp_path, "  alpha: [0.1]\n  methods: [dsgdm-n]\n" + parts["seeds"]
+                + parts["graph"] + parts["tuning"], first_line)
 
 
 # ---------------------------------------------------------------------------- issue 12, class 5

@@ -110,8 +110,8 @@ def unstable_epochs(result: dict[str, Any]) -> list[int]:
 
 def _tuned_elsewhere(result: dict[str, Any], topo: dict, cfg: dict) -> bool:
     """A tuned run whose values were searched on another graph than its own."""
-    graph = ((result.get("tuned") or {}) if result.get("protocol") == "tuned" else {}).get("graph")
-    if not isinstance(graph, dict):
+    graph = (result.get("tuned") or {}).get("graph")
+    if result.get("protocol") != "tuned" or not isinstance(graph, dict):
         return False
     own = (topo.get("name", cfg.get("topology")), int(topo.get("n_agents", cfg.get("n_agents", 0))))
     return (graph.get("topology"), graph.get("n_agents")) != own
@@ -300,10 +300,14 @@ def markdown_table(summary: pd.DataFrame, family: str = "") -> str:
             texts = [f"**{t}**" if best else t for t, best in cells]
             lines.append("| " + " | ".join(head + texts) + " |")
         lines.append("")
-    lines += [NOTES["cells"], "", NOTES["plateau"]]
-    lines += ["", NOTES["tuned"]] if (summary["protocol"] == "tuned").any() else []
-    lines += ["", NOTES["paired"]] if len(sections) > 2 else []
+    lines += "\n\n".join(NOTES[k] for k in _notes(summary, paired=len(sections) > 2)).split("\n")
     return "\n".join(lines) + "\n"
+
+
+def _notes(summary: pd.DataFrame, paired: bool) -> list[str]:
+    """The footnotes a table needs (keys of :data:`NOTES`), in order."""
+    return ["cells", "plateau", *(["tuned"] if (summary["protocol"] == "tuned").any() else []),
+            *(["paired"] if paired else [])]
 
 
 def html_table(summary: pd.DataFrame, family: str = "") -> str:
@@ -332,9 +336,7 @@ def html_table(summary: pd.DataFrame, family: str = "") -> str:
         last_change=summary["last_change"].map(lambda v: "" if math.isnan(v) else f"{v:+.2f}"))
     parts += ["<h2>Status counts and plateau check</h2>",
               status.rename(columns={"label": "method"}).to_html(index=False, na_rep="")]
-    notes = ("cells", "plateau", *(("tuned",) if (summary["protocol"] == "tuned").any() else ()),
-             "paired")
-    parts += [f"<p>{html.escape(NOTES[k])}</p>" for k in notes]
+    parts += [f"<p>{html.escape(NOTES[k])}</p>" for k in _notes(summary, paired=True)]
     style = ("body{font-family:sans-serif;font-size:14px} table{border-collapse:collapse;"
              "margin-bottom:1em} td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}")
     return (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(family)}"

@@ -72,14 +72,23 @@ GPU_THREADS = _positive_int("gpu_threads", 2)
 CLUSTER = config.get("cluster")
 
 
+def first_reading(check):
+    """True the first time this invocation plans with ``check`` (a name): a warning printed when
+    planning is said once, not again by Snakemake's own re-reads of the workflow files (they
+    inherit the environment variable this sets)."""
+    key = f"BENCHMARK_CHECKED_{check.upper()}"
+    if os.environ.get(key):
+        return False
+    os.environ[key] = "1"
+    return True
+
+
 def warn_unused_gpu():
     """The plan counts the GPUs this torch can use. On a machine whose GPU this torch cannot use
     (a CUDA build newer than the driver, a CPU-only wheel) that is 0, and the whole grid would run
-    on the CPU without a word: say it once per invocation, when planning (dry runs included).
-    The environment variable keeps Snakemake's own re-reads of this file quiet."""
-    if GPUS or CLUSTER or os.environ.get("BENCHMARK_GPU_CHECKED"):
+    on the CPU without a word: say it once per invocation, when planning (dry runs included)."""
+    if GPUS or CLUSTER or not first_reading("gpu"):
         return
-    os.environ["BENCHMARK_GPU_CHECKED"] = "1"
     from benchmark.device import cpu_fallback_warning
 
     message = cpu_fallback_warning()

@@ -104,11 +104,9 @@ rule tuning_table:
 def warn_old_layout_studies():
     """A study of the old layout (`studies/<family>/alpha<a>.journal`: CCL's lambdas only,
     before every method got a study with the same budget) is not used by this workflow; say so
-    once per invocation (the variable keeps Snakemake's re-reads of this file quiet), so nobody
-    takes its trials for reused ones."""
-    if os.environ.get("BENCHMARK_OLD_STUDIES_CHECKED"):
+    once per invocation, so nobody takes its trials for reused ones."""
+    if not first_reading("old_studies"):
         return
-    os.environ["BENCHMARK_OLD_STUDIES_CHECKED"] = "1"
     for name, family in FAMILIES.items():
         if family.spec.tuning.protocol == "fixed":
             continue
