@@ -21,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import json
 import random
+import zipfile
 from importlib import metadata
 from pathlib import Path
 from types import SimpleNamespace
@@ -81,7 +82,7 @@ def _read(path: Path, meta: dict[str, object]) -> dict[str, np.ndarray] | None:
         with np.load(path, allow_pickle=False) as stored:
             arrays = {key: stored[key] for key in ARRAYS}
             recorded = json.loads(str(stored["meta"]))
-    except (OSError, KeyError, ValueError, EOFError):  # absent, truncated, not an npz...
+    except (OSError, KeyError, ValueError, EOFError, zipfile.BadZipFile):  # absent, truncated...
         return None
     if not isinstance(recorded, dict) or {k: recorded.get(k) for k in meta} != meta:
         return None

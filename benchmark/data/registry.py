@@ -249,11 +249,11 @@ def dataset_row(name: str, image_size: int | None = None, synthetic: dict | None
         raise ConfigError("image_size", image_size, "a positive integer")
     if row.from_options is not None:
         return row.from_options(synthetic or {}, image_size)
-    if image_size is None or image_size == row.sample_shape[-1]:
-        return row
-    if row.kind != "image":
+    if image_size is not None and row.kind != "image":
         raise ConfigError("image_size", image_size, f"unset for {name}", hint=f"{name} holds "
                           f"{DESCRIBED[row.kind]} of shape {list(row.sample_shape)}, no images")
+    if image_size is None or image_size == row.sample_shape[-1]:
+        return row
     if not row.resizable:
         raise ConfigError("image_size", image_size,
                           f"{row.sample_shape[-1]} for {name} (or leave it unset)")

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from benchmark.errors import ConfigError
+from benchmark.errors import ConfigError, UserError
 from benchmark.models.convbase1d import ConvBase1d
 from benchmark.models.lenet import LeNet5
 from benchmark.models.mlp import MLP
@@ -32,7 +32,13 @@ from benchmark.models.norms import (
     make_norm,
 )
 from benchmark.models.resnet import resnet18, resnet20
-from benchmark.samples import DESCRIBED, SampleKind, check_sample_shape, sample_kind
+from benchmark.samples import (
+    DESCRIBED,
+    KIND_OF_RANK,
+    SampleKind,
+    check_sample_shape,
+    sample_kind,
+)
 
 # (num_classes, sample shape, norm, evonorm_style) -> a freshly initialised model
 Builder = Callable[[int, tuple[int, ...], str, str], nn.Module]
@@ -71,6 +77,26 @@ REGISTRY: dict[str, ModelRow] = {
     "convbase1d": ModelRow(lambda k, shape, norm, style: ConvBase1d(k, *shape), "none",
                            ("none",), ("signal",)),
 }
+
+
+def check_model_row(name: str, row: ModelRow) -> None:
+    """Refuse an incomplete or inconsistent registry row, naming it and the field."""
+
+    def bad(field: str, why: str) -> UserError:
+        return UserError(f"model registry row {name!r}: {field} {why}")
+
+    if not callable(row.build):
+        raise bad("build", "missing: (num_classes, sample_shape, norm, evonorm_style) -> model")
+    if not row.kinds or not set(row.kinds) <= set(KIND_OF_RANK.values()):
+        raise bad("kinds", f"{row.kinds!r} unknown; allowed: {', '.join(DESCRIBED)}")
+    if not row.norms or not set(row.norms) <= set(NORMS):
+        raise bad("norms", f"{row.norms!r} unknown; allowed: {', '.join(NORMS)}")
+    if row.default_norm not in row.norms:
+        raise bad("default_norm", f"{row.default_norm!r} not among its norms {row.norms}")
+
+
+for _name, _row in REGISTRY.items():  # an incomplete row fails at import, naming its field
+    check_model_row(_name, _row)
 MODELS: tuple[str, ...] = tuple(REGISTRY)
 # Norm used when the config leaves it unset: the paper's choice per model (METHOD.md section 5).
 DEFAULT_NORM: dict[str, str] = {name: row.default_norm for name, row in REGISTRY.items()}
@@ -133,6 +159,7 @@ __all__ = [
     "EvoNormS0",
     "ModelRow",
     "build_model",
+    "check_model_row",
     "make_norm",
     "models_taking",
 ]
