@@ -237,6 +237,16 @@ def test_one_epoch_of_every_preset_on_mnist1d(mnist1d_dir, method):
     assert sent.get("class_statistics", 0) == (neighbours * (10 * 125 + 10) * 4 if uses_ldv else 0)
 
 
+def test_metrics_files_with_and_without_the_data_section_are_read():
+    from benchmark.metrics import RunMetrics
+
+    golden = Path(__file__).parent / "golden"
+    older = json.loads((golden / "qgm.json").read_text())  # written before the section existed
+    assert "data" not in older and RunMetrics.parse(older).data is None
+    newer = RunMetrics.parse(json.loads((golden / "mnist1d-qgm.json").read_text()))
+    assert (newer.data.sample_shape, newer.data.digest) == ([1, 40], PUBLISHED)
+
+
 def test_evaluation_and_saved_model_on_signals(mnist1d_dir, tmp_path):
     from benchmark.data import eval_batches
     from benchmark.saved import load_model
