@@ -253,7 +253,7 @@ def _registry(field: str):
 def _check_model_takes_the_data(model: str, dataset: str, kind: str) -> None:
     """A model takes the kind of samples the dataset holds (images, 1-D signals); else one line
     naming the models that fit and the other pairs."""
-    from .data.registry import DATASETS, dataset_row
+    from .data.registry import DATASETS
     from .models import REGISTRY, models_taking
     from .samples import DESCRIBED
 

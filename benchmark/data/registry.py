@@ -162,6 +162,7 @@ class Request:
 
     @property
     def image_size(self) -> int:
+        """The side of the (square) images an image loader makes."""
         return self.sample_shape[-1]
 
 
@@ -191,8 +192,8 @@ class DatasetRow:
     # anything expensive (20000 agents on 1437 digits must be refused before the 20000 x 20000
     # mixing matrix is built) and plans count iterations with them
     train_size: int
-    stats: Stats | None  # input (mean, std) per channel, images on the [0, 1] scale; None: from
-    # the training samples
+    # input (mean, std) per channel, images on the [0, 1] scale; None: the training samples'
+    stats: Stats | None
     augment: str  # a key of AUGMENTATIONS
     fetch: FetchRule  # how `python -m benchmark fetch` makes it present (benchmark.data.sources)
     resizable: bool  # the `image_size` option resizes its images (else refused unless native)
@@ -317,7 +318,7 @@ def _digest(*splits: Split) -> str | None:
     h = hashlib.sha256()
     for split in splits:
         for tensor in (split.x, split.y):
-            h.update(tensor.contiguous().numpy().tobytes())
+            h.update(tensor.contiguous().numpy())  # its buffer: no copy of a large set
     return h.hexdigest()
 
 
