@@ -20,14 +20,14 @@ import tempfile
 from pathlib import Path
 
 from benchmark.data.registry import REGISTRY
-from benchmark.data.sources import BySize, Download, FetchRule, Generated, Offline, PlacedByHand
+from benchmark.data.sources import BySize, Download, Generated, ItemRule, Offline, PlacedByHand
 from benchmark.errors import DataMissingError
 
 
-def _items() -> dict[str, FetchRule]:
+def _items() -> dict[str, ItemRule]:
     """Every fetchable item and its rule: a dataset, or ``<dataset>-<release>`` for each release
     of a dataset published at several sizes."""
-    items: dict[str, FetchRule] = {}
+    items: dict[str, ItemRule] = {}
     for name, row in REGISTRY.items():
         if isinstance(row.fetch, BySize):
             releases = row.fetch.releases.items()

@@ -92,7 +92,7 @@ def _read(path: Path, meta: dict[str, object]) -> dict[str, np.ndarray] | None:
 def _cached_or_generated(data_dir: str | Path) -> tuple[Path, dict[str, np.ndarray], bool]:
     """(the cache file, the published arrays, whether they had to be generated)."""
     path = Path(data_dir) / CACHE
-    meta = {"version": _installed_version(), "args": ARGS}
+    meta: dict[str, object] = {"version": _installed_version(), "args": ARGS}
     arrays = _read(path, meta)
     if arrays is not None:
         return path, arrays, False

@@ -541,7 +541,7 @@ def synthetic_options(options: dict, image_size: int | None = None) -> dict:
                           hint="length makes 1-D signals, image_size images")
     if opts["augment"] not in AUGMENTATIONS:
         raise ConfigError("synthetic.augment", opts["augment"], AUGMENTATIONS)
-    kind = "signal" if signals else "image"
+    kind: SampleKind = "signal" if signals else "image"
     if kind not in AUGMENTATIONS[opts["augment"]]:
         raise ConfigError("synthetic.augment", opts["augment"],
                           [a for a, kinds in AUGMENTATIONS.items() if kind in kinds],

@@ -53,11 +53,12 @@ class BySize:
     """A dataset released at several sizes (Imagenette): one rule per release, fetched as the
     item ``<dataset>-<release>``; ``pick(image_size)`` names the release a run needs."""
 
-    releases: dict[str, FetchRule]
+    releases: dict[str, ItemRule]
     pick: Callable[[int], str]
 
 
-FetchRule = Offline | Download | PlacedByHand | Generated | BySize
+ItemRule = Offline | Download | PlacedByHand | Generated  # what one fetchable item follows
+FetchRule = ItemRule | BySize
 
 
 def torchvision(class_name: str, **options) -> Callable[..., object]:
