@@ -26,7 +26,8 @@ from pathlib import Path
 import torch
 
 from .config import RunConfig, build_config
-from .plan import DATA_SHAPES, Calibration, Workload, family_studies, study_config
+from .data.registry import dataset_row
+from .plan import Calibration, Workload, family_studies, study_config
 
 
 def workloads(families, agents: set[int] | None = None) -> list[RunConfig]:
@@ -42,13 +43,16 @@ def workloads(families, agents: set[int] | None = None) -> list[RunConfig]:
 
 
 def stand_in(config: RunConfig, steps: int, **machine) -> RunConfig:
-    """``config`` on random data of its dataset's shape, enough for ``steps`` iterations."""
+    """``config`` on random data of its dataset's shape, enough for ``steps`` iterations
+    (synthetic images held as uint8 like the image sets, signals as float like MNIST-1D)."""
     if config.dataset == "synthetic":
         synthetic = dict(config.synthetic or {})
-    else:
-        channels, size, classes, augment = DATA_SHAPES[config.dataset]
-        synthetic = {"channels": channels, "image_size": config.image_size or size,
-                     "num_classes": classes, "augment": augment}
+    else:  # the registry row's sample shape, classes and augmentation cost what the data cost
+        data = dataset_row(config.dataset, config.image_size)
+        channels, size = data.sample_shape[0], data.sample_shape[-1]
+        synthetic = {"channels": channels, "num_classes": data.num_classes,
+                     "augment": data.augment,
+                     ("image_size" if data.kind == "image" else "length"): size}
     synthetic.update(train_size=config.n_agents * config.batch_size * steps, test_size=16)
     return build_config({**config.model_dump(), "dataset": "synthetic", "image_size": None,
                          "synthetic": synthetic, "partition": "iid", "val_fraction": 0.0,

@@ -209,8 +209,8 @@ def build_parser() -> argparse.ArgumentParser:
     topology.set_defaults(func=_topology)
     from .data.fetch import ITEMS
 
-    fetch = sub.add_parser("fetch", help="download a dataset into data_dir once, atomically "
-                           "(the workflow's fetch_data job)")
+    fetch = sub.add_parser("fetch", help="download (mnist1d: generate) a dataset into data_dir "
+                           "once, atomically (the workflow's fetch_data job)")
     fetch.add_argument("item", choices=ITEMS, help="dataset (imagenette: its source size)")
     fetch.add_argument("--data-dir", default="data", help="the runs' data_dir (default: data)")
     fetch.set_defaults(func=_fetch)

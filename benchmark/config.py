@@ -27,7 +27,7 @@ from .algorithms.ccl import FEATURE_DISTANCES
 from .algorithms.qgm import QGM_VARIANTS
 from .algorithms.relaysgd import RELAY_NORMS
 from .data.partition import SCHEMES
-from .data.registry import synthetic_options
+from .data.registry import dataset_row
 from .errors import ConfigError, UserError, no_bool_for_numbers, validation_error
 from .methods import METHODS, resolve_method, zeroed_lambdas
 from .models.norms import EVONORM_STYLES, NORMS
@@ -192,8 +192,9 @@ class RunConfig(BaseModel):
         """Checks across fields, cheapest first: the data size before the n x n graph."""
         if info.context == STORED:
             return self
-        if self.dataset == "synthetic":
-            synthetic_options(self.synthetic or {}, self.image_size)
+        # the dataset's row at these options: image_size and synthetic options it takes
+        data = dataset_row(self.dataset, self.image_size, self.synthetic)
+        _check_model_takes_the_data(self.model, self.dataset, data.kind)
         _check_agents_fit_the_data(self)
         if not self.allow_unstable:
             from .stability import check_stable  # numpy + the graph: imported on use
@@ -249,12 +250,32 @@ def _registry(field: str):
     return {"dataset": DATASETS, "model": MODELS, "topology": TOPOLOGIES, "method": METHODS}[field]
 
 
+def _check_model_takes_the_data(model: str, dataset: str, kind: str) -> None:
+    """A model takes the kind of samples the dataset holds (images, 1-D signals); else one line
+    naming the models that fit and the other pairs."""
+    from .data.registry import DATASETS
+    from .models import REGISTRY, models_taking
+    from .samples import DESCRIBED
+
+    if kind in REGISTRY[model].kinds:
+        return
+    pairs = []
+    for other in DESCRIBED:
+        if other != kind:
+            datasets = [d for d in DATASETS if dataset_row(d).kind == other]
+            pairs.append(f"{DESCRIBED[other]} ({', '.join(datasets)}) take "
+                         f"{', '.join(models_taking(other))}")
+    raise ConfigError("model", model, models_taking(kind),
+                      hint=f"dataset {dataset} holds {DESCRIBED[kind]}; " + "; ".join(pairs))
+
+
 def _check_agents_fit_the_data(config: RunConfig) -> None:
     """Every agent needs at least one training sample (known without loading the data)."""
-    from .data.sizes import train_samples
+    from .data.registry import train_samples
 
-    samples = train_samples(config.dataset, config.synthetic, config.val_fraction)
-    if samples is not None and config.n_agents > samples:
+    samples = train_samples(config.dataset, config.synthetic, config.val_fraction,
+                            config.image_size)
+    if config.n_agents > samples:
         raise ConfigError("n_agents", config.n_agents, f"at most {samples} (the training "
                           f"samples of {config.dataset} to share among the agents)")
     if config.n_agents > MAX_AGENTS:

@@ -9,13 +9,13 @@ The estimate adds what the run holds on its device at its worst moment:
   messages ``E (P + 1)``...), plus one transient of the update (gossip's ``W X``, relayed
   messages): twice the larger of ``n P`` and the algorithm's extra state;
 * **activations** of the forward/backward: the tensors autograd saves, per sample, measured with
-  ``saved_tensors_hooks`` on a 2-image CPU forward of the run's model (plus the largest
+  ``saved_tensors_hooks`` on a 2-sample CPU forward of the run's model (plus the largest
   activation twice over for the gradients in flight), times the per-agent batch, times ``n``
   on the vmap path (all agents at once) or 1 on the loop; CCL's no-grad cross-feature passes
   (a sender's receivers' batches at once, or every edge on vmap, with the gathered rows);
 * **batches**: the stacked float batch and its augmentation copy; **data**: the training and
   test sets held on the device (nothing extra on a CPU, where they already live);
-* **evaluation**: the consensus model and an inference pass on 1,000 test images.
+* **evaluation**: the consensus model and an inference pass on 1,000 test samples.
 
 Peak = data + state + max(iteration, evaluation). The measured peak is
 ``torch.cuda.max_memory_allocated`` on CUDA and the process's peak resident set (``VmHWM``) on a
@@ -25,6 +25,7 @@ the resident-set growth of a run (tests/test_memory.py): within 35%.
 
 from __future__ import annotations
 
+import math
 import os
 import sys
 from dataclasses import asdict, dataclass
@@ -36,7 +37,7 @@ from torch import nn
 from .errors import UserError
 
 FLOAT = 4  # bytes: every stacked tensor is float32
-EVAL_BATCH = 1000  # images per evaluation batch (data.loader.eval_batches)
+EVAL_BATCH = 1000  # samples per evaluation batch (data.loader.eval_batches)
 HEADROOM = 0.95  # of a device's share: the CUDA context and allocator rounding need the rest
 
 
@@ -55,9 +56,9 @@ class Estimate:
         return {**asdict(self), "total": self.total}
 
 
-def activation_profile(model: nn.Module, in_channels: int, image_size: int) -> tuple[int, int]:
+def activation_profile(model: nn.Module, sample_shape: tuple[int, ...]) -> tuple[int, int]:
     """(bytes autograd saves per sample, bytes of the largest activation per sample) of one
-    forward/backward, from a 2-image forward on the CPU (parameters excluded)."""
+    forward/backward, from a 2-sample forward on the CPU (parameters excluded)."""
     model = _cpu_copy(model)
     own = {p.untyped_storage().data_ptr() for p in model.parameters()}
     saved: dict[int, int] = {}
@@ -75,7 +76,7 @@ def activation_profile(model: nn.Module, in_channels: int, image_size: int) -> t
             largest = max(largest, t.numel() * t.element_size())
 
     hooks = [m.register_forward_hook(track) for m in model.modules()]
-    x = torch.rand(2, in_channels, image_size, image_size)
+    x = torch.rand(2, *sample_shape)
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
         features, logits = model(x)
     for hook in hooks:
@@ -140,19 +141,18 @@ def estimate(config, model: nn.Module, bundle, device: torch.device) -> Estimate
 
 def _estimate(config, model: nn.Module, bundle, device: torch.device) -> Estimate:
     n, b = config.n_agents, config.batch_size
-    in_channels, image_size = bundle.in_channels, bundle.image_size
     vectorize = config.vectorize
     if vectorize == "auto":  # CUDA may pick vmap, the hungrier path: count that one
         has_buffers = any(True for _ in model.buffers())
         vectorize = "vmap" if device.type == "cuda" and not has_buffers else "loop"
     n_params = sum(p.numel() for p in model.parameters())
-    saved, largest = activation_profile(model, in_channels, image_size)
+    saved, largest = activation_profile(model, bundle.sample_shape)
     algo, momentum = algorithm_state_floats(config, n_params)
     rows = 3 * n * n_params + algo  # params, grads, pre-gossip copy + the algorithm's state
     update = 2 * max(n * n_params, algo - momentum)
     state = FLOAT * (rows + n_params)  # + the template model
     step = (saved + 2 * largest) * b * (n if vectorize == "vmap" else 1)
-    sample = in_channels * image_size * image_size
+    sample = math.prod(bundle.sample_shape)  # floats of one input sample
     batches = 2 * FLOAT * n * b * sample
     cross = 0
     if config.ccl or config.log_cross_features:

@@ -96,6 +96,19 @@ class Environment(_Section):
     cpu_fallback: str | None = None
 
 
+class DataSummary(_Section):
+    """The data a run trained on: its registry name, split sizes, one sample's shape and a
+    digest of the samples (``DatasetBundle.digest``: sha256 of the loaded tensors, MNIST-1D's of
+    its generated arrays; None for ImageNet's lazy splits, which are never hashed)."""
+
+    name: str
+    train_size: int  # after carving the validation split
+    val_size: int | None = None
+    test_size: int
+    sample_shape: list[int]  # [C, H, W] images, [C, L] 1-D signals
+    digest: str | None = None
+
+
 class Memory(_Section):
     estimated_bytes: int | None = None
     peak_bytes: int | None = None
@@ -127,6 +140,7 @@ class RunMetrics(_Section):
     instability: Instability | None = None
     environment: Environment | None = None
     memory: Memory | None = None
+    data: DataSummary | None = None
     protocol: Literal["fixed", "tuned"] = "fixed"
     tuned: TunedFrom | None = None  # the values taken from a study, its journal and graph
     # saved model files relative to the run folder (benchmark/saved.py): "consensus" and, with

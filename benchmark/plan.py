@@ -2,7 +2,8 @@
 
 Runs and training iterations come from the family file alone (no data read): a run does
 ``epochs x ceil(shard / batch_size)`` iterations, a shard being ``floor(train / n_agents)``
-samples (``mean`` for the ``raw`` partition), with the official training-set sizes below. A
+samples (``mean`` for the ``raw`` partition), with the training-set sizes of the dataset
+registry's rows. A
 tuned family adds its studies at their full trial budget (pruning only makes them cheaper).
 
 Device time needs seconds per iteration, measured by ``python -m benchmark calibrate`` on this
@@ -24,16 +25,9 @@ from pathlib import Path
 from typing import Any
 
 from .config import RunConfig
+from .data.registry import dataset_row, train_samples
 from .errors import UserError
 
-# training-set sizes (official splits; digits: 1797 minus its fixed 20% test split)
-TRAIN_SIZES = {"cifar10": 50_000, "cifar100": 50_000, "fmnist": 60_000, "imagenette": 9_469,
-               "imagenet": 1_281_167, "digits": 1_437}
-# channels, image size (None: the run's image_size), classes, augmentation: what calibrate's
-# stand-in data need to cost what the real data cost
-DATA_SHAPES = {"cifar10": (3, 32, 10, "cifar"), "cifar100": (3, 32, 100, "cifar"),
-               "fmnist": (1, 28, 10, "none"), "imagenette": (3, 32, 10, "imagenette"),
-               "imagenet": (3, 224, 1000, "imagenette"), "digits": (1, 28, 10, "none")}
 CALIBRATION = "calibration.json"
 
 
@@ -42,7 +36,7 @@ class Workload:
     """What sets the cost of one iteration (seed, alpha and lambdas do not)."""
 
     dataset: str
-    image_size: int | None
+    sample_shape: tuple[int, ...]  # one input sample at the run's options ([C, H, W] / [C, L])
     model: str
     norm: str | None
     batch_size: int
@@ -53,7 +47,8 @@ class Workload:
 
     @classmethod
     def of(cls, config: RunConfig) -> Workload:
-        return cls(config.dataset, config.image_size, config.model, config.norm,
+        shape = dataset_row(config.dataset, config.image_size, config.synthetic).sample_shape
+        return cls(config.dataset, shape, config.model, config.norm,
                    config.batch_size, config.method, config.log_cross_features, config.topology,
                    config.n_agents)
 
@@ -69,13 +64,9 @@ class Workload:
 
 def iterations(config: RunConfig) -> int:
     """Training iterations of a run: epochs x iterations per epoch (as AgentBatches counts)."""
-    if config.dataset == "synthetic":
-        from .data.registry import SYNTHETIC_DEFAULTS
-
-        train = int({**SYNTHETIC_DEFAULTS, **(config.synthetic or {})}["train_size"])
-    else:
-        train = TRAIN_SIZES[config.dataset]
-    train -= math.ceil(train * config.val_fraction)  # the validation split carved out of it
+    # the training split (the registry row's size) less the validation split carved out of it
+    train = train_samples(config.dataset, config.synthetic, config.val_fraction,
+                          config.image_size)
     shard = train / config.n_agents if config.partition == "raw" else train // config.n_agents
     return config.epochs * math.ceil(shard / config.batch_size)
 
@@ -94,10 +85,15 @@ class Calibration:
     def load(cls, path: str | Path) -> Calibration:
         try:
             data = json.loads(Path(path).read_text())
-            return cls(**data)
+            calibration = cls(**data)
         except (OSError, ValueError, TypeError) as err:
             raise UserError(f"calibration {path}: not readable ({type(err).__name__}: {err}); "
                             f"run `python -m benchmark calibrate` again") from None
+        if any("image_size" in e.get("workload", {}) for e in calibration.entries):
+            raise UserError(f"calibration {path}: written by an older version (workloads keyed "
+                            f"by image_size, not sample_shape); run `python -m benchmark "
+                            f"calibrate` again")
+        return calibration
 
     def save(self, path: str | Path) -> None:
         from .io import atomic_write_json

@@ -9,8 +9,9 @@ run's MLflow artifacts under ``models/``::
     model = load_model("results/digits/.../seed0/model_consensus.pt")  # or "runs:/<id>/models/..."
 
 A file holds the weights, what rebuilds the architecture, and the input normalisation
-(``model.input_mean`` / ``model.input_std``: the model expects normalised images); the model
-returns ``(features, logits)`` like every model of the suite.
+(``model.input_mean`` / ``model.input_std``: the model expects normalised samples); the model
+returns ``(features, logits)`` like every model of the suite. Files written before
+``sample_shape`` existed name ``in_channels`` and ``image_size`` instead; both load.
 """
 
 from __future__ import annotations
@@ -31,8 +32,8 @@ def model_spec(config, bundle) -> dict[str, Any]:
     """The arguments of :func:`benchmark.models.build_model` for a run (one place, so a saved
     model is rebuilt exactly as it was trained)."""
     return {"name": config.model, "num_classes": bundle.num_classes,
-            "in_channels": bundle.in_channels, "norm": config.norm,
-            "image_size": bundle.image_size, "evonorm_style": config.evonorm_style}
+            "sample_shape": list(bundle.sample_shape), "norm": config.norm,
+            "evonorm_style": config.evonorm_style}
 
 
 def agent_file(agent: int, n_agents: int) -> str:

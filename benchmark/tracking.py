@@ -426,8 +426,9 @@ class MlflowTracker:
 
     def log_dataset(self, bundle, parts) -> None:
         """The run's data as an MLflow dataset input (the UI's Dataset column): name, split
-        sizes, partition scheme, alpha, and a digest of the exact partition, so runs on the
-        same shards show the same digest."""
+        sizes, sample shape, the data's own digest (``bundle.digest``, as in metrics.json),
+        partition scheme, alpha, and a digest of the exact partition as the input's digest, so
+        runs on the same shards show the same digest."""
         from mlflow.entities import Dataset, DatasetInput, InputTag
 
         config = self.config
@@ -436,8 +437,9 @@ class MlflowTracker:
             digest.update(np.asarray(part, dtype=np.int64).tobytes() + b"|")
         splits = {name: len(split.y) for name in ("train", "val", "test")
                   if (split := getattr(bundle, name, None)) is not None}
-        profile = {"splits": splits, "partition": config.partition, "alpha": config.alpha,
-                   "n_agents": len(parts), "seed": config.seed}
+        profile = {"splits": splits, "sample_shape": list(bundle.sample_shape),
+                   "data_digest": bundle.digest, "partition": config.partition,
+                   "alpha": config.alpha, "n_agents": len(parts), "seed": config.seed}
         dataset = Dataset(name=config.dataset, digest=digest.hexdigest()[:16],
                           source_type="benchmark", source=json.dumps({"dataset": config.dataset}),
                           profile=json.dumps(profile))

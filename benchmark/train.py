@@ -310,6 +310,7 @@ def _metrics(exp: Experiment, progress: Progress, status: str) -> RunMetrics:
         "final": final,
         "instability": training_instability(history),
         "partition": {"sizes": [len(p) for p in exp.parts], "histogram": hist.tolist()},
+        "data": data_summary(exp.bundle),
         "communication": {
             "bytes_per_agent_per_iteration": bytes_sent,
             "bytes_per_agent_total": sum(r["bytes_per_agent"] for r in history),
@@ -322,6 +323,14 @@ def _metrics(exp: Experiment, progress: Progress, status: str) -> RunMetrics:
         "environment": environment(swarm.device, swarm.vectorize, swarm.vectorize_reason),
         **_distributed_metrics(swarm),
     })
+
+
+def data_summary(bundle: DatasetBundle) -> dict[str, Any]:
+    """The ``data`` section of metrics.json (also the MLflow dataset input's profile)."""
+    return {"name": bundle.name, "train_size": len(bundle.train),
+            "val_size": len(bundle.val) if bundle.val is not None else None,
+            "test_size": len(bundle.test), "sample_shape": list(bundle.sample_shape),
+            "digest": bundle.digest}
 
 
 def _distributed_metrics(swarm: Swarm) -> dict[str, Any]:

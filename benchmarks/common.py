@@ -153,8 +153,8 @@ def cifar_bundle(train_size: int, test_size: int, augment: str = "cifar", seed: 
         x = torch.randint(0, 256, (size, *CIFAR_SHAPE), generator=g, dtype=torch.uint8)
         return Split(x, torch.arange(size) % 10)
 
-    return DatasetBundle("cifar-shaped", split(train_size), None, split(test_size), 10, 3, 32,
-                         (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616), augment)
+    return DatasetBundle("cifar-shaped", split(train_size), None, split(test_size), 10,
+                         CIFAR_SHAPE, (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616), augment)
 
 
 def agent_batches(bundle, n: int, batch: int, device: torch.device, alpha: float = 0.1):

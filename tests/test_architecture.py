@@ -21,7 +21,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "benchmark"
 # RunConfig: train turns the config into their typed options.
 LAYERS: list[tuple[str, set[str]]] = [
     ("foundations", {"benchmark", "errors", "io", "methods", "timing", "distributed",
-                     "gpu_slots", "device", "opcount"}),
+                     "gpu_slots", "device", "opcount", "samples"}),
     ("data, topology, models", {"data", "topology", "models"}),
     ("swarm state", {"swarm_state"}),
     ("algorithms", {"algorithms", "stability"}),

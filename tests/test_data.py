@@ -128,6 +128,7 @@ def test_registry_names():
         "imagenette",
         "imagenet",
         "digits",
+        "mnist1d",
         "synthetic",
     )
     with pytest.raises(ConfigError, match="dataset"):
@@ -139,7 +140,7 @@ def test_digits_bundle(digits):
     assert digits.train.x.shape[1:] == (1, 28, 28)
     assert len(digits.train) + len(digits.test) == 1797
     assert digits.train.y.dtype == torch.long
-    assert (digits.num_classes, digits.in_channels, digits.image_size) == (10, 1, 28)
+    assert (digits.num_classes, digits.sample_shape, digits.kind) == (10, (1, 28, 28), "image")
     assert digits.augment == "none" and digits.val is None
     assert len(digits.mean) == len(digits.std) == 1
     assert int(digits.train.x.max()) > 200  # scaled to 0-255, not left at 16 grey levels
@@ -188,7 +189,7 @@ def test_synthetic_shapes_and_learnability():
     bundle = load_dataset("synthetic", synthetic=options)
     assert bundle.train.x.shape == (200, 2, 9, 9) and bundle.train.x.dtype == torch.uint8
     assert bundle.test.x.shape == (100, 2, 9, 9)
-    assert (bundle.num_classes, bundle.in_channels, bundle.image_size) == (4, 2, 9)
+    assert (bundle.num_classes, bundle.sample_shape) == (4, (2, 9, 9))
     assert set(bundle.train.y.tolist()) == {0, 1, 2, 3}
     # a linear classifier (nearest class mean) beats chance by far
     xtr, xte = bundle.train.x.flatten(1).float(), bundle.test.x.flatten(1).float()

@@ -1,7 +1,8 @@
 """Results do not move: every preset reproduces its golden ``metrics.json`` exactly.
 
 The golden files (tests/golden/<preset>.json) are short digits runs on the CPU with a fixed seed,
-made by tests/golden/make_golden.py. A refactor must leave every number where it was; a change
+made by tests/golden/make_golden.py; tests/golden/mnist1d-<preset>.json the same for ``qgm`` and
+``ccl`` on MNIST-1D with ``convbase1d``. A refactor must leave every number where it was; a change
 that moves results renews the files in a commit that says why.
 """
 
@@ -19,12 +20,13 @@ from benchmark.methods import METHODS
 
 GOLDEN = Path(__file__).parent / "golden"
 sys.path.insert(0, str(GOLDEN))
-from make_golden import golden_args  # noqa: E402
+from make_golden import MNIST1D_PRESETS, golden_args, golden_file  # noqa: E402
 
 
 def _is_timing(key: str) -> bool:
+    """Timings, and the process's peak memory (its resident set on a CPU): the machine's."""
     return (key == "resumed_after_epochs" or key.endswith("_s") or "time" in key
-            or "phase" in key)
+            or "phase" in key or key == "peak_bytes")
 
 
 def _golden_part(golden: Any, got: Any, where: str = "") -> None:
@@ -44,9 +46,13 @@ def _golden_part(golden: Any, got: Any, where: str = "") -> None:
         assert got == golden, f"{where}: {got!r} != golden {golden!r}"
 
 
-@pytest.mark.parametrize("method", sorted(METHODS))
-def test_preset_reproduces_its_golden_metrics(tmp_path, method):
-    golden = json.loads((GOLDEN / f"{method}.json").read_text())
-    assert main(["train", "--out", str(tmp_path), *golden_args(method)]) in (0, None)
+@pytest.mark.parametrize(("dataset", "method"), [
+    *(("digits", m) for m in sorted(METHODS)), *(("mnist1d", m) for m in MNIST1D_PRESETS)])
+def test_preset_reproduces_its_golden_metrics(tmp_path, request, dataset, method):
+    golden = json.loads(golden_file(method, dataset).read_text())
+    # the MNIST-1D cache of the session (a machine option: where the data live)
+    data = [f"data_dir={request.getfixturevalue('mnist1d_dir')}"] if dataset == "mnist1d" else []
+    assert main(["train", "--out", str(tmp_path), *golden_args(method, dataset), *data]) in (
+        0, None)
     got = json.loads((tmp_path / "metrics.json").read_text())
     _golden_part(golden, got)

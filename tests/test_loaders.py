@@ -68,7 +68,7 @@ def test_cifar_pickles_come_out_nchw_with_their_labels(tmp_path, no_md5, name, s
     assert torch.equal(bundle.train.x, torch.from_numpy(train_x))  # channel, row, column order
     assert torch.equal(bundle.test.x, torch.from_numpy(test_x))
     assert bundle.train.y.tolist() == train_y.tolist() and bundle.test.y.tolist() == test_y.tolist()
-    assert (bundle.num_classes, bundle.in_channels, bundle.image_size) == (classes, 3, 32)
+    assert (bundle.num_classes, bundle.sample_shape) == (classes, (3, 32, 32))
     assert (bundle.mean, bundle.std, bundle.augment) == (*stats, "cifar")
     x, y = next(eval_batches(bundle.test, bundle.mean, bundle.std))
     mean = torch.tensor(stats[0]).view(1, 3, 1, 1)
@@ -96,7 +96,7 @@ def test_fashion_mnist_idx_files(tmp_path):
     assert bundle.train.x.shape == (4, 1, 28, 28) and bundle.test.x.shape == (2, 1, 28, 28)
     assert torch.equal(bundle.train.x[:, 0], torch.from_numpy(images[:4]))
     assert bundle.train.y.tolist() == [9, 0, 3, 3] and bundle.test.y.tolist() == [1, 7]
-    assert (bundle.mean, bundle.std) == FMNIST_STATS and bundle.in_channels == 1
+    assert (bundle.mean, bundle.std) == FMNIST_STATS and bundle.sample_shape == (1, 28, 28)
     batches = AgentBatches(bundle.train, [np.arange(4)], 4, bundle.augment, bundle.mean,
                            bundle.std, seed=0)
     xs, ys = next(batches.epoch(0))

@@ -26,6 +26,7 @@ CASES: dict[str, tuple[dict, tuple[int, ...], int, int]] = {
     "mobilenetv2": ({}, (2, 3, 32, 32), 10, 1280),
     "resnet18": ({"image_size": 64}, (2, 3, 64, 64), 1000, 512),
     "mlp": ({"in_channels": 1, "image_size": 8}, (2, 1, 8, 8), 10, 32),
+    "convbase1d": ({"sample_shape": (1, 40)}, (2, 1, 40), 10, 125),
 }
 
 
@@ -40,7 +41,7 @@ def _count(model: nn.Module) -> int:
 
 
 def test_registry_names() -> None:
-    assert MODELS == ("resnet20", "lenet5", "mobilenetv2", "resnet18", "mlp")
+    assert MODELS == ("resnet20", "lenet5", "mobilenetv2", "resnet18", "mlp", "convbase1d")
     assert NORMS == ("evonorm", "groupnorm", "batchnorm", "none")
     assert set(CASES) == set(MODELS)
 
@@ -77,6 +78,8 @@ def test_parameter_counts() -> None:
     # kuangliu MobileNetV2 with BatchNorm, 10 classes.
     assert _count(_build("mobilenetv2", norm="batchnorm")) == 2_296_922
     assert _count(_build("mlp")) == 64 * 64 + 64 + 64 * 32 + 32 + 32 * 10 + 10
+    # the MNIST-1D paper's CNN: three convolutions of 25 channels, 125 features, 10 classes
+    assert _count(_build("convbase1d")) == (25 * 5 + 25) + 2 * (25 * 25 * 3 + 25) + 125 * 10 + 10
 
 
 def test_evonorm_models_have_no_running_statistics() -> None:
@@ -212,7 +215,48 @@ def _stacked(name: str) -> tuple[list[nn.Module], dict, dict, nn.Module]:
     return copies, params, buffers, copy.deepcopy(copies[0]).to("meta")
 
 
-@pytest.mark.parametrize("name", ["resnet20", "lenet5", "mlp"])
+def test_convbase1d_is_the_mnist1d_papers_cnn() -> None:
+    """Conv1d(1, 25, 5, s2, p1) -> ReLU -> Conv1d(25, 25, 3, s2, p1) -> ReLU -> the same ->
+    ReLU -> flatten channel-major (view(B, -1)) = features -> Linear(125, 10), by hand."""
+    model = _build("convbase1d")
+    convs = [model.conv1, model.conv2, model.conv3]
+    assert [(c.in_channels, c.out_channels, c.kernel_size, c.stride, c.padding) for c in convs] \
+        == [(1, 25, (5,), (2,), (1,)), (25, 25, (3,), (2,), (1,)), (25, 25, (3,), (2,), (1,))]
+    assert [n for n, _ in model.named_parameters()] == [
+        "conv1.weight", "conv1.bias", "conv2.weight", "conv2.bias", "conv3.weight", "conv3.bias",
+        "classifier.weight", "classifier.bias"]
+    x = torch.randn(3, 1, 40)
+    h = x
+    for conv in convs:
+        h = F.conv1d(h, conv.weight, conv.bias, stride=2, padding=1).clamp(min=0)
+    assert h.shape == (3, 25, 5)
+    features, logits = model(x)
+    torch.testing.assert_close(features, h.reshape(3, -1))
+    torch.testing.assert_close(logits, h.reshape(3, -1) @ model.classifier.weight.T
+                               + model.classifier.bias)
+    # other lengths keep the arithmetic: 100 -> 49 -> 25 -> 13
+    assert build_model("convbase1d", 10, sample_shape=(1, 100)).feature_dim == 25 * 13
+    with pytest.raises(ConfigError, match="sample_shape.*length >= 3"):
+        build_model("convbase1d", 10, sample_shape=(1, 2))
+    with pytest.raises(ConfigError, match="norm.*none"):
+        build_model("convbase1d", 10, sample_shape=(1, 40), norm="groupnorm")
+
+
+def test_a_model_refuses_samples_of_another_kind_naming_the_models_that_fit() -> None:
+    with pytest.raises(ConfigError) as info:  # default input: 3 x 32 x 32 images
+        build_model("convbase1d", 10)
+    assert str(info.value) == (
+        "model: invalid value 'convbase1d'; allowed: one of resnet20, lenet5, mobilenetv2, "
+        "resnet18, mlp (the input is images [C, H, W] of shape [3, 32, 32])")
+    with pytest.raises(ConfigError, match=r"'lenet5'; allowed: one of mlp, convbase1d \(the "
+                       r"input is 1-D signals \[C, L\] of shape \[1, 40\]\)"):
+        build_model("lenet5", 10, sample_shape=(1, 40))
+    assert build_model("mlp", 10, sample_shape=(1, 40))(torch.randn(2, 1, 40))[1].shape == (2, 10)
+    with pytest.raises(ConfigError, match="sample_shape"):
+        build_model("mlp", 10, sample_shape=(40,))
+
+
+@pytest.mark.parametrize("name", ["resnet20", "lenet5", "mlp", "convbase1d"])
 def test_vmap_functional_call_matches_each_copy(name: str) -> None:
     copies, params, buffers, base = _stacked(name)
     shape = CASES[name][1]
@@ -231,7 +275,7 @@ def test_vmap_functional_call_matches_each_copy(name: str) -> None:
         torch.testing.assert_close(shared_features[i], model(xs[0])[0], rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("name", ["resnet20", "lenet5"])
+@pytest.mark.parametrize("name", ["resnet20", "lenet5", "convbase1d"])
 def test_vmap_grad_matches_each_copy(name: str) -> None:
     copies, params, buffers, base = _stacked(name)
     xs = torch.randn(2, *CASES[name][1])

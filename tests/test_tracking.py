@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import subprocess
 import sys
@@ -203,7 +204,8 @@ def test_a_dataset_logged_by_two_runs_at_once_is_linked_not_failed(store: str,
     from types import SimpleNamespace
 
     monkeypatch.setattr(tracking, "_BACKOFF_S", 0.0)
-    bundle = SimpleNamespace(train=SimpleNamespace(y=[0] * 8), test=SimpleNamespace(y=[0] * 4))
+    bundle = SimpleNamespace(train=SimpleNamespace(y=[0] * 8), test=SimpleNamespace(y=[0] * 4),
+                             sample_shape=(1, 8, 8), digest="0" * 64)
     parts = [[0, 1], [2, 3], [4, 5], [6, 7]]
     with track_run(_config(), None) as first:
         first.log_dataset(bundle, parts)
@@ -260,7 +262,8 @@ WRITER = textwrap.dedent("""
         n_agents=4, alpha=0.1, method="dsgdm-n", seed=index, algorithm="dsgdm-n",
         partition="lin", model_dump=lambda: {"seed": index, "nested": {"a": 1}},
     )
-    bundle = SimpleNamespace(train=SimpleNamespace(y=[0] * 8), test=SimpleNamespace(y=[0] * 4))
+    bundle = SimpleNamespace(train=SimpleNamespace(y=[0] * 8), test=SimpleNamespace(y=[0] * 4),
+                             sample_shape=(1, 8, 8), digest="0" * 64)
     time.sleep(max(0.0, start - time.time()))  # all writers hit the store together
     with track_run(config, None) as tracker:
         # one partition for all (as every method of one seed and alpha): one dataset digest,
@@ -359,9 +362,14 @@ def test_a_trained_run_logs_its_dataset_and_keeps_a_loadable_model(store: str, t
     profile = json.loads(inputs[0].dataset.profile)
     assert profile["splits"] == {"train": 64, "test": 40} and profile["n_agents"] == 4
     assert profile["alpha"] == 0.1 and profile["partition"] == "lin"
+    # the data's own digest, the one metrics.json records: sha256 of the loaded tensors
+    bundle = load_dataset("synthetic", synthetic=config.synthetic, seed=config.seed)
+    digest = hashlib.sha256(b"".join(t.numpy().tobytes() for t in (
+        bundle.train.x, bundle.train.y, bundle.test.x, bundle.test.y))).hexdigest()
+    assert profile["data_digest"] == metrics.data.digest == digest
+    assert profile["sample_shape"] == metrics.data.sample_shape == [3, 8, 8]
     artifacts = MlflowClient(store).list_artifacts(stored.info.run_id, "models")
     assert [a.path for a in artifacts] == ["models/model_consensus.pt"]
-    bundle = load_dataset("synthetic", synthetic=config.synthetic, seed=config.seed)
     for source in (out / "model_consensus.pt",
                    f"runs:/{stored.info.run_id}/models/model_consensus.pt"):
         model = load_model(source)

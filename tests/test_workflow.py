@@ -198,23 +198,32 @@ def test_dry_run_plans_the_cifar10_grid_without_reading_data(tmp_path: Path) -> 
     assert not (tmp_path / "mlflow.db").exists()
 
 
-def test_dry_run_of_the_digits_default_has_every_axis(tmp_path: Path) -> None:
-    """The embedded default covers what its figures need: 6 methods x 3 alphas x 3 seeds on
-    ring-16; dsgdm-n, qgm and ccl on ring-8 and ring-32 (agent count) and on exponential-16
-    (spectral gap), each at every alpha with 3 seeds."""
+@pytest.mark.parametrize(("family", "model"), [("digits", "mlp"), ("mnist1d", "convbase1d")])
+def test_dry_run_of_the_default_families_has_every_axis(tmp_path: Path, family, model) -> None:
+    """The embedded default (and MNIST-1D, its axes) covers what its figures need: 6 methods x 3
+    alphas x 3 seeds on ring-16; dsgdm-n, qgm and ccl on ring-8 and ring-32 (agent count) and
+    on exponential-16 (spectral gap), each at every alpha with 3 seeds; the data are fetched
+    (MNIST-1D: generated) by one job before the runs."""
     proc = subprocess.run(
-        [*SNAKEMAKE, "reports/table_digits.csv", "-d", str(tmp_path), "-n", "--cores", "2",
+        [*SNAKEMAKE, f"reports/table_{family}.csv", "-d", str(tmp_path), "-n", "--cores", "2",
          "--config", f"family_dir={REPO / 'config'}"],
         capture_output=True, text=True, timeout=600,
         env={**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}"},
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = proc.stdout + proc.stderr
-    jobs = re.findall(r"results/digits/digits/mlp/(\w+)-n(\d+)/alpha([\d.]+)/([\w-]+)/seed(\d)/"
-                      r"metrics\.json", out)
+    jobs = re.findall(rf"results/{family}/{family}/{model}/(\w+)-n(\d+)/alpha([\d.]+)/"
+                      r"([\w-]+)/seed(\d)/metrics\.json", out)
     jobs = set(jobs)
     planned = re.search(r"^train\s+(\d+)\s*$", out, re.MULTILINE)
     assert planned and int(planned.group(1)) == len(jobs) == 135
+    assert re.search(r"^fetch_data\s+1\s*$", out, re.MULTILINE)
+    assert f"benchmark fetch {family} --data-dir data" in out
+    assert not (tmp_path / "data").exists()  # planned, not run
+    per_graph = {}
+    for graph, agents, *_ in jobs:
+        per_graph[f"{graph}-{agents}"] = per_graph.get(f"{graph}-{agents}", 0) + 1
+    assert per_graph == {"ring-16": 54, "ring-8": 27, "ring-32": 27, "exponential-16": 27}
 
     def count(graph: str, agents: int, method: str) -> int:
         return sum(1 for j in jobs if j[:2] == (graph, str(agents)) and j[3] == method)
@@ -225,6 +234,22 @@ def test_dry_run_of_the_digits_default_has_every_axis(tmp_path: Path) -> None:
         assert {m: count(graph, agents, m) for m in every} == {
             "dsgdm-n": 9, "qgm": 9, "relaysgd": 0, "ccl": 9, "ccl-mv": 0, "ccl-dv": 0}
     assert {j[2] for j in jobs} == {"0.01", "0.1", "1.0"} and {j[4] for j in jobs} == set("012")
+
+
+def test_the_mnist1d_fetch_job_generates_the_cache_the_runs_read(tmp_path: Path) -> None:
+    """The fetch_data job of the MNIST-1D family (its marker, as the training jobs wait for it)
+    generates <data_dir>/mnist1d.npz once; a run needs no fetch of its own."""
+    proc = subprocess.run(
+        [*SNAKEMAKE, "data/.ready/mnist1d", "-d", str(tmp_path), "--cores", "1",
+         "--config", f"family_dir={REPO / 'config'}"],
+        capture_output=True, text=True, timeout=600,
+        env={**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}"},
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    data = tmp_path / "data"
+    assert sorted(p.name for p in data.iterdir()) == [".ready", "mnist1d.npz"]
+    log = (data / ".ready" / "mnist1d.log").read_text().strip()
+    assert log == f"mnist1d: generated into {Path('data') / 'mnist1d.npz'}"
 
 
 def test_bad_family_stops_the_workflow_before_any_job(tmp_path: Path) -> None:

@@ -1,8 +1,9 @@
 """Datasets, Dirichlet partitions and per-agent batch loaders (see METHOD.md section 6).
 
-``load_dataset`` gives uint8 tensors in memory (or a lazy split for ImageNet),
-``dirichlet_partition`` splits the training indices over agents, and ``AgentBatches`` turns the
-two into stacked, augmented, normalised ``[n_agents, B, C, H, W]`` batches on the device.
+``load_dataset`` gives tensors in memory (uint8 images, float32 1-D signals; a lazy split for
+ImageNet), ``dirichlet_partition`` splits the training indices over agents, and ``AgentBatches``
+turns the two into stacked, augmented, normalised ``[n_agents, B, *sample_shape]`` batches on the
+device. Every dataset is one row of ``data.registry.REGISTRY``.
 """
 
 from benchmark.data.loader import AgentBatches, eval_batches

@@ -2,98 +2,84 @@
 
 The workflow's ``fetch_data`` rule runs this once per dataset a grid needs, before its training
 and tuning jobs (which then never download: concurrent jobs extracting into one folder would
-corrupt it). The download is torchvision's (it verifies the archive's MD5 checksum), made into a
-temporary folder inside ``data_dir`` and renamed into place only once complete, so a killed or
-failed fetch never leaves a half-extracted dataset where the loaders look. Without internet it
-fails with one line saying where to put the files. ``digits`` and ``synthetic`` are built
-offline: nothing to fetch. ImageNet is never downloaded (licence): only its presence is checked.
+corrupt it). What "fetch" means is the registry row's rule (:mod:`benchmark.data.sources`):
+
+* a download is torchvision's (it verifies the archive's MD5 checksum), made into a temporary
+  folder inside ``data_dir`` and renamed into place only once complete, so a killed or failed
+  fetch never leaves a half-extracted dataset where the loaders look; without internet it fails
+  with one line saying where to put the files;
+* a generated dataset (MNIST-1D) is generated into its cache file, written atomically;
+* ``digits`` and ``synthetic`` are built in memory: nothing to fetch;
+* ImageNet is never downloaded (licence): only its presence is checked.
 """
 
 from __future__ import annotations
 
 import shutil
 import tempfile
-from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
+from benchmark.data.registry import REGISTRY
+from benchmark.data.sources import BySize, Download, Generated, ItemRule, Offline, PlacedByHand
 from benchmark.errors import DataMissingError
 
 
-@dataclass(frozen=True)
-class Source:
-    """Where one dataset comes from and the folder under ``data_dir`` its loader reads."""
-
-    folder: str
-    url: str
-    # torchvision dataset constructor (root, download) -> dataset; raises when files are missing
-    # or corrupted; None: never downloaded (ImageNet)
-    open: Callable[[str, bool], object] | None
-
-
-def _torchvision(class_name: str, **options) -> Callable[[str, bool], object]:
-    def open_(root: str, download: bool) -> object:
-        import torchvision.datasets as tvd
-
-        return getattr(tvd, class_name)(root, download=download, **options)
-
-    return open_
+def _items() -> dict[str, ItemRule]:
+    """Every fetchable item and its rule: a dataset, or ``<dataset>-<release>`` for each release
+    of a dataset published at several sizes."""
+    items: dict[str, ItemRule] = {}
+    for name, row in REGISTRY.items():
+        if isinstance(row.fetch, BySize):
+            releases = row.fetch.releases.items()
+            items.update({f"{name}-{release}": rule for release, rule in releases})
+        else:
+            items[name] = row.fetch
+    return items
 
 
-SOURCES: dict[str, Source] = {
-    "cifar10": Source("cifar-10-batches-py",
-                      "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz",
-                      _torchvision("CIFAR10")),
-    "cifar100": Source("cifar-100-python",
-                       "https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz",
-                       _torchvision("CIFAR100")),
-    "fmnist": Source("FashionMNIST", "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com",
-                     _torchvision("FashionMNIST")),
-    **{f"imagenette-{size}": Source(
-        f"imagenette2-{size[:3]}", f"https://s3.amazonaws.com/fast-ai-imageclas/imagenette2-"
-        f"{size[:3]}.tgz", _torchvision("Imagenette", size=size)) for size in ("160px", "320px")},
-    "imagenet": Source("imagenet", "https://image-net.org/download.php", None),
-}
-OFFLINE = ("digits", "synthetic")  # built in memory: nothing to fetch
-ITEMS = (*SOURCES, *OFFLINE)
+RULES = _items()
+ITEMS: tuple[str, ...] = tuple(RULES)
 
 
 def fetch_item(config) -> str:
     """What a run on ``config`` needs fetched (the workflow's ``fetch_data`` job it waits for)."""
-    if config.dataset == "imagenette":
-        from benchmark.data.registry import imagenette_source
-
-        return f"imagenette-{imagenette_source(config.image_size or 32)}"
+    rule = REGISTRY[config.dataset].fetch
+    if isinstance(rule, BySize):
+        size = config.image_size or REGISTRY[config.dataset].sample_shape[-1]
+        return f"{config.dataset}-{rule.pick(size)}"
     return config.dataset
 
 
 def present(item: str, data_dir: str | Path) -> bool:
     """Whether ``data_dir`` already holds the item's files, intact (torchvision's own check)."""
-    source = SOURCES.get(item)
-    if source is None:
-        return True
-    root = Path(data_dir)
-    if source.open is None:
-        return all((root / source.folder / split).is_dir() for split in ("train", "val"))
-    try:
-        source.open(str(root), False)
-    except (OSError, RuntimeError):
-        return False
-    return True
+    rule, root = RULES[item], Path(data_dir)
+    match rule:
+        case Download():
+            try:
+                rule.open(str(root), False)
+            except (OSError, RuntimeError):
+                return False
+            return True
+        case PlacedByHand():
+            return all((root / rule.folder / split).is_dir() for split in ("train", "val"))
+    return True  # offline, or generated on load
 
 
 def fetch(item: str, data_dir: str | Path) -> str:
     """Make ``data_dir`` hold ``item``; returns what was done. One-line error if impossible."""
-    source = SOURCES.get(item)
-    if source is None:
-        return f"{item}: built offline, nothing to fetch"
-    root = Path(data_dir)
-    target = root / source.folder
+    rule, root = RULES[item], Path(data_dir)
+    match rule:
+        case Offline():
+            return f"{item}: built offline, nothing to fetch"
+        case Generated():
+            path, generated = rule.ensure(root)
+            return f"{item}: {'generated into' if generated else 'already in'} {path}"
+    target = root / rule.folder
     if present(item, root):
         return f"{item}: already in {target}"
-    where = (f"put the files at {target} ({source.url}; or run `python -m benchmark fetch {item}"
-             f" --data-dir DIR` on a machine with internet and copy DIR/{source.folder} here)")
-    if source.open is None:
+    where = (f"put the files at {target} ({rule.url}; or run `python -m benchmark fetch {item}"
+             f" --data-dir DIR` on a machine with internet and copy DIR/{rule.folder} here)")
+    if isinstance(rule, PlacedByHand):
         raise DataMissingError(f"dataset {item}: not found at {target} (train/ and val/, one "
                                f"sub-folder per class) and never downloaded; {where}")
     if target.exists():  # never overwrite what someone put there
@@ -102,8 +88,8 @@ def fetch(item: str, data_dir: str | Path) -> str:
     root.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".fetch-{item}-", dir=root))
     try:
-        source.open(str(staging), True)  # download, verify the checksum, extract
-        (staging / source.folder).rename(target)  # atomic: the loaders see all of it or nothing
+        rule.open(str(staging), True)  # download, verify the checksum, extract
+        (staging / rule.folder).rename(target)  # atomic: the loaders see all of it or nothing
     except (OSError, RuntimeError) as err:
         reason = " ".join(f"{type(err).__name__}: {err}".split())[:200]
         raise DataMissingError(f"dataset {item}: download failed ({reason}); {where}") from None

@@ -2,8 +2,9 @@
 
 Why not one ``DataLoader`` per agent: a simulated swarm needs ``n * B`` images per iteration
 (16 x 32 on the paper's ring) and per-sample PIL transforms would dominate the step time. Here
-the training set stays a uint8 tensor on the target device and one iteration is: gather the
-``n * B`` indices, augment all images at once, convert and normalise in one fused operation.
+the training set stays a tensor on the target device (uint8 images, float 1-D signals) and one
+iteration is: gather the ``n * B`` indices, augment all images at once (signals are not
+augmented), convert and normalise in one fused operation.
 
 Resumability: every batch is a pure function of ``(seed, epoch, iteration)``. Agent ``i``'s order
 in epoch ``e`` is a permutation drawn from a generator seeded by ``(seed, e, i)``, and the
@@ -46,14 +47,19 @@ def _generator(seed: int, stream: int, epoch: int, index: int) -> torch.Generato
 
 
 def _normaliser(
-    dtype: torch.dtype, mean: Sequence[float], std: Sequence[float], device: torch.device
+    split: Split, mean: Sequence[float], std: Sequence[float], device: torch.device
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """``scale, shift`` with ``(x - mean) / std == x * scale + shift`` on the stored scale.
+    """``scale, shift`` with ``(x - mean) / std == x * scale + shift`` on the split's stored
+    scale, per channel, shaped to broadcast over its ``[B, C, ...]`` batches (images
+    ``[C, H, W]``, 1-D signals ``[C, L]``; a lazy split reads images).
 
-    uint8 images are divided by 255 first (as ``ToTensor`` would); float images are used as is.
+    uint8 images are divided by 255 first (as ``ToTensor`` would); float samples are used as is.
     """
-    mean_t = torch.tensor(mean, dtype=torch.float32, device=device).view(1, -1, 1, 1)
-    std_t = torch.tensor(std, dtype=torch.float32, device=device).view(1, -1, 1, 1)
+    dtype, sample_dims = (torch.uint8, 3) if split.x is None else (split.x.dtype,
+                                                                    split.x.dim() - 1)
+    per_channel = (1, -1) + (1,) * (sample_dims - 1)
+    mean_t = torch.tensor(mean, dtype=torch.float32, device=device).view(per_channel)
+    std_t = torch.tensor(std, dtype=torch.float32, device=device).view(per_channel)
     unit = 255.0 if dtype == torch.uint8 else 1.0
     return 1.0 / (unit * std_t), -mean_t / std_t
 
@@ -149,7 +155,8 @@ def _check_augment(augment: str) -> None:
 
 
 class AgentBatches:
-    """Every agent's training batches, stacked: ``xs [n, B, C, H, W]``, ``ys [n, B]``.
+    """Every agent's training batches, stacked: ``xs [n, B, *sample_shape]`` (``[C, H, W]``
+    images, ``[C, L]`` signals), ``ys [n, B]``.
 
     Batch ``t`` of agent ``i`` in epoch ``e`` is ``perm[(t*B + arange(B)) mod |D_i|]`` with
     ``perm`` agent i's permutation for epoch e. The last batch of an epoch wraps around to the
@@ -199,8 +206,7 @@ class AgentBatches:
 
         self._x = None if split.x is None else split.x.to(self.device)
         self._y = split.y.to(self.device)
-        dtype = torch.uint8 if split.x is None else split.x.dtype
-        self._scale, self._shift = _normaliser(dtype, mean, std, self.device)
+        self._scale, self._shift = _normaliser(split, mean, std, self.device)
 
     def __len__(self) -> int:
         return self.iterations_per_epoch
@@ -290,7 +296,7 @@ def eval_batches(
         from torch.utils.data import DataLoader
 
         workers = min(8, os.cpu_count() or 1) if num_workers is None else num_workers
-        scale, shift = _normaliser(torch.uint8, mean, std, device)
+        scale, shift = _normaliser(split, mean, std, device)
         loader = DataLoader(
             split.dataset,
             batch_size=batch_size,
@@ -300,7 +306,7 @@ def eval_batches(
         for x, y in loader:
             yield x.to(device).float() * scale + shift, y.long().to(device)
         return
-    scale, shift = _normaliser(split.x.dtype, mean, std, device)
+    scale, shift = _normaliser(split, mean, std, device)
     for start in range(0, len(split), batch_size):
         x = split.x[start : start + batch_size].to(device)
         yield x.float() * scale + shift, split.y[start : start + batch_size].to(device)

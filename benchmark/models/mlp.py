@@ -1,4 +1,7 @@
-"""A tiny MLP: what tests and digits smoke runs use when speed matters more than accuracy."""
+"""A tiny MLP: what tests and digits smoke runs use when speed matters more than accuracy.
+
+It flattens whatever one sample is, so it takes images and 1-D signals alike.
+"""
 
 from __future__ import annotations
 
@@ -10,11 +13,11 @@ FEATURE_DIM = 32
 class MLP(nn.Module):
     """flatten -> fc64 -> ReLU -> fc32 -> ReLU (features, D=32) -> fc to logits."""
 
-    def __init__(self, num_classes: int, in_channels: int = 1, image_size: int = 8) -> None:
+    def __init__(self, num_classes: int, in_features: int) -> None:
         super().__init__()
         self.features_net = nn.Sequential(
             nn.Flatten(),
-            nn.Linear(in_channels * image_size * image_size, 64),
+            nn.Linear(in_features, 64),
             nn.ReLU(),
             nn.Linear(64, FEATURE_DIM),
             nn.ReLU(),

@@ -1,10 +1,12 @@
 """Data arrive once, before the grid: one `fetch_data` job per (data_dir, dataset) the planned
 runs need; every training and tuning job waits for its marker `<data_dir>/.ready/<item>`.
 
-`python -m benchmark fetch` downloads with torchvision (checksum verified) into a temporary folder
-and renames it into place, so concurrent jobs never download or extract into one folder. Offline,
-the one fetch job fails with the line saying where to put the files, and no run starts. It runs
-on the submitting machine (`localrule`): cluster nodes often have no internet.
+`python -m benchmark fetch` applies the dataset's registry row's fetch rule: it downloads with
+torchvision (checksum verified) into a temporary folder and renames it into place, so concurrent
+jobs never download or extract into one folder, or generates the data offline (mnist1d: one
+cache file, written atomically). Offline, a download's one fetch job fails with the line saying
+where to put the files, and no run starts. It runs on the submitting machine (`localrule`):
+cluster nodes often have no internet.
 """
 
 from benchmark.data.fetch import fetch_item
