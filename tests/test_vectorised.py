@@ -58,6 +58,35 @@ def test_vmap_and_loop_give_the_same_parameters(model_name, method):
     assert torch.equal(first, vmap.params[1])
 
 
+def test_a_model_s_own_stacked_forward_equals_its_per_agent_forward():
+    """``forward_rows`` (k models at once, benchmark/models/rows.py) gives what each model's
+    own forward gives on its own batch: features and logits, to float rounding."""
+    torch.manual_seed(0)
+    models = [build_model("mlp", num_classes=10, in_channels=3, norm="none", image_size=8)
+              for _ in range(3)]
+    xs = torch.randn(3, 5, 3, 8, 8)
+    params = {name: torch.stack([dict(m.named_parameters())[name] for m in models])
+              for name, _ in models[0].named_parameters()}
+    features, logits = models[0].forward_rows(params, xs)
+    for k, model in enumerate(models):
+        want_features, want_logits = model(xs[k])
+        torch.testing.assert_close(features[k], want_features, atol=1e-6, rtol=1e-5)
+        torch.testing.assert_close(logits[k], want_logits, atol=1e-6, rtol=1e-5)
+    assert not torch.allclose(logits[0], logits[1])  # three different models, not one
+
+
+def test_auto_on_a_cpu_is_vmap_only_for_a_model_with_its_own_stacked_forward():
+    """The CPU rule is fixed (no timing), so a rerun takes the same path: the MLP has a
+    ``forward_rows`` and is vectorised; ResNet-20 has none and keeps the loop."""
+    torch.manual_seed(0)
+    topo = build_topology("ring", 3)
+    mlp = Swarm(build_model("mlp", 10, 3, norm="none", image_size=8), topo, device="cpu")
+    assert mlp.vectorize == "vmap" and "stacked forward" in mlp.vectorize_reason
+    assert mlp.forward_backward.rows_forward is not None  # CCL's passes are vectorised too
+    resnet = Swarm(build_model("resnet20", 10, 3, image_size=8), topo, device="cpu")
+    assert resnet.vectorize == "loop"
+
+
 def test_auto_is_the_loop_on_a_cpu_and_batchnorm_refuses_vmap():
     torch.manual_seed(0)
     topo = build_topology("ring", 3)
