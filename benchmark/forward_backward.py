@@ -122,6 +122,7 @@ class VmapPass(LoopPass):
         self._names = [name for name, _ in named]
         self._shapes = [p.shape for _, p in named]
         self._sizes = [p.numel() for _, p in named]
+        self._own_rows = stacked_forward(state.template)
         self.rows_forward = self.forward_rows
 
     def __call__(self, xs, ys, cross: CrossFeatureLoss | None) -> torch.Tensor:
@@ -139,12 +140,16 @@ class VmapPass(LoopPass):
         """``(features, logits)`` of model ``rows[k]`` on batch ``xs[k]`` for every k, at once.
 
         ``rows`` is ``[k, P]`` stacked parameter vectors (agents' rows, or any gathered rows, e.g.
-        the senders of CCL's cross-feature passes); only for models without buffers.
+        the senders of CCL's cross-feature passes); only for models without buffers. A model with
+        its own stacked forward (``forward_rows``, benchmark/models/rows.py) runs that one: the
+        same numbers in a few batched products; any other runs under ``torch.func.vmap``.
         """
         k = rows.shape[0]
         pieces = rows.split(self._sizes, dim=1)
         params = {name: piece.view(k, *shape) for name, piece, shape in
                   zip(self._names, pieces, self._shapes, strict=True)}
+        if self._own_rows is not None:
+            return self._own_rows(params, xs)
         return torch.func.vmap(self._functional_forward)(params, xs)
 
     def _functional_forward(self, params: dict[str, torch.Tensor], x: torch.Tensor):
@@ -220,12 +225,21 @@ class AutoPass(LoopPass):
         return time.perf_counter() - start
 
 
+def stacked_forward(model: torch.nn.Module) -> Callable[..., tuple[torch.Tensor, ...]] | None:
+    """The model's own forward of ``k`` copies at once (``forward_rows(params, xs)``), if any."""
+    own = getattr(model, "forward_rows", None)
+    return own if callable(own) else None
+
+
 def choose(state: SwarmState, vectorize: str = "auto", agent_threads: int = 1) -> LoopPass:
     """The pass for ``vectorize`` (loop, vmap or auto) and ``agent_threads``, with its reason.
 
     Buffers (BatchNorm running statistics) are updated in place by each agent's forward, which
-    vmap cannot batch; such models keep the loop. On a CPU the loop is as fast as the arithmetic
-    allows (R1 in benchmarks/), so ``auto`` only considers vmap on CUDA.
+    vmap cannot batch; such models keep the loop. On a CPU, ``auto`` is the vectorised pass for a
+    model that has its own stacked forward (the small models, whose per-agent calls cost more
+    than their arithmetic: 2.7x to 4x faster, benchmarks/r8_small_models.py) and the loop for
+    any other (as fast as the arithmetic allows for ResNet-20, R1 in benchmarks/; vmap there was
+    1.5x slower). The rule is fixed, not measured, so a CPU run is the same on every rerun.
     """
     if vectorize not in VECTORIZE:
         raise ConfigError("vectorize", vectorize, VECTORIZE)
@@ -242,6 +256,10 @@ def choose(state: SwarmState, vectorize: str = "auto", agent_threads: int = 1) -
                               hint="BatchNorm running statistics cannot be updated under vmap")
         return loop("model has buffers (BatchNorm running statistics): loop")
     if vectorize == "auto" and state.device.type != "cuda":
+        if stacked_forward(state.template) is not None:
+            return VmapPass(state, f"auto on a CPU: vmap ({type(state.template).__name__} has its "
+                                   "own stacked forward: a few batched products instead of "
+                                   "per-agent calls)")
         return loop("auto on a CPU: loop (vmap brings no speed-up there)")
     if vectorize == "auto":
         return AutoPass(state, loop(""))

@@ -142,9 +142,13 @@ def estimate(config, model: nn.Module, bundle, device: torch.device) -> Estimate
 def _estimate(config, model: nn.Module, bundle, device: torch.device) -> Estimate:
     n, b = config.n_agents, config.batch_size
     vectorize = config.vectorize
-    if vectorize == "auto":  # CUDA may pick vmap, the hungrier path: count that one
+    if vectorize == "auto":  # CUDA may pick vmap, the hungrier path: count that one (on a
+        # CPU, auto is vmap for a model with its own stacked forward: forward_backward.choose)
+        from .forward_backward import stacked_forward
+
         has_buffers = any(True for _ in model.buffers())
-        vectorize = "vmap" if device.type == "cuda" and not has_buffers else "loop"
+        wants = device.type == "cuda" or stacked_forward(model) is not None
+        vectorize = "vmap" if wants and not has_buffers else "loop"
     n_params = sum(p.numel() for p in model.parameters())
     saved, largest = activation_profile(model, bundle.sample_shape)
     algo, momentum = algorithm_state_floats(config, n_params)

@@ -19,16 +19,20 @@ from benchmark.topology import build_topology
 AGENTS, BATCH, STEPS = 4, 3, 3
 
 
+SHAPES = {"convbase1d": (1, 40)}  # 1-D signals; every other model here takes [3, 8, 8] images
+
+
 def _run(model_name: str, method: str, vectorize: str, norm: str | None = None):
     torch.manual_seed(0)
-    model = build_model(model_name, num_classes=10, in_channels=3, norm=norm, image_size=8)
+    shape = SHAPES.get(model_name, (3, 8, 8))
+    model = build_model(model_name, num_classes=10, norm=norm, sample_shape=shape)
     algorithm, ccl = resolve_method(method, 0.1, 0.1)
     swarm = Swarm(model, build_topology("ring", AGENTS), algorithm=algorithm, ccl=ccl, lr=0.1,
                   device="cpu", vectorize=vectorize)
     g = torch.Generator().manual_seed(1)
     stats = []
     for _ in range(STEPS):
-        xs = torch.randn(AGENTS, BATCH, 3, 8, 8, generator=g)
+        xs = torch.randn(AGENTS, BATCH, *shape, generator=g)
         ys = torch.randint(0, 10, (AGENTS, BATCH), generator=g)
         stats.append({k: float(v) for k, v in swarm.step(xs, ys).items()})
     return swarm, stats
@@ -38,9 +42,10 @@ def _run(model_name: str, method: str, vectorize: str, norm: str | None = None):
     ("resnet20", "dsgdm-n"),  # EvoNorm ResNet-20: grouped statistics under vmap
     ("resnet20", "ccl"),      # QGM + both CCL terms: gradients through the features too
     ("mlp", "ccl-relay"),        # RelaySGD + CCL on a norm-free MLP
+    ("convbase1d", "ccl"),       # MNIST-1D's CNN: its own stacked forward against nn.Conv1d
 ])
 def test_vmap_and_loop_give_the_same_parameters(model_name, method):
-    norm = "none" if model_name == "mlp" else None
+    norm = "none" if model_name in ("mlp", "convbase1d") else None
     loop, loop_stats = _run(model_name, method, "loop", norm)
     vmap, vmap_stats = _run(model_name, method, "vmap", norm)
     assert (loop.vectorize, vmap.vectorize) == ("loop", "vmap")
@@ -56,6 +61,37 @@ def test_vmap_and_loop_give_the_same_parameters(model_name, method):
     # each agent module still views its row: evaluation sees what the vmap path trained
     first = torch.nn.utils.parameters_to_vector(vmap.models[1].parameters())
     assert torch.equal(first, vmap.params[1])
+
+
+@pytest.mark.parametrize(("model_name", "shape"), [("mlp", (3, 8, 8)), ("convbase1d", (1, 40)),
+                                                   ("convbase1d", (2, 17))])
+def test_a_model_s_own_stacked_forward_equals_its_per_agent_forward(model_name, shape):
+    """``forward_rows`` (k models at once, benchmark/models/rows.py) gives what each model's
+    own forward (nn.Linear / nn.Conv1d) gives on its own batch: features and logits, to float
+    rounding; an odd signal length checks the padding at both ends of every convolution."""
+    torch.manual_seed(0)
+    models = [build_model(model_name, num_classes=10, sample_shape=shape) for _ in range(3)]
+    xs = torch.randn(3, 5, *shape)
+    params = {name: torch.stack([dict(m.named_parameters())[name] for m in models])
+              for name, _ in models[0].named_parameters()}
+    features, logits = models[0].forward_rows(params, xs)
+    for k, model in enumerate(models):
+        want_features, want_logits = model(xs[k])
+        torch.testing.assert_close(features[k], want_features, atol=1e-6, rtol=1e-5)
+        torch.testing.assert_close(logits[k], want_logits, atol=1e-6, rtol=1e-5)
+    assert not torch.allclose(logits[0], logits[1])  # three different models, not one
+
+
+def test_auto_on_a_cpu_is_vmap_only_for_a_model_with_its_own_stacked_forward():
+    """The CPU rule is fixed (no timing), so a rerun takes the same path: the MLP has a
+    ``forward_rows`` and is vectorised; ResNet-20 has none and keeps the loop."""
+    torch.manual_seed(0)
+    topo = build_topology("ring", 3)
+    mlp = Swarm(build_model("mlp", 10, 3, norm="none", image_size=8), topo, device="cpu")
+    assert mlp.vectorize == "vmap" and "stacked forward" in mlp.vectorize_reason
+    assert mlp.forward_backward.rows_forward is not None  # CCL's passes are vectorised too
+    resnet = Swarm(build_model("resnet20", 10, 3, image_size=8), topo, device="cpu")
+    assert resnet.vectorize == "loop"
 
 
 def test_auto_is_the_loop_on_a_cpu_and_batchnorm_refuses_vmap():

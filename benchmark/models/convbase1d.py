@@ -5,15 +5,22 @@ flattened channel-major (25 x 5 = 125 values on 40-sample signals) is the featur
 losses compare, and a linear layer maps it to the logits. No normalisation layers, as in the
 paper (published test accuracy trained centrally: ~94%, docs/METHOD.md).
 
-The forward is plain modules on purpose: small and obvious, so the arithmetic can later be
-swapped for a faster one and checked against this.
+``forward`` is the plain modules, one model on its batch (evaluation, the per-agent loop).
+``forward_rows`` is the same network for ``k`` models at once as batched products
+(:mod:`benchmark.models.rows`): what the vectorised forward/backward runs, on a CPU too, where
+the per-agent ``nn.Conv1d`` calls cost far more than their arithmetic (about 4x, R8 in
+benchmarks/). The two agree to float rounding (tests/test_vectorised.py).
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from benchmark.errors import ConfigError
+from benchmark.models.rows import conv1d_rows, linear_rows
 
 CHANNELS = 25
 # (kernel size, stride, padding) of the three convolutions
@@ -51,3 +58,15 @@ class ConvBase1d(nn.Module):
         h = self.relu(self.conv3(h))
         features = h.flatten(1)  # [B, 25, 5] -> [B, 125], channel-major as the paper's view(B, -1)
         return features, self.classifier(features)
+
+    def forward_rows(self, params: Mapping[str, Tensor], xs: Tensor) -> tuple[Tensor, Tensor]:
+        """``k`` models at once: ``params`` name -> ``[k, ...]``, ``xs [k, B, C, L]``; channels
+        last inside (no transpose between layers), the features flattened channel-major as in
+        ``forward``."""
+        h = xs.transpose(2, 3)  # [k, B, L, C]
+        for name, (_, stride, padding) in zip(("conv1", "conv2", "conv3"), LAYERS, strict=True):
+            h = F.relu(conv1d_rows(h, params[f"{name}.weight"], params[f"{name}.bias"], stride,
+                                   padding))
+        features = h.transpose(2, 3).flatten(2)  # [k, B, O, L] -> [k, B, 125]
+        return features, linear_rows(features, params["classifier.weight"],
+                                     params["classifier.bias"])
