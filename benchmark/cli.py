@@ -164,7 +164,8 @@ def _ints(text: str) -> list[int]:
                                          ) from None
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parsers() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:
+    """The top-level parser and each subcommand's own parser, by name."""
     parser = argparse.ArgumentParser(prog="benchmark", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     train = sub.add_parser("train", help="train one run and write metrics.json")
@@ -243,11 +244,24 @@ def build_parser() -> argparse.ArgumentParser:
     plan.add_argument("--json", action="store_true", help="also print the figures as one "
                       "JSON line (prefixed PLAN)")
     plan.set_defaults(func=_plan)
-    return parser
+    return parser, sub.choices
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """Flags and ``key=value`` words in any order, for every subcommand
+    (``tune --study S method=ccl --trials 4 tuning.epochs=3``): argparse's intermixed parsing,
+    run on the subcommand's own parser since it does not support a subparsers action."""
+    parser, commands = build_parsers()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if not argv or argv[0] not in commands:  # no or an unknown subcommand, -h: argparse says it
+        return parser.parse_args(argv)
+    args = commands[argv[0]].parse_intermixed_args(argv[1:])
+    args.command = argv[0]
+    return args
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = parse_args(argv)
     if threading.current_thread() is threading.main_thread():
         # Snakemake and schedulers stop jobs with SIGTERM: unwind like Ctrl-C, so context
         # managers run (MLflow marks the run KILLED, the lock is released).

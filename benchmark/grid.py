@@ -226,7 +226,7 @@ class RunSpec:
         """The shell command the workflow runs for this job (without redirections)."""
         args = [python, "-m", "benchmark", "train", "--config", self.config_path,
                 "--out", self.run_dir]
-        if self.tuned is not None:  # before the key=value list: argparse reads it as one block
+        if self.tuned is not None:
             args += ["--tuned", self.tuned]
         args += self.override_args
         if threads is not None:

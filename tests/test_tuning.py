@@ -563,3 +563,33 @@ def test_hyperband_pruner_study_honours_the_budget(tmp_path, monkeypatch):
     assert trials[0].state == TrialState.COMPLETE
     assert sorted(trials[0].intermediate_values) == list(range(1, 10))
     assert result.best["values"]["lambda_m"] == 0.001  # the best possible value of the fake
+
+
+def test_flags_and_key_values_come_in_any_order(tmp_path, monkeypatch, capsys):
+    """The README's `tune ... method=... alpha=... --trials N tuning.epochs=3`, and the same
+    mix of flags and words for train and report (argparse's intermixed parsing)."""
+    monkeypatch.setattr(objective, "run", _fake_run)
+    cfg = str(_config_file(tmp_path))
+    journal = tmp_path / "studies" / "alpha0.1.journal"
+    assert main(["tune", "--config", cfg, "method=dsgdm-n", "alpha=0.1", "--study", str(journal),
+                 "--trials", "2", "tuning.epochs=1", "lr=0.04"]) == 0
+    best = json.loads((tmp_path / "studies" / "alpha0.1" / "best.json").read_text())
+    assert (best["method"], best["alpha"], best["epochs"], best["trials_budget"]) == \
+        ("dsgdm-n", 0.1, 1, 2)
+    assert best["start_point"] == {"lr": 0.04}  # the word after the flags was read too
+
+    out = tmp_path / "run"
+    assert main(["train", "epochs=1", "--config", cfg, "method=dsgdm-n", "--out", str(out),
+                 "seed=3", "--restart", "alpha=0.1"]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert (metrics["config"]["epochs"], metrics["config"]["seed"], metrics["method"]) == \
+        (1, 3, "dsgdm-n")
+
+    stray = tmp_path / "stray" / "metrics.json"
+    stray.parent.mkdir()
+    stray.write_text("[]")
+    capsys.readouterr()
+    assert main(["report", str(out), "--out", str(tmp_path / "r"), str(stray),
+                 "--skip-invalid", "--family", "mixed"]) == 0
+    assert f"skipping {stray}" in capsys.readouterr().err  # both paths read, the flag too
+    assert (tmp_path / "r" / "table_mixed.md").is_file()
