@@ -23,7 +23,7 @@ from optuna.trial import TrialState
 from benchmark import train as train_module
 from benchmark.cli import main
 from benchmark.errors import UserError
-from benchmark.tuning import objective, spec, study
+from benchmark.tuning import objective, sampler, spec, study
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -133,12 +133,14 @@ def test_a_study_per_method_searches_the_family_space(tmp_path, monkeypatch):
     assert searched == {"dsgdm-n": {"lr"}, "ccl-mv": {"lr", "lambda_m"}}
 
 
-def test_sampler_seed_differs_per_method_and_alpha():
+def test_sampler_seed_differs_per_study_and_session():
     tuning_spec = spec.build_spec({})
-    seeds = {tuning_spec.sampler_seed_for("f", m, a) for m in ("qgm", "ccl") for a in (0.1, 1.0)}
-    assert len(seeds) == 4
-    assert tuning_spec.sampler_seed_for("f", "qgm", 0.1) == spec.build_spec(
-        {}).sampler_seed_for("f", "qgm", 0.1)  # reproducible
+    seeds = {tuning_spec.sampler_seed_for(name, held)
+             for name in ("f-qgm-ring-n16-alpha0.1", "f-qgm-ring-n8-alpha0.1") for held in (0, 3)}
+    assert len(seeds) == 4  # per graph (and method, alpha), and per session
+    assert tuning_spec.sampler_seed_for("s", 2) == spec.build_spec({}).sampler_seed_for("s", 2)
+    assert spec.build_spec({"sampler_seed": 1}).sampler_seed_for("s", 2) != \
+        tuning_spec.sampler_seed_for("s", 2)
 
 
 def test_rerun_of_finished_study_adds_no_trial_and_budget_is_a_total(tmp_path, capsys):
@@ -157,15 +159,62 @@ def test_rerun_of_finished_study_adds_no_trial_and_budget_is_a_total(tmp_path, c
     assert main([*args, "--trials", "3"]) == 0  # a larger budget runs only the missing trial
     assert _states(_trials(journal)) == ["COMPLETE"] * 3
 
+    # a smaller budget than the study holds: refused, nothing rewritten ("3 of 2 finished")
+    best_file = tmp_path / "alpha0.5" / "best.json"
+    before = (journal.read_bytes(), best_file.read_bytes(), best_file.stat().st_mtime_ns)
+    capsys.readouterr()
+    assert main([*args, "--trials", "2"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: --trials: invalid value 2; allowed: at least 3, the finished "
+                          "trials the study holds") and err.count("\n") == 1
+    assert (journal.read_bytes(), best_file.read_bytes(), best_file.stat().st_mtime_ns) == before
 
-def test_killed_trial_is_failed_requeued_and_the_budget_completed(tmp_path):
-    # Trials long enough (a few hundred iterations) to be caught in the middle.
-    run = {"synthetic": {**RUN["synthetic"], "train_size": 4096}, "epochs": 3}
-    cfg = _config_file(tmp_path, run=run, trials=4, epochs=3)
+
+def test_the_sampler_never_proposes_a_point_the_study_holds(tmp_path):
+    """Two sessions of one study with the same seed, as every resumed study had: TPE alone
+    proposes the first session's points again, the study's sampler draws new ones."""
+    space = sampler.search_space(spec.build_spec({"space": {"lr": [0.01, 0.5]}}), "dsgdm-n")
+
+    def two_sessions(journal: Path, distinct: bool) -> list[float]:
+        for _ in range(2):
+            tpe = optuna.samplers.TPESampler(seed=7)
+            opened = optuna.create_study(
+                storage=study.storage(journal), study_name="s", direction="maximize",
+                sampler=sampler.DistinctSampler(tpe, space) if distinct else tpe,
+                load_if_exists=True)
+            opened.optimize(lambda t: t.suggest_float("lr", 0.01, 0.5, log=True), n_trials=2)
+        return [t.params["lr"] for t in opened.trials]
+
+    replayed = two_sessions(tmp_path / "tpe.journal", distinct=False)
+    assert replayed[2:] == replayed[:2]  # the waste this sampler prevents
+    assert len(set(two_sessions(tmp_path / "distinct.journal", distinct=True))) == 4
+
+
+def test_an_integer_space_gives_each_point_once_and_no_budget_beyond_it(tmp_path, monkeypatch,
+                                                                       capsys):
+    monkeypatch.setattr(objective, "run", _fake_run)  # the same value everywhere: no preference
+    cfg = _config_file(tmp_path, baseline=["batch_size"],
+                       space={"batch_size": {"low": 8, "high": 10, "log": False}})
     journal = tmp_path / "alpha0.5.journal"
-    cmd = [sys.executable, "-m", "benchmark", "tune", "--config", str(cfg), "--study",
-           str(journal)]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    args = ["tune", "--config", str(cfg), "--study", str(journal), "method=dsgdm-n"]
+    assert main([*args, "--trials", "3"]) == 0
+    assert sorted(t.params["batch_size"] for t in _trials(journal)) == [8, 9, 10]
+    capsys.readouterr()
+    assert main([*args, "--trials", "4"]) == 2
+    assert capsys.readouterr().err.startswith(
+        "error: --trials: invalid value 4; allowed: at most 3, the points of tuning.space")
+    assert len(_trials(journal)) == 3
+
+
+def _tune_command(cfg: Path, journal: Path, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "benchmark", "tune", "--config", str(cfg), "--study",
+            str(journal), *extra]
+
+
+def _stop_during_trial(cmd: list[str], journal: Path, number: int, sig: int
+                       ) -> tuple[subprocess.Popen, optuna.trial.FrozenTrial | None]:
+    """Start ``cmd``, send ``sig`` once trial ``number`` is RUNNING with its point drawn."""
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     victim = None
     try:
         deadline = time.monotonic() + 120
@@ -173,30 +222,82 @@ def test_killed_trial_is_failed_requeued_and_the_budget_completed(tmp_path):
             time.sleep(0.05)
             if journal.exists() and journal.stat().st_size:
                 running = [t for t in _trials(journal) if t.state == TrialState.RUNNING
-                           and t.number >= 1 and len(t.params) == 2]
+                           and t.number == number and len(t.params) == 2]
                 victim = running[0] if running else None
     finally:
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
-    assert victim is not None, "the study finished before a trial could be killed"
-    assert next(t for t in _trials(journal) if t.number == victim.number).state == \
-        TrialState.RUNNING  # what a killed process leaves behind
+        if proc.poll() is None:
+            proc.send_signal(sig)
+    return proc, victim
+
+
+def _distinct_finished_points(trials) -> list[dict]:
+    """The points of the complete and pruned trials, checked pairwise distinct."""
+    points = [t.params for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
+    assert len({tuple(sorted(p.items())) for p in points}) == len(points), points
+    return points
+
+
+# Trials long enough (a few hundred iterations) to be caught in the middle.
+SLOW = {"synthetic": {**RUN["synthetic"], "train_size": 4096}, "epochs": 3}
+
+
+def test_killed_trial_is_rerun_once_and_no_point_is_evaluated_twice(tmp_path):
+    """SIGKILL during trial 2 (the first point the sampler draws: trials 0 and 1 are the fixed
+    points), the same command again, then a larger budget: every finished trial has its own
+    point. With one sampler seed per process, the resumed process drew trial 2's point again."""
+    cfg = _config_file(tmp_path, run=SLOW, trials=4, epochs=3)
+    journal = tmp_path / "alpha0.5.journal"
+    cmd = _tune_command(cfg, journal)
+    proc, victim = _stop_during_trial(cmd, journal, 2, signal.SIGKILL)
+    proc.communicate()
+    assert victim is not None, "the study finished before trial 2 could be killed"
+    assert _trials(journal)[2].state == TrialState.RUNNING  # what a killed process leaves
 
     rerun = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert rerun.returncode == 0, rerun.stderr
-    assert f"trial {victim.number} was left RUNNING by a killed process" in rerun.stdout
+    assert "trial 2 was left RUNNING by a killed process" in rerun.stdout
+    assert "re-runs trial 2" in rerun.stdout
 
     trials = _trials(journal)
-    assert _states(trials).count("COMPLETE") == 4
-    assert _states(trials).count("FAIL") == 1 and "RUNNING" not in _states(trials)
-    failed = trials[victim.number]
-    assert failed.state == TrialState.FAIL
-    retries = [t for t in trials if t.user_attrs.get("retry_of") == victim.number]
-    assert len(retries) == 1 and retries[0].state == TrialState.COMPLETE
-    assert retries[0].params == victim.params
-    assert f"re-runs trial {victim.number}" in rerun.stdout
+    assert _states(trials) == ["COMPLETE"] * 2 + ["FAIL"] + ["COMPLETE"] * 2
+    retries = [t for t in trials if t.user_attrs.get("retry_of") == 2]
+    assert [t.number for t in retries] == [3] and retries[0].params == victim.params
+    assert len(_distinct_finished_points(trials)) == 4  # the re-run is the one extra trial
     best = json.loads((tmp_path / "alpha0.5" / "best.json").read_text())
     assert (best["n_complete"], best["n_failed"]) == (4, 1)
+
+    raised = subprocess.run([*cmd, "--trials", "6"], capture_output=True, text=True,
+                            timeout=300)
+    assert raised.returncode == 0, raised.stderr
+    trials = _trials(journal)
+    assert len(_distinct_finished_points(trials)) == 6 and len(trials) == 7
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_interrupted_tune_says_one_line_and_reruns_the_trial_once(tmp_path, sig):
+    cfg = _config_file(tmp_path, run=SLOW, trials=3, epochs=3, enqueue_paper=False)
+    journal = tmp_path / "alpha0.5.journal"
+    cmd = _tune_command(cfg, journal)
+    proc, victim = _stop_during_trial(cmd, journal, 1, sig)
+    out, err = proc.communicate(timeout=60)
+    assert victim is not None, "the study finished before trial 1 could be interrupted"
+    assert proc.returncode == 130
+    said = [line for line in err.splitlines() if not line.startswith("[I ")]  # Optuna's info
+    assert said == ["interrupted: run the same command again to resume the study"], err
+    assert "Traceback" not in out + err
+    # settled before exiting: the trial is FAIL and its point waits to be run first
+    trials = _trials(journal)
+    assert _states(trials) == ["COMPLETE", "FAIL", "WAITING"]
+    assert trials[2].system_attrs["fixed_params"] == victim.params
+    assert not (tmp_path / "alpha0.5" / "best.json").exists()
+
+    rerun = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert rerun.returncode == 0, rerun.stderr
+    assert "left RUNNING" not in rerun.stdout and "trial 2 re-runs trial 1" in rerun.stdout
+    trials = _trials(journal)
+    assert _states(trials) == ["COMPLETE", "FAIL", "COMPLETE", "COMPLETE"]
+    assert trials[2].params == victim.params and trials[2].user_attrs["retry_of"] == 1
+    assert len(_distinct_finished_points(trials)) == 3
 
 
 def test_objective_never_touches_the_test_split(tmp_path, monkeypatch):

@@ -30,7 +30,7 @@ def best_summary(study: optuna.Study, config: RunConfig, spec: Tuning, journal: 
         ranges = " / ".join(f"tuning.space.{n}" for n in names)
         raise UserError(f"study {journal}: no complete trial (all pruned, diverged or failed); "
                         f"narrow {ranges} or lower lr")
-    best = study.best_trial
+    best = best_trial(complete)
     counts = {s: sum(t.state == s for t in study.trials)
               for s in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)}
     starts = spec.start_points(config)
@@ -54,6 +54,13 @@ def best_summary(study: optuna.Study, config: RunConfig, spec: Tuning, journal: 
         # the values suit this graph; the grid may use them on others (README "Tuning")
         "graph": {"topology": config.topology, "n_agents": config.n_agents},
     }
+
+
+def best_trial(complete: list[FrozenTrial]) -> FrozenTrial:
+    """The complete trial of highest validation accuracy; a tie goes to the earliest trial, so
+    a study whose trials all tie keeps trial 0, the fixed protocol's point (a split too small to
+    tell trials apart then means "not tuned", never a point picked by chance)."""
+    return max(complete, key=lambda t: (t.value, -t.number))
 
 
 def _value_at(complete: list[FrozenTrial], point: dict[str, float]) -> float | None:
@@ -128,7 +135,7 @@ def plot_sensitivity(study: optuna.Study, names: tuple[str, ...], spec: Tuning, 
                             c=[t.value for t in complete], cmap="viridis", s=50,
                             edgecolors="black", zorder=3)
         fig.colorbar(points, ax=ax, label=METRIC_LABEL)
-        best = study.best_trial
+        best = best_trial(complete)
         ax.scatter([best.params[x_name]], ys([best]), marker="*", s=250, color="C3", zorder=4,
                    label="best")
     if others:

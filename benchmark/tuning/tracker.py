@@ -20,8 +20,8 @@ from ..config import RunConfig
 from .spec import Tuning
 
 VAL_KEYS = ("consensus_acc", "local_acc_mean", "local_acc_std")
-# MLflow status of a trial's child run by the trial's end state
-_STATUS = {"complete": "FINISHED", "pruned": "FINISHED"}
+# MLflow status of a trial's child run by the trial's end state (else FAILED)
+_STATUS = {"complete": "FINISHED", "pruned": "FINISHED", "interrupted": "KILLED"}
 
 
 class StudyTracker:
@@ -59,11 +59,15 @@ class StudyTracker:
                                                   self.config)
 
     def _exists(self, run_id: str) -> bool:
+        return self._status(run_id) is not None
+
+    def _status(self, run_id: str) -> str | None:
+        """The run's MLflow status; None when it is gone (deleted, or another store)."""
         try:
-            self.tracking.retry(lambda: self.store.get_run(run_id), "get_run")
+            run = self.tracking.retry(lambda: self.store.get_run(run_id), "get_run")
         except Exception:  # deleted, or another tracking store: start a fresh parent
-            return False
-        return True
+            return None
+        return run.info.status
 
     def start_trial(self, trial: optuna.Trial, params: dict[str, float]):
         """A child run under the study's parent (None when tracking is off)."""
@@ -95,9 +99,10 @@ class StudyTracker:
         child.end(_STATUS.get(state, "FAILED"))
 
     def end_orphan(self, trial: FrozenTrial) -> None:
-        """Close the child run of a trial whose process was killed (it stayed RUNNING)."""
+        """Close the child run of a trial whose process was killed (it stayed RUNNING); an
+        interrupted trial's run, already ended KILLED, stays as it is."""
         run_id = trial.user_attrs.get("mlflow_run_id")
-        if self.store is not None and run_id is not None and self._exists(run_id):
+        if self.store is not None and run_id is not None and self._status(run_id) == "RUNNING":
             orphan = self.tracking.MlflowTracker(self.store, run_id, self.config)
             orphan.log_batch(tags=[("state", "failed")])
             orphan.end("FAILED", "process killed during the trial; parameters re-queued")
