@@ -22,7 +22,7 @@ def _train(args: argparse.Namespace) -> int:
     from .train import run
 
     config = load_config(args.config, args.overrides)
-    if args.tuned:  # the values found by the family's study of this method at this alpha
+    if args.tuned:  # the values of the family's study of this method, alpha and graph
         from .config import build_config
         from .grid import tuned_from
 
@@ -176,21 +176,25 @@ def build_parsers() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argumen
                        "(default: resume from the checkpoint; a finished run is a no-op)")
     train.add_argument("--tuned", metavar="BEST_JSON",
                        help="the tuned values of a study's best.json (studies/<family>/<method>/"
-                       "alpha<a>/best.json; must match the family, method and alpha)")
+                       "<graph>/alpha<a>/best.json; must match the family, method, alpha and "
+                       "graph)")
     train.add_argument("overrides", nargs="*", metavar="key=value", help="option overrides")
     train.set_defaults(func=_train)
-    tune = sub.add_parser("tune", help="Optuna study of one method's hyperparameters at one alpha")
+    tune = sub.add_parser("tune", help="Optuna study of one method's hyperparameters at one alpha "
+                          "on one graph")
     tune.add_argument("--config", help="family file (run: + tuning:) or run options (YAML)")
     tune.add_argument("--study", required=True,
-                      help="journal file, studies/<family>/<method>/alpha<a>.journal")
+                      help="journal file, studies/<family>/<method>/<graph>/alpha<a>.journal")
     tune.add_argument("--trials", type=int, help="total trial budget (default: tuning.trials)")
     tune.add_argument("overrides", nargs="*", metavar="key=value",
                       help="run option or tuning.<key> overrides, e.g. method=qgm alpha=0.1 "
                       "tuning.epochs=5")
     tune.set_defaults(func=_tune)
     table = sub.add_parser("tune-table",
-                           help="table of best values per method and alpha (best.json files)")
-    table.add_argument("best", nargs="+", help="studies/<family>/<method>/alpha<a>/best.json")
+                           help="table of best values per method, graph and alpha (best.json "
+                           "files)")
+    table.add_argument("best", nargs="+",
+                       help="studies/<family>/<method>/<graph>/alpha<a>/best.json")
     table.add_argument("--out", required=True, help="output path without suffix (.csv and .md)")
     table.set_defaults(func=_tune_table)
     report = sub.add_parser("report", help="tables and figures of a family from metrics.json files")

@@ -4,6 +4,7 @@ looks at the test split."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import os
@@ -497,30 +498,66 @@ def _in_tmp(tmp_path, monkeypatch):
                        + os.environ.get("PYTHONPATH", ""))
 
 
-def _family_file(tmp_path: Path, protocol: str = "tuned", **tuning_opts) -> Path:
+# two graphs; ring-8 sets its own gamma, so its studies tune with it
+GRAPHS = [{"topology": "ring", "n_agents": 4}, {"topology": "ring", "n_agents": 8, "gamma": 0.9}]
+
+
+def _family_file(tmp_path: Path, protocol: str = "tuned", grid: dict | None = None,
+                 **tuning_opts) -> Path:
     path = tmp_path / "fam.yaml"
-    grid = {"alpha": [0.1, 1.0], "topologies": [{"topology": "ring", "n_agents": 4}],
-            "methods": ["dsgdm-n", "ccl-dsgdm"], "seeds": [0]}
+    grid = {"alpha": [0.1, 1.0], "topologies": GRAPHS, "methods": ["dsgdm-n", "ccl-dsgdm"],
+            "seeds": [0], **(grid or {})}
     path.write_text(yaml.safe_dump({"run": {**RUN, "family": "fam", "epochs": 1}, "grid": grid,
                                     "tuning": {**TUNING, "protocol": protocol, **tuning_opts}}))
     return path
 
 
-def test_tuned_family_makes_every_run_read_its_method_study(tmp_path):
+def test_tuned_family_has_a_study_per_method_alpha_and_graph(tmp_path):
     from benchmark.grid import load_family
+    from benchmark.plan import study_config
 
     family = load_family(_family_file(tmp_path))
-    tuned = {(r.config.method, r.config.alpha): r.tuned for r in family.runs}
-    assert tuned == {(m, a): f"studies/fam/{m}/alpha{a}/best.json"
-                     for m in ("dsgdm-n", "ccl-dsgdm") for a in (0.1, 1.0)}
+    studies = {(s.method, s.alpha, s.label): s for s in family.studies}
+    assert sorted(studies) == sorted((m, a, g) for m in ("dsgdm-n", "ccl-dsgdm")
+                                     for a in (0.1, 1.0) for g in ("ring-n4", "ring-n8"))
+    for run in family.runs:  # each tuned run reads its own graph's study, no other
+        graph = f"{run.config.topology}-n{run.config.n_agents}"
+        study = studies[(run.config.method, run.config.alpha, graph)]
+        assert run.tuned == study.best == (f"studies/fam/{run.config.method}/{graph}/"
+                                           f"alpha{run.config.alpha}/best.json")
+        config = study_config(study)  # what its trials train: the run's graph and gamma
+        assert (config.topology, config.n_agents, config.gamma) == \
+            (run.config.topology, run.config.n_agents, run.config.gamma)
+    ring8 = studies[("ccl-dsgdm", 0.1, "ring-n8")]
+    assert ring8.journal == "studies/fam/ccl-dsgdm/ring-n8/alpha0.1.journal"
+    assert ring8.tune_command(threads=1) == (
+        f"python -m benchmark tune --config {tmp_path / 'fam.yaml'} --study {ring8.journal} "
+        "method=ccl-dsgdm alpha=0.1 topology=ring n_agents=8 gamma=0.9 threads=1")
     run = family.runs[0]
     assert run.run_dir == "results/fam/tuned/synthetic/mlp/ring-n4/alpha0.1/dsgdm-n/seed0"
     assert f"--tuned {run.tuned} topology=ring" in run.train_command(threads=1)
     # the workflow's switch sets the protocol without editing the file
     assert all(r.tuned is None for r in load_family(_family_file(tmp_path), "fixed").runs)
     both = load_family(_family_file(tmp_path, "fixed"), "both")
-    assert [r.protocol for r in both.runs] == ["fixed", "tuned"] * 4
+    assert [r.protocol for r in both.runs] == ["fixed", "tuned"] * 8
     assert both.runs[0].run_dir == "results/fam/synthetic/mlp/ring-n4/alpha0.1/dsgdm-n/seed0"
+
+
+def test_one_graph_means_one_topology_entry_per_study(tmp_path):
+    """A block that gives ring-n8 another gamma for a method and alpha that already have a
+    ring-n8 study would need two studies under one path: refused, naming the entry."""
+    from benchmark.grid import load_family
+
+    block = {"topologies": [{"topology": "ring", "n_agents": 8, "gamma": 0.5}],
+             "methods": ["ccl-dsgdm", "qgm"]}
+    with pytest.raises(UserError, match=r"fam\.yaml: grid\.blocks\[0\]\.topologies\[0\]: .*"
+                       r"the options of grid\.topologies\[1\] for ring-n8.*has one study per "
+                       r"graph"):
+        load_family(_family_file(tmp_path, grid={"blocks": [block]}))
+    block["methods"] = ["qgm"]  # a method with no other ring-n8: its own study, its own gamma
+    family = load_family(_family_file(tmp_path, grid={"blocks": [block]}))
+    assert {s.graph["gamma"] for s in family.studies
+            if s.method == "qgm" and s.label == "ring-n8"} == {0.5}
 
 
 def test_family_file_tuning_mistakes_are_one_line_errors(tmp_path):
@@ -534,11 +571,16 @@ def test_family_file_tuning_mistakes_are_one_line_errors(tmp_path):
         load_family(_family_file(tmp_path, baseline=[]))
 
 
-def test_train_takes_the_tuned_values_of_its_method_and_alpha(tmp_path, capsys):
-    best = tmp_path / "studies" / "fam" / "ccl-dsgdm" / "alpha0.1" / "best.json"
-    _best_json(best, family="fam", alpha=0.1, method="ccl-dsgdm",
-               values={"lr": 0.07, "lambda_m": 0.037, "lambda_d": 0.0042},
-               study="studies/fam/ccl-dsgdm/alpha0.1.journal")
+RING4 = {"topology": "ring", "n_agents": 4, "torus_rows": None, "degree": 3,
+         "mixing": "uniform", "gamma": 1.0}
+
+
+def test_train_takes_the_tuned_values_of_its_method_alpha_and_graph(tmp_path, capsys):
+    best = tmp_path / "studies" / "fam" / "ccl-dsgdm" / "ring-n4" / "alpha0.1" / "best.json"
+    values = {"lr": 0.07, "lambda_m": 0.037, "lambda_d": 0.0042}
+    _best_json(best, family="fam", alpha=0.1, method="ccl-dsgdm", values=values,
+               study="studies/fam/ccl-dsgdm/ring-n4/alpha0.1.journal", graph=RING4,
+               val_samples=26)
     cfg = str(_family_file(tmp_path))
     out = tmp_path / "run"
     assert main(["train", "--config", cfg, "--out", str(out), "--tuned", str(best),
@@ -546,15 +588,29 @@ def test_train_takes_the_tuned_values_of_its_method_and_alpha(tmp_path, capsys):
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["ccl"] == {"lambda_m": 0.037, "lambda_d": 0.0042}
     assert metrics["config"]["lr"] == 0.07 and metrics["protocol"] == "tuned"
-    assert metrics["tuned"] == {"values": {"lr": 0.07, "lambda_m": 0.037, "lambda_d": 0.0042},
-                                "study": "studies/fam/ccl-dsgdm/alpha0.1.journal",
-                                "graph": None}  # a best.json that does not name its graph
+    assert metrics["tuned"] == {"values": values, "val_samples": 26, "graph": RING4,
+                                "study": "studies/fam/ccl-dsgdm/ring-n4/alpha0.1.journal"}
 
     capsys.readouterr()
     for wrong in (["alpha=1.0", "method=ccl-dsgdm"], ["alpha=0.1", "method=dsgdm-n"]):
         assert main(["train", "--config", cfg, "--out", str(tmp_path / "other"), "--tuned",
                      str(best), *wrong]) == 2
         assert "--tuned" in capsys.readouterr().err and not (tmp_path / "other").exists()
+    # another graph, another gamma, or a best.json that does not say: refused, in one line
+    args = ["train", "--config", cfg, "--out", str(tmp_path / "other"), "--tuned", str(best),
+            "alpha=0.1", "method=ccl-dsgdm"]
+    for extra, why in ((["n_agents=8"], "tuned on ring-n4, not on ring-n8"),
+                       (["topology=exponential"], "tuned on ring-n4, not on exponential-n4"),
+                       (["gamma=0.9"], "tuned with gamma=1.0 (this run: 0.9)")):
+        assert main([*args, *extra]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("error: --tuned: invalid value") and err.count("\n") == 1
+        assert "allowed: a study of this run's graph" in err and why in err, err
+        assert not (tmp_path / "other").exists()
+    _best_json(best, family="fam", alpha=0.1, method="ccl-dsgdm", values=values,
+               study="studies/fam/ccl-dsgdm/alpha0.1.journal")  # the previous layout's
+    assert main(args) == 2
+    assert "its study did not record the graph it tuned on" in capsys.readouterr().err
 
 
 def test_a_preset_records_the_weights_it_uses(tmp_path):
@@ -584,15 +640,30 @@ def test_dry_run_of_the_cifar10_grid_tunes_every_method_before_its_tuned_runs(tm
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = proc.stdout + proc.stderr
     counts = dict(re.findall(r"^(\w+)\s+(\d+)\s*$", out, re.MULTILINE))
-    # 6 methods x 3 alphas studies; 378 runs per protocol, the paper's and the tuned one
-    assert counts["tune"] == "18" and counts["train"] == str(2 * 378)
+    # a study per graph: 6 methods x 3 alphas x 7 graphs; 378 runs per protocol, the paper's
+    # and the tuned one
+    assert counts["tune"] == str(6 * 3 * 7) and counts["train"] == str(2 * 378)
     assert counts["tuning_table"] == "1"
     commands = [line for line in out.splitlines() if " -m benchmark train " in line]
     tuned = [c for c in commands if "--tuned" in c]
     assert len(tuned) == 378 and all("--out results/cifar10/tuned/" in c for c in tuned)
     assert not any("/tuned/" in c for c in commands if "--tuned" not in c)
-    assert "--study studies/cifar10/relaysgd/alpha0.01.journal method=relaysgd alpha=0.01" in out
+    _assert_each_tuned_run_reads_its_own_graph(tuned)
+    assert ("--study studies/cifar10/relaysgd/ring-n8/alpha0.01.journal method=relaysgd "
+            "alpha=0.01 topology=ring n_agents=8") in out
     assert not (tmp_path / "studies").exists() and not (tmp_path / "mlflow.db").exists()
+
+
+def _assert_each_tuned_run_reads_its_own_graph(commands: list[str]) -> None:
+    """``--tuned studies/<f>/<method>/<graph>/alpha<a>/best.json`` names the graph, method and
+    alpha of the command's own ``--out results/<f>/tuned/<data>/<model>/<graph>/alpha<a>/
+    <method>/...``."""
+    for command in commands:
+        best = re.search(r"--tuned studies/[^/]+/([^/]+)/([^/]+)/(alpha[^/]+)/best\.json", command)
+        out = re.search(r"--out results/[^/]+/tuned/[^/]+/[^/]+/([^/]+)/(alpha[^/]+)/([^/]+)/",
+                        command)
+        assert best and out, command
+        assert (best[1], best[2], best[3]) == (out[3], out[1], out[2]), command
 
 
 def test_old_workflow_switch_is_refused_with_the_new_spelling(tmp_path):
@@ -604,47 +675,76 @@ def test_old_workflow_switch_is_refused_with_the_new_spelling(tmp_path):
     assert proc.returncode != 0 and "--config protocol=fixed|tuned|both" in out
 
 
-def test_tuned_tiny_grid_runs_a_study_per_method_then_both_protocols(tmp_path):
+def test_tuned_tiny_grid_runs_a_study_per_method_and_graph_then_both_protocols(tmp_path):
+    """Two graphs, two methods, one alpha: `snakemake -n` plans a study per (method, alpha,
+    graph); a study of the previous layout (tuned on the run: graph) is named once, with the
+    command that adopts it for that graph, and once adopted it is reused, not redone; each
+    tuned run trains with its own graph's values; a second invocation has nothing to do."""
     (tmp_path / "config").mkdir()
-    _family_file(tmp_path / "config").rename(tmp_path / "config" / "fam.yaml")
-    data = yaml.safe_load((tmp_path / "config" / "fam.yaml").read_text())
-    data["grid"]["alpha"] = [0.5]
-    data["tuning"].update(trials=2, epochs=1)
-    (tmp_path / "config" / "fam.yaml").write_text(yaml.safe_dump(data))
-    old = tmp_path / "studies" / "fam" / "alpha0.5.journal"  # a study of the old layout
-    old.parent.mkdir(parents=True)
-    old.write_text("{}\n")
+    cfg = _family_file(tmp_path / "config", grid={"alpha": [0.5]}, trials=2, epochs=1)
+    previous = Path("studies/fam/dsgdm-n/alpha0.5.journal")  # the previous layout's study
+    assert main(["tune", "--config", str(cfg), "--study", str(previous), "method=dsgdm-n",
+                 "alpha=0.5"]) == 0
+    adopted = [(t.number, t.params) for t in _trials(previous)]
+    oldest = tmp_path / "studies" / "fam" / "alpha0.5.journal"  # CCL's lambdas only
+    oldest.write_text("{}\n")
     cmd = [*SNAKEMAKE, "-d", str(tmp_path), "--cores", "2", "reports/table_fam.csv",
            "--config", "protocol=both"]
+
+    plan = subprocess.run([*cmd, "-n", "-p"], capture_output=True, text=True, timeout=300)
+    assert plan.returncode == 0, plan.stderr[-4000:]
+    out = plan.stdout + plan.stderr
+    counts = dict(re.findall(r"^(\w+)\s+(\d+)\s*$", out, re.MULTILINE))
+    assert (counts["tune"], counts["train"]) == ("4", "8")  # 2 methods x 2 graphs, 2 protocols
+    tuned = [line for line in out.splitlines() if " -m benchmark train " in line
+             and "--tuned" in line]
+    assert len(tuned) == 4
+    _assert_each_tuned_run_reads_its_own_graph(tuned)
+    warned = [line for line in plan.stderr.splitlines() if line.startswith("warning: studies/")]
+    assert len(warned) == 2 and "studies/fam/alpha0.5.journal is a study of the old layout" in \
+        warned[0]
+    adopt = ("mkdir -p studies/fam/dsgdm-n/ring-n4 && mv studies/fam/dsgdm-n/alpha0.5.journal "
+             "studies/fam/dsgdm-n/ring-n4/alpha0.5.journal")
+    assert warned[1].startswith(f"warning: {previous} is a study of the previous layout") and \
+        warned[1].endswith(f"to reuse its trials for ring-n4: {adopt}")
+    subprocess.run(adopt, shell=True, check=True, cwd=tmp_path)
+
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-4000:]
-    warned = [line for line in proc.stderr.splitlines() if "old layout" in line]
-    assert len(warned) == 1 and "studies/fam/alpha0.5.journal" in warned[0]
-    assert old.read_text() == "{}\n"  # left alone
+    assert sum("old layout" in line for line in proc.stderr.splitlines()) == 1  # said once
+    assert oldest.read_text() == "{}\n"  # left alone
+    journal = tmp_path / "studies" / "fam" / "dsgdm-n" / "ring-n4" / "alpha0.5.journal"
+    assert [(t.number, t.params) for t in _trials(journal)] == adopted  # reused, not redone
 
-    for method in ("dsgdm-n", "ccl-dsgdm"):  # the same budget for every method
-        best = json.loads((tmp_path / "studies" / "fam" / method / "alpha0.5" / "best.json")
-                          .read_text())
+    for method, graph in itertools.product(("dsgdm-n", "ccl-dsgdm"), GRAPHS):
+        label = f"ring-n{graph['n_agents']}"
+        best = json.loads((tmp_path / "studies" / "fam" / method / label / "alpha0.5" /
+                           "best.json").read_text())
         assert best["n_complete"] + best["n_pruned"] == 2 and best["method"] == method
-        tuned_run = (tmp_path / "results" / "fam" / "tuned" / "synthetic" / "mlp" / "ring-n4"
+        assert {k: best["graph"][k] for k in graph} == graph  # the entry's gamma included
+        assert best["val_samples"] == 26  # ceil(256 x 0.1) training samples held out
+        tuned_run = (tmp_path / "results" / "fam" / "tuned" / "synthetic" / "mlp" / label
                      / "alpha0.5" / method / "seed0" / "metrics.json")
         metrics = json.loads(tuned_run.read_text())
         assert metrics["protocol"] == "tuned"
-        assert best["graph"] == {"topology": "ring", "n_agents": 4}  # the family's run: graph
         assert metrics["tuned"] == {"values": best["values"], "study": best["study"],
-                                    "graph": best["graph"]}
+                                    "graph": best["graph"], "val_samples": 26}
         assert metrics["config"]["lr"] == best["values"].get("lr", RUN["lr"])
         fixed_run = Path(str(tuned_run).replace("/tuned/", "/"))
         assert json.loads(fixed_run.read_text())["protocol"] == "fixed"
     assert set(best["values"]) == {"lambda_m", "lambda_d"}  # the family's ccl list
-    log = (tmp_path / "studies" / "fam" / "ccl-dsgdm" / "alpha0.5.log").read_text()
+    log = (tmp_path / "studies" / "fam" / "ccl-dsgdm" / "ring-n8" / "alpha0.5.log").read_text()
     assert "0 of 2 trials finished" in log
     # the README's target brings the table of tuned values along
     table = (tmp_path / "reports" / "tuning_fam.csv").read_text().splitlines()
-    assert len(table) == 3 and table[1].startswith("fam,ccl-dsgdm,0.5,")
+    assert len(table) == 5 and table[0].startswith("family,method,graph,alpha,")
+    assert [row.split(",")[1:4] for row in table[1:]] == [
+        [m, g, "0.5"] for m in ("ccl-dsgdm", "dsgdm-n") for g in ("ring-n4", "ring-n8")]
     report = (tmp_path / "reports" / "table_fam.md").read_text()
     assert "dsgdm-n (fixed)" in report and "dsgdm-n (tuned)" in report  # labelled columns
-    assert "(tuned) = each method's best values from its own study" in report  # and explained
+    assert ("(tuned) = each method's best values from its own study at that alpha on that "
+            "graph (studies/<family>/<method>/<graph>/alpha<a>: a validation split of 26 "
+            "samples") in report  # and explained
 
     again = subprocess.run([*cmd, "-n"], capture_output=True, text=True, timeout=300)
     assert again.returncode == 0 and "Nothing to be done" in again.stdout + again.stderr

@@ -23,14 +23,25 @@ TRAIN_SIZES = {
 }
 
 
-def train_samples(dataset: str, synthetic: dict[str, Any] | None = None,
-                  val_fraction: float = 0.0) -> int | None:
-    """Training samples a run of ``dataset`` shares among its agents (None if unknown): the
-    training split less the validation samples carved from it (scikit-learn rounds those up)."""
+def _training_split(dataset: str, synthetic: dict[str, Any] | None) -> int | None:
     if dataset == "synthetic":
         n = (synthetic or {}).get("train_size", SYNTHETIC_DEFAULTS["train_size"])
     else:
         n = TRAIN_SIZES.get(dataset)
-    if not isinstance(n, int) or isinstance(n, bool):
-        return None
-    return n - math.ceil(n * val_fraction)
+    return n if isinstance(n, int) and not isinstance(n, bool) else None
+
+
+def validation_samples(dataset: str, synthetic: dict[str, Any] | None = None,
+                       val_fraction: float = 0.0) -> int | None:
+    """Samples of the validation split carved from the training split (None if unknown):
+    ``ceil(n * val_fraction)``, as scikit-learn's ``train_test_split`` rounds them."""
+    n = _training_split(dataset, synthetic)
+    return None if n is None else math.ceil(n * val_fraction)
+
+
+def train_samples(dataset: str, synthetic: dict[str, Any] | None = None,
+                  val_fraction: float = 0.0) -> int | None:
+    """Training samples a run of ``dataset`` shares among its agents (None if unknown): the
+    training split less the validation samples carved from it."""
+    n = _training_split(dataset, synthetic)
+    return None if n is None else n - math.ceil(n * val_fraction)

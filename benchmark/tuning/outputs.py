@@ -13,7 +13,8 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from ..config import RunConfig
+from ..config import RunConfig, graph_label, graph_of
+from ..data.sizes import validation_samples
 from ..errors import UserError
 from ..io import atomic_write_bytes, atomic_write_json, atomic_write_text
 from .spec import Tuning
@@ -41,6 +42,8 @@ def best_summary(study: optuna.Study, config: RunConfig, spec: Tuning, journal: 
         "values": {n: best.params[n] for n in names},
         "value": best.value,
         "metric": METRIC_LABEL,
+        # how finely the value tells trials apart: one sample is 100 / val_samples points
+        "val_samples": validation_samples(config.dataset, config.synthetic, config.val_fraction),
         "best_trial": best.number,
         "n_complete": counts[TrialState.COMPLETE],
         "n_pruned": counts[TrialState.PRUNED],
@@ -51,8 +54,8 @@ def best_summary(study: optuna.Study, config: RunConfig, spec: Tuning, journal: 
         "start_value": _value_at(complete, starts[0]) if starts else None,
         "start_point": starts[0] if starts else None,
         "study": str(journal),
-        # the values suit this graph; the grid may use them on others (README "Tuning")
-        "graph": {"topology": config.topology, "n_agents": config.n_agents},
+        # the graph the values were tuned on: `train --tuned` refuses them on any other
+        "graph": graph_of(config),
     }
 
 
@@ -175,14 +178,16 @@ def _save(fig, path: Path) -> None:
     atomic_write_bytes(path, buf.getvalue())
 
 
-TABLE_COLUMNS = ["family", "method", "alpha", "value", "start_value", "n_complete", "n_pruned",
+KEY_COLUMNS = ["family", "method", "graph", "alpha"]
+TABLE_COLUMNS = [*KEY_COLUMNS, "value", "start_value", "val_samples", "n_complete", "n_pruned",
                  "n_failed", "epochs"]
+OPTIONAL = ("graph", "val_samples")  # absent from older best.json files: empty cells
 
 
 def best_table(best_files: list[str | Path]) -> Any:
-    """One row per study: family, method, alpha, the best value of every searched
+    """One row per study: family, method, graph, alpha, the best value of every searched
     hyperparameter (one column each, empty where a method does not search it), the validation
-    accuracy, that of the study's first point, and the trial counts."""
+    accuracy, that of the study's first point, the validation split's size, the trial counts."""
     import pandas as pd
 
     rows = []
@@ -190,18 +195,21 @@ def best_table(best_files: list[str | Path]) -> Any:
         try:
             best = json.loads(Path(path).read_text())
             values = best["values"]
-            row = {**{k: best[k] for k in TABLE_COLUMNS}, **values}
-        except (OSError, ValueError, KeyError, TypeError) as err:
+            row = {**{k: best[k] for k in TABLE_COLUMNS if k not in OPTIONAL},
+                   "graph": graph_label(best["graph"]) if best.get("graph") else None,
+                   "val_samples": best.get("val_samples"), **values}
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:
             raise UserError(f"{path}: not a study's best.json ({type(err).__name__}: {err}); "
-                            "pass studies/<family>/<method>/alpha<a>/best.json files") from None
+                            "pass studies/<family>/<method>/<graph>/alpha<a>/best.json files"
+                            ) from None
         rows.append(row)
     params = sorted({k for row in rows for k in row} - set(TABLE_COLUMNS))
-    frame = pd.DataFrame(rows, columns=[*TABLE_COLUMNS[:3], *params, *TABLE_COLUMNS[3:]])
-    return frame.sort_values(["family", "method", "alpha"]).reset_index(drop=True)
+    frame = pd.DataFrame(rows, columns=[*KEY_COLUMNS, *params, *TABLE_COLUMNS[len(KEY_COLUMNS):]])
+    return frame.sort_values(KEY_COLUMNS).reset_index(drop=True)
 
 
 def write_best_table(best_files: list[str | Path], out: str | Path) -> None:
-    """``<out>.csv`` and ``<out>.md``: the best values per method and alpha."""
+    """``<out>.csv`` and ``<out>.md``: the best values per method, graph and alpha."""
     frame = best_table(best_files)
     out = Path(out)
     atomic_write_text(out.with_suffix(".csv"), frame.to_csv(index=False))

@@ -31,7 +31,7 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from ..config import RunConfig, result_fields
+from ..config import RunConfig, graph_label, graph_of, result_fields
 from ..errors import ConfigError, UserError
 from ..io import try_lock
 from .objective import Objective, TrialInterrupted
@@ -55,8 +55,8 @@ class StudyResult:
 
 
 def study_dir(journal: str | Path) -> Path:
-    """``studies/<family>/<method>/alpha<a>.journal`` -> ``.../alpha<a>/`` (the outputs), after
-    checking that the path can be a journal file."""
+    """``studies/<family>/<method>/<graph>/alpha<a>.journal`` -> ``.../alpha<a>/`` (the
+    outputs), after checking that the path can be a journal file."""
     journal = Path(journal)
     if journal.suffix != ".journal":
         raise ConfigError("--study", str(journal), "a path ending in .journal")
@@ -172,7 +172,9 @@ def open_study(journal: str | Path, config: RunConfig, spec: Tuning) -> optuna.S
 
 
 def study_name(config: RunConfig) -> str:
-    return f"{config.family}-{config.method}-alpha{float(config.alpha)!r}"
+    """``digits-ccl-ring-n16-alpha0.01``: the study's name in its journal and the dashboard."""
+    return (f"{config.family}-{config.method}-{graph_label(graph_of(config))}"
+            f"-alpha{float(config.alpha)!r}")
 
 
 def finished_trials(study: optuna.Study) -> list[FrozenTrial]:
