@@ -85,9 +85,13 @@ def test_tiny_study_writes_best_json_and_mlflow_runs(tmp_path, monkeypatch):
     assert best["alpha"] == 0.5 and best["family"] == "tiny" and best["epochs"] == 2
     assert best["method"] == "ccl-dsgdm" and best["study"] == str(journal)
     assert best["start_point"] == PAPER and best["start_value"] == trials[0].value
+    assert best["graph"] == {"topology": "ring", "n_agents": 4, "torus_rows": None,
+                             "degree": 3, "mixing": "uniform", "gamma": 1.0}
+    assert best["val_samples"] == 26  # ceil(256 x 0.1): one sample is 3.85 points
     for name in ("history.png", "sensitivity.png", "trials.csv"):
         assert (out / name).stat().st_size > 0
-    loaded = optuna.load_study(study_name="tiny-ccl-dsgdm-alpha0.5", storage=study.storage(journal))
+    loaded = optuna.load_study(study_name="tiny-ccl-dsgdm-ring-n4-alpha0.5",
+                               storage=study.storage(journal))
     assert loaded.metric_names == ["val_consensus_acc"]  # not "Objective 0" in the dashboard
 
     from mlflow import MlflowClient
@@ -415,7 +419,7 @@ def test_resuming_with_other_settings_or_concurrently_is_refused(tmp_path, monke
                  "agent_threads=2", "device=cpu"]) == 0
 
     # a study begun before an option existed: the option counts as its default (momentum 0.9)
-    loaded = optuna.load_study(study_name="tiny-ccl-dsgdm-alpha0.5",
+    loaded = optuna.load_study(study_name="tiny-ccl-dsgdm-ring-n4-alpha0.5",
                                storage=study.storage(journal))
     loaded.set_user_attr("fingerprint", {k: v for k, v in loaded.user_attrs["fingerprint"].items()
                                          if k != "momentum"})
@@ -474,20 +478,28 @@ def _best_json(path: Path, **fields) -> str:
 
 
 def test_best_table_has_a_column_per_searched_value(tmp_path):
-    files = [_best_json(tmp_path / "ccl" / "alpha1.0" / "best.json",
-                        values={"lambda_m": 0.02, "lambda_d": 0.1}),
-             _best_json(tmp_path / "ccl" / "alpha0.01" / "best.json", alpha=0.01,
-                        values={"lambda_m": 0.3, "lambda_d": 0.1}),
+    ring = {"topology": "ring", "n_agents": 16}
+    files = [_best_json(tmp_path / "ccl" / "ring-n16" / "alpha1.0" / "best.json", graph=ring,
+                        values={"lambda_m": 0.02, "lambda_d": 0.1}, val_samples=144),
+             _best_json(tmp_path / "ccl" / "ring-n8" / "alpha1.0" / "best.json",
+                        graph={**ring, "n_agents": 8}, values={"lambda_m": 0.3, "lambda_d": 0.1},
+                        val_samples=144),
+             _best_json(tmp_path / "ccl" / "ring-n16" / "alpha0.01" / "best.json", alpha=0.01,
+                        graph=ring, values={"lambda_m": 0.3, "lambda_d": 0.1}, val_samples=144),
+             # written before studies recorded their graph and split: empty cells
              _best_json(tmp_path / "qgm" / "alpha1.0" / "best.json", method="qgm",
                         values={"lr": 0.2})]
     assert main(["tune-table", *files, "--out", str(tmp_path / "table")]) == 0
     lines = (tmp_path / "table.csv").read_text().splitlines()
-    assert lines[0] == ("family,method,alpha,lambda_d,lambda_m,lr,value,start_value,"
-                        "n_complete,n_pruned,n_failed,epochs")
-    assert [line.split(",")[1:3] for line in lines[1:]] == [["ccl", "0.01"], ["ccl", "1.0"],
-                                                           ["qgm", "1.0"]]
-    assert lines[3].split(",")[3:6] == ["", "", "0.2"]
-    assert "| f " in (tmp_path / "table.md").read_text()
+    assert lines[0] == ("family,method,graph,alpha,lambda_d,lambda_m,lr,value,start_value,"
+                        "val_samples,n_complete,n_pruned,n_failed,epochs")
+    assert [line.split(",")[1:4] for line in lines[1:]] == [
+        ["ccl", "ring-n16", "0.01"], ["ccl", "ring-n16", "1.0"], ["ccl", "ring-n8", "1.0"],
+        ["qgm", "", "1.0"]]
+    assert lines[1].split(",")[4:10] == ["0.1", "0.3", "", "90.0", "80.0", "144"]
+    assert lines[4].split(",")[4:10] == ["", "", "0.2", "90.0", "80.0", ""]
+    md = (tmp_path / "table.md").read_text()
+    assert "| f " in md and "nan" not in md and "<NA>" not in md  # unknown: empty cells
 
 
 @pytest.fixture(autouse=True)

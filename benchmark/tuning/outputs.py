@@ -205,6 +205,7 @@ def best_table(best_files: list[str | Path]) -> Any:
         rows.append(row)
     params = sorted({k for row in rows for k in row} - set(TABLE_COLUMNS))
     frame = pd.DataFrame(rows, columns=[*KEY_COLUMNS, *params, *TABLE_COLUMNS[len(KEY_COLUMNS):]])
+    frame["val_samples"] = frame["val_samples"].astype("Int64")  # a count, empty when unknown
     return frame.sort_values(KEY_COLUMNS).reset_index(drop=True)
 
 
@@ -213,4 +214,6 @@ def write_best_table(best_files: list[str | Path], out: str | Path) -> None:
     frame = best_table(best_files)
     out = Path(out)
     atomic_write_text(out.with_suffix(".csv"), frame.to_csv(index=False))
-    atomic_write_text(out.with_suffix(".md"), frame.to_markdown(index=False, floatfmt=".4g") + "\n")
+    shown = frame.astype(object).where(frame.notna(), None)  # unknown: an empty cell, not "nan"
+    atomic_write_text(out.with_suffix(".md"),
+                      shown.to_markdown(index=False, floatfmt=".4g", missingval="") + "\n")
