@@ -97,13 +97,19 @@ def test_tiny_study_writes_best_json_and_mlflow_runs(tmp_path, monkeypatch):
     from mlflow import MlflowClient
 
     client = MlflowClient()
-    experiment = client.get_experiment_by_name("tiny")
+    # started by hand (not by the workflow): <family>-manual, as hand-started train runs
+    assert client.get_experiment_by_name("tiny") is None
+    experiment = client.get_experiment_by_name("tiny-manual")
     runs = client.search_runs([experiment.experiment_id])
     parents = [r for r in runs if r.data.tags.get("kind") == "study"]
     children = [r for r in runs if r.data.tags.get("kind") == "trial"]
     assert len(parents) == 1 and len(children) == 3
     parent = parents[0]
     assert parent.info.status == "FINISHED" and parent.data.tags["method"] == "ccl-dsgdm"
+    assert parent.info.run_name == "ccl-dsgdm ring-4 a0.5 study"
+    assert parent.data.tags["origin"] == "manual"
+    assert sorted(r.info.run_name for r in children) == [
+        f"ccl-dsgdm ring-4 a0.5 trial {n}" for n in range(3)]
     assert parent.data.metrics["best_value"] == best["value"]
     assert parent.data.metrics["best_lambda_m"] == best["values"]["lambda_m"]
     artifacts = {a.path for a in client.list_artifacts(parent.info.run_id)}
@@ -116,6 +122,37 @@ def test_tiny_study_writes_best_json_and_mlflow_runs(tmp_path, monkeypatch):
         assert float(child.data.params["lambda_m"]) == pytest.approx(t.params["lambda_m"])
         history = client.get_metric_history(child.info.run_id, "val_consensus_acc")
         assert {m.step: m.value for m in history} == pytest.approx(t.intermediate_values)
+
+
+def test_study_runs_are_named_after_their_study_in_their_experiment(tmp_path, monkeypatch):
+    """Two studies in one experiment (the workflow's: the family's) never share a run name; a
+    study resumed from the workflow after a start by hand gets a parent there."""
+    monkeypatch.setattr(objective, "run", _fake_run)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    cfg = str(_config_file(tmp_path, run={"tracking": True}))
+    hand = tmp_path / "hand.journal"
+    assert main(["tune", "--config", cfg, "--study", str(hand), "--trials", "1"]) == 0
+    monkeypatch.setenv("BENCHMARK_ORIGIN", "workflow")  # as the Snakefile sets it for its jobs
+    for name, overrides in (("a.journal", ["n_agents=8"]), ("b.journal", ["alpha=0.1"]),
+                            ("hand.journal", [])):
+        assert main(["tune", "--config", cfg, "--study", str(tmp_path / name), "--trials", "2",
+                     *overrides]) == 0
+
+    from mlflow import MlflowClient
+
+    client = MlflowClient()
+    runs = client.search_runs([client.get_experiment_by_name("tiny").experiment_id])
+    names = sorted(r.info.run_name for r in runs)
+    assert names == sorted(f"ccl-dsgdm {graph} a{alpha} {what}"
+                           for graph, alpha in (("ring-8", "0.5"), ("ring-4", "0.1"),
+                                                ("ring-4", "0.5"))
+                           for what in ("study", "trial 0", "trial 1")
+                           if (graph, alpha, what) != ("ring-4", "0.5", "trial 0"))
+    assert {r.data.tags["origin"] for r in runs if r.data.tags["kind"] == "study"} == \
+        {"workflow"}
+    manual = client.search_runs([client.get_experiment_by_name("tiny-manual").experiment_id])
+    assert sorted(r.info.run_name for r in manual) == ["ccl-dsgdm ring-4 a0.5 study",
+                                                       "ccl-dsgdm ring-4 a0.5 trial 0"]
 
 
 def test_a_study_per_method_searches_the_family_space(tmp_path, monkeypatch):
@@ -375,7 +412,8 @@ def test_pruned_and_diverged_trials_count_towards_the_budget(tmp_path, monkeypat
 
     from mlflow import MlflowClient
 
-    runs = MlflowClient().search_runs([MlflowClient().get_experiment_by_name("tiny").experiment_id])
+    experiment = MlflowClient().get_experiment_by_name("tiny-manual")  # a study started by hand
+    runs = MlflowClient().search_runs([experiment.experiment_id])
     states = {r.data.tags.get("state"): r.info.status for r in runs
               if r.data.tags.get("kind") == "trial"}
     assert states == {"complete": "FINISHED", "pruned": "FINISHED"}  # a pruned trial: no KILLED
