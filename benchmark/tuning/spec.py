@@ -58,10 +58,10 @@ class Tuning(BaseModel):
     """How a family's runs get their hyperparameters, and the Optuna studies that tune them.
 
     ``protocol: fixed``: every run uses the ``run:`` values (the paper's protocol); ``tuned``:
-    every method uses the best values of its own study at its alpha
-    (``studies/<family>/<method>/alpha<a>/best.json``); ``both``: the two side by side (tuned runs
-    under ``results/<family>/tuned/``). The other keys describe the studies, which train with the
-    family's ``run:`` options for ``epochs`` epochs each.
+    every method uses the best values of its own study at its alpha on its graph
+    (``studies/<family>/<method>/<graph>/alpha<a>/best.json``); ``both``: the two side by side
+    (tuned runs under ``results/<family>/tuned/``). The other keys describe the studies, which
+    train with the family's ``run:`` options and their graph's for ``epochs`` epochs each.
     """
 
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
