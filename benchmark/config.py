@@ -75,7 +75,7 @@ def graph_of(config: RunConfig) -> dict[str, Any]:
 
 
 def graph_label(graph: dict[str, Any]) -> str:
-    """``ring-n16``, as in run and study paths."""
+    """``ring-n16``, as in run and study paths (``graph``: topology, n_agents and any more)."""
     return f"{graph.get('topology')}-n{graph.get('n_agents')}"
 
 

@@ -81,7 +81,7 @@ class TopologyEntry(_Entry):
 
     @property
     def label(self) -> str:
-        return f"{self.topology}-n{self.n_agents}"
+        return graph_label(self.options)
 
 
 class DataEntry(_Entry):
@@ -249,7 +249,7 @@ class StudySpec:
 
     @property
     def label(self) -> str:
-        return f"{self.graph['topology']}-n{self.graph['n_agents']}"
+        return graph_label(self.graph)
 
     @property
     def journal(self) -> str:
