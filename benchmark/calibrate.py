@@ -35,7 +35,7 @@ def workloads(families, agents: set[int] | None = None) -> list[RunConfig]:
     seen: dict[str, RunConfig] = {}
     for family in families:
         configs = [r.config for r in family.runs]
-        configs += [study_config(family, m, a) for m, a in family_studies(family)]
+        configs += [study_config(study) for study in family_studies(family)]
         for config in configs:
             if agents is None or config.n_agents in agents:
                 seen.setdefault(Workload.of(config).key, config)

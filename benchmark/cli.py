@@ -22,7 +22,7 @@ def _train(args: argparse.Namespace) -> int:
     from .train import run
 
     config = load_config(args.config, args.overrides)
-    if args.tuned:  # the values found by the family's study of this method at this alpha
+    if args.tuned:  # the values of the family's study of this method, alpha and graph
         from .config import build_config
         from .grid import tuned_from
 
@@ -164,7 +164,8 @@ def _ints(text: str) -> list[int]:
                                          ) from None
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parsers() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:
+    """The top-level parser and each subcommand's own parser, by name."""
     parser = argparse.ArgumentParser(prog="benchmark", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     train = sub.add_parser("train", help="train one run and write metrics.json")
@@ -175,21 +176,25 @@ def build_parser() -> argparse.ArgumentParser:
                        "(default: resume from the checkpoint; a finished run is a no-op)")
     train.add_argument("--tuned", metavar="BEST_JSON",
                        help="the tuned values of a study's best.json (studies/<family>/<method>/"
-                       "alpha<a>/best.json; must match the family, method and alpha)")
+                       "<graph>/alpha<a>/best.json; must match the family, method, alpha and "
+                       "graph)")
     train.add_argument("overrides", nargs="*", metavar="key=value", help="option overrides")
     train.set_defaults(func=_train)
-    tune = sub.add_parser("tune", help="Optuna study of one method's hyperparameters at one alpha")
+    tune = sub.add_parser("tune", help="Optuna study of one method's hyperparameters at one alpha "
+                          "on one graph")
     tune.add_argument("--config", help="family file (run: + tuning:) or run options (YAML)")
     tune.add_argument("--study", required=True,
-                      help="journal file, studies/<family>/<method>/alpha<a>.journal")
+                      help="journal file, studies/<family>/<method>/<graph>/alpha<a>.journal")
     tune.add_argument("--trials", type=int, help="total trial budget (default: tuning.trials)")
     tune.add_argument("overrides", nargs="*", metavar="key=value",
                       help="run option or tuning.<key> overrides, e.g. method=qgm alpha=0.1 "
                       "tuning.epochs=5")
     tune.set_defaults(func=_tune)
     table = sub.add_parser("tune-table",
-                           help="table of best values per method and alpha (best.json files)")
-    table.add_argument("best", nargs="+", help="studies/<family>/<method>/alpha<a>/best.json")
+                           help="table of best values per method, graph and alpha (best.json "
+                           "files)")
+    table.add_argument("best", nargs="+",
+                       help="studies/<family>/<method>/<graph>/alpha<a>/best.json")
     table.add_argument("--out", required=True, help="output path without suffix (.csv and .md)")
     table.set_defaults(func=_tune_table)
     report = sub.add_parser("report", help="tables and figures of a family from metrics.json files")
@@ -243,11 +248,24 @@ def build_parser() -> argparse.ArgumentParser:
     plan.add_argument("--json", action="store_true", help="also print the figures as one "
                       "JSON line (prefixed PLAN)")
     plan.set_defaults(func=_plan)
-    return parser
+    return parser, sub.choices
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """Flags and ``key=value`` words in any order, for every subcommand
+    (``tune --study S method=ccl --trials 4 tuning.epochs=3``): argparse's intermixed parsing,
+    run on the subcommand's own parser since it does not support a subparsers action."""
+    parser, commands = build_parsers()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if not argv or argv[0] not in commands:  # no or an unknown subcommand, -h: argparse says it
+        return parser.parse_args(argv)
+    args = commands[argv[0]].parse_intermixed_args(argv[1:])
+    args.command = argv[0]
+    return args
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = parse_args(argv)
     if threading.current_thread() is threading.main_thread():
         # Snakemake and schedulers stop jobs with SIGTERM: unwind like Ctrl-C, so context
         # managers run (MLflow marks the run KILLED, the lock is released).

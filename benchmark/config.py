@@ -64,6 +64,21 @@ DEVICE = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
 VECTORIZE: tuple[str, ...] = ("auto", "loop", "vmap")
 
 
+# What a study is tuned for besides its method and alpha: the graph and its gossip (a study per
+# grid topology entry, README "Tuning"). Not the seed: a random graph's draw is not the point.
+GRAPH_FIELDS = ("topology", "n_agents", "torus_rows", "degree", "mixing", "gamma")
+
+
+def graph_of(config: RunConfig) -> dict[str, Any]:
+    """The run's graph as a study's ``best.json`` records it."""
+    return {k: getattr(config, k) for k in GRAPH_FIELDS}
+
+
+def graph_label(graph: dict[str, Any]) -> str:
+    """``ring-n16``, as in run and study paths (``graph``: topology, n_agents and any more)."""
+    return f"{graph.get('topology')}-n{graph.get('n_agents')}"
+
+
 class TunedFrom(BaseModel):
     """Where a run's tuned hyperparameters came from (``train --tuned best.json``): the values,
     already applied to the run's own fields, and the study that chose them."""
@@ -72,9 +87,23 @@ class TunedFrom(BaseModel):
 
     values: dict[str, float]
     study: str
-    # the graph the study tuned on ({topology, n_agents}; None for studies that did not say):
-    # the report marks a run on another graph
-    graph: dict[str, str | int] | None = None
+    # the graph the study tuned on (GRAPH_FIELDS; None in files written before studies named
+    # it): always the run's own, tuned values are never carried to another graph
+    graph: dict[str, Any] | None = None
+    val_samples: int | None = None  # the study's validation split (None: not recorded)
+
+    def other_graph(self, config: RunConfig) -> str | None:
+        """What says these values were not tuned on ``config``'s graph (None when they were):
+        another graph, another setting of it, or a study that did not record its graph."""
+        if self.graph is None:
+            return "its study did not record the graph it tuned on"
+        differ = {k: v for k, v in self.graph.items() if getattr(config, k, v) != v}
+        if not differ:
+            return None
+        if {"topology", "n_agents"} & set(differ):
+            return f"tuned on {graph_label(self.graph)}, not on {graph_label(graph_of(config))}"
+        return "tuned with " + ", ".join(f"{k}={v!r} (this run: {getattr(config, k)!r})"
+                                         for k, v in differ.items())
 
 
 class RunConfig(BaseModel):

@@ -43,7 +43,7 @@ from pydantic import (
     model_validator,
 )
 
-from .config import RunConfig, build_config, read_yaml
+from .config import RunConfig, TunedFrom, build_config, graph_label, graph_of, read_yaml
 from .errors import ConfigError, UserError, no_bool_for_numbers, validation_error
 from .methods import METHODS
 from .topology import TOPOLOGIES, build_topology
@@ -54,9 +54,10 @@ from .tuning.spec import PROTOCOLS, Tuning, build_spec
 RESULTS_ROOT = "results"
 RUN_PATH = "{family}/{dataset}/{model}/{topology}-n{n_agents}/alpha{alpha}/{method}/seed{seed}"
 TUNED_DIR = "tuned"
-# One Optuna study per (family, method, alpha): its journal and, beside it, a folder of outputs.
+# One Optuna study per (family, method, graph, alpha): its journal and, beside it, a folder of
+# outputs; the graph is a topology entry of the grid, named as in run paths (ring-n16).
 STUDIES_ROOT = "studies"
-STUDY_PATH = "{family}/{method}/alpha{alpha}"
+STUDY_PATH = "{family}/{method}/{graph}/alpha{alpha}"
 
 
 class _Entry(BaseModel):
@@ -80,7 +81,7 @@ class TopologyEntry(_Entry):
 
     @property
     def label(self) -> str:
-        return f"{self.topology}-n{self.n_agents}"
+        return graph_label(self.options)
 
 
 class DataEntry(_Entry):
@@ -226,9 +227,53 @@ class RunSpec:
         """The shell command the workflow runs for this job (without redirections)."""
         args = [python, "-m", "benchmark", "train", "--config", self.config_path,
                 "--out", self.run_dir]
-        if self.tuned is not None:  # before the key=value list: argparse reads it as one block
+        if self.tuned is not None:
             args += ["--tuned", self.tuned]
         args += self.override_args
+        if threads is not None:
+            args.append(f"threads={threads}")
+        return shlex.join(args)
+
+
+@dataclass(frozen=True)
+class StudySpec:
+    """One study of the tuned protocol: a method at an alpha on one graph of the grid, i.e. a
+    topology entry with every option it sets (``gamma``...); the runs of that method, alpha and
+    graph use its values, and no other run does."""
+
+    family: str
+    config_path: str
+    method: str
+    alpha: float
+    graph: dict[str, Any]  # the topology entry's options: topology, n_agents, gamma...
+
+    @property
+    def label(self) -> str:
+        return graph_label(self.graph)
+
+    @property
+    def journal(self) -> str:
+        return study_path(self.family, self.method, self.label, self.alpha)
+
+    @property
+    def best(self) -> str:
+        return study_path(self.family, self.method, self.label, self.alpha, "/best.json")
+
+    @property
+    def log(self) -> str:
+        """Every attempt's output, appended (not a Snakemake output: it survives a rerun)."""
+        return study_path(self.family, self.method, self.label, self.alpha, ".log")
+
+    @property
+    def override_args(self) -> list[str]:
+        """``key=value`` arguments of ``python -m benchmark tune`` on the family file."""
+        options = {"method": self.method, "alpha": self.alpha, **self.graph}
+        return [f"{k}={_yaml_scalar(v)}" for k, v in options.items()]
+
+    def tune_command(self, python: str = "python", threads: int | None = None) -> str:
+        """The shell command the workflow runs for this study (without redirections)."""
+        args = [python, "-m", "benchmark", "tune", "--config", self.config_path,
+                "--study", self.journal, *self.override_args]
         if threads is not None:
             args.append(f"threads={threads}")
         return shlex.join(args)
@@ -249,9 +294,14 @@ class Family:
         return {r.run_dir: r for r in self.runs}
 
     @cached_property
-    def studies(self) -> list[tuple[str, float]]:
-        """(method, alpha) of every study of the family (tuned protocol), in grid order."""
-        return _studies(self.spec.grid)
+    def studies(self) -> list[StudySpec]:
+        """Every study of the family (tuned protocol): one per method, alpha and graph of its
+        runs, in grid order."""
+        return _studies(self.name, self.path, self.spec.grid)
+
+    @cached_property
+    def by_best(self) -> dict[str, StudySpec]:
+        return {s.best: s for s in self.studies}
 
     @property
     def base(self) -> RunConfig:
@@ -274,26 +324,26 @@ def run_path(config: RunConfig, protocol: str = "fixed") -> str:
     )
 
 
-def study_path(family: str, method: str, alpha: float, suffix: str = ".journal") -> str:
-    """``studies/<family>/<method>/alpha<a>.journal`` (``suffix="/best.json"``: its result)."""
+def study_path(family: str, method: str, graph: str, alpha: float,
+               suffix: str = ".journal") -> str:
+    """``studies/<family>/<method>/<graph>/alpha<a>.journal`` (``suffix="/best.json"``: its
+    result), ``graph`` as in run paths (``ring-n16``)."""
     return f"{STUDIES_ROOT}/" + STUDY_PATH.format(
-        family=family, method=method, alpha=format_float(alpha)) + suffix
-
-
-def best_path(family: str, method: str, alpha: float) -> str:
-    return study_path(family, method, alpha, "/best.json")
+        family=family, method=method, graph=graph, alpha=format_float(alpha)) + suffix
 
 
 def tuned_from(best_json: str | Path, config: RunConfig) -> dict[str, Any]:
-    """``{"values", "study", "graph"}`` from a study's ``best.json``, refusing a study of another
-    family, method or alpha (a learning rate tuned for alpha 1 says nothing about alpha 0.01)."""
+    """``{"values", "study", "graph", "val_samples"}`` from a study's ``best.json`` (the fields of
+    :class:`~benchmark.config.TunedFrom`), refusing a study of another
+    family, method, alpha or graph (a learning rate tuned for alpha 1 says nothing about alpha
+    0.01, one tuned on a ring of 16 nothing about an exponential graph)."""
     path = Path(best_json)
     try:
         best = json.loads(path.read_text())
         values = {k: float(v) for k, v in best["values"].items()}
         found = (best["family"], best["method"], float(best["alpha"]))
-        study = str(best["study"])
-        graph = best.get("graph")  # absent in studies written before it was recorded
+        tuned = TunedFrom(values=values, study=str(best["study"]), graph=best.get("graph"),
+                          val_samples=best.get("val_samples"))
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:
         raise UserError(f"--tuned {path}: not a readable tuning result "
                         f"({type(err).__name__}: {err}); run `python -m benchmark tune` first"
@@ -302,7 +352,13 @@ def tuned_from(best_json: str | Path, config: RunConfig) -> dict[str, Any]:
         raise ConfigError("--tuned", str(path), f"a study of family {config.family!r}, method "
                           f"{config.method} at alpha {config.alpha:g}",
                           hint=f"it is {found[0]!r}, {found[1]} at alpha {found[2]:g}")
-    return {"values": values, "study": study, "graph": graph}
+    elsewhere = tuned.other_graph(config)
+    if elsewhere is not None:
+        label = graph_label(graph_of(config))
+        raise ConfigError("--tuned", str(path), f"a study of this run's graph, {label} "
+                          f"({study_path(config.family, config.method, label, config.alpha)})",
+                          hint=elsewhere)
+    return tuned.model_dump()
 
 
 def load_family(path: str | Path, protocol: str | None = None) -> Family:
@@ -346,7 +402,7 @@ def _load_family(path: str | Path, protocol: str | None = None) -> Family:
         raise ConfigError("run.family", name, "a non-empty name without '/'")
     protocols = ["fixed", "tuned"] if spec.tuning.protocol == "both" else [spec.tuning.protocol]
     if "tuned" in protocols:
-        for method, _ in _studies(spec.grid):
+        for method in {s.method: None for s in _studies(name, str(path), spec.grid)}:
             if not spec.tuning.params_for(method):
                 raise ConfigError("tuning.baseline" if not METHODS[method].ccl_terms
                                   else "tuning.ccl", [], f"something to search for {method}")
@@ -366,7 +422,8 @@ def _load_family(path: str | Path, protocol: str | None = None) -> Family:
                     }
                     ctx = f"{prefix}.datasets[{d_idx}] / {where}" if data else where
                     config = _run_config({**run, **overrides}, ctx, path)
-                    tuned = best_path(name, method, alpha) if protocol == "tuned" else None
+                    tuned = (study_path(name, method, topo.label, alpha, "/best.json")
+                             if protocol == "tuned" else None)
                     spec_ = RunSpec(name, str(path), overrides, config, tuned)
                     if spec_.run_dir in seen:
                         raise ConfigError(
@@ -378,10 +435,23 @@ def _load_family(path: str | Path, protocol: str | None = None) -> Family:
     return Family(name, str(path), spec, runs)
 
 
-def _studies(grid: Grid) -> list[tuple[str, float]]:
-    """(method, alpha) of every study the grid's products call for, in grid order."""
-    pairs = {(m, a): None for _, g in grid.products() for m in g.methods for a in g.alpha}
-    return list(pairs)
+def _studies(family: str, path: str, grid: Grid) -> list[StudySpec]:
+    """One study per (method, alpha, graph) the grid's products call for, in grid order. A graph
+    (``ring-n16``) must mean one topology entry wherever it meets a method and alpha: its
+    study tunes with that entry's options (``gamma``...) and serves all of those runs."""
+    found: dict[tuple[str, float, str], tuple[StudySpec, str]] = {}
+    for prefix, grid_ in grid.products():
+        for t_idx, topo in enumerate(grid_.topologies):
+            where = f"{prefix}.topologies[{t_idx}]"
+            for method, alpha in itertools.product(grid_.methods, grid_.alpha):
+                study = StudySpec(family, path, method, alpha, topo.options)
+                first = found.setdefault((method, alpha, topo.label), (study, where))
+                if first[0].graph != study.graph:
+                    raise ConfigError(
+                        where, topo.options, f"the options of {first[1]} for {topo.label} "
+                        f"({first[0].graph}), or another size or topology",
+                        hint=f"{method} at alpha {alpha:g} has one study per graph")
+    return [study for study, _ in found.values()]
 
 
 def load_families(config_dir: str | Path = "config", protocol: str | None = None

@@ -3,8 +3,8 @@
 Runs and training iterations come from the family file alone (no data read): a run does
 ``epochs x ceil(shard / batch_size)`` iterations, a shard being ``floor(train / n_agents)``
 samples (``mean`` for the ``raw`` partition), with the training-set sizes of the dataset
-registry's rows. A
-tuned family adds its studies at their full trial budget (pruning only makes them cheaper).
+registry's rows. A tuned family adds its studies (one per method, alpha and graph) at their full
+trial budget (pruning only makes them cheaper).
 
 Device time needs seconds per iteration, measured by ``python -m benchmark calibrate`` on this
 machine (:mod:`benchmark.calibrate`, a JSON file): a run timed there counts as is; a run whose
@@ -125,6 +125,7 @@ class Plan:
     run_iterations: int
     studies: int
     study_iterations: int
+    studies_by_graph: dict[str, int]  # the studies to do per graph (ring-n16: 6...)
     device_hours: float | None  # None: nothing could be estimated
     how: dict[str, int]  # runs and studies by source: timed, scaled, missing
 
@@ -135,13 +136,13 @@ class Plan:
 
 def plan_family(family, calibration: Calibration | None, root: str | Path = ".") -> Plan:
     """Counts and device-hours of a family's runs still to do, and of its studies."""
-    from .grid import best_path
-
     todo = [r for r in family.runs if not (Path(root) / r.metrics_path).exists()]
     jobs = [(r.config, 1) for r in todo]
-    studies = [(m, a) for m, a in family_studies(family)
-               if not (Path(root) / best_path(family.name, m, a)).exists()]
-    jobs += [(study_config(family, m, a), family.spec.tuning.trials) for m, a in studies]
+    studies = [s for s in family_studies(family) if not (Path(root) / s.best).exists()]
+    jobs += [(study_config(s), family.spec.tuning.trials) for s in studies]
+    by_graph: dict[str, int] = {}
+    for study in studies:
+        by_graph[study.label] = by_graph.get(study.label, 0) + 1
     how: dict[str, int] = {}
     seconds = 0.0
     for config, repeats in jobs:
@@ -153,20 +154,20 @@ def plan_family(family, calibration: Calibration | None, root: str | Path = ".")
     study_its = sum(iterations(c) * k for c, k in jobs[len(todo):])
     return Plan(runs=len(family.runs), done=len(family.runs) - len(todo),
                 run_iterations=sum(iterations(r.config) for r in todo), studies=len(studies),
-                study_iterations=study_its,
+                study_iterations=study_its, studies_by_graph=by_graph,
                 device_hours=seconds / 3600 if how.keys() - {"missing"} else None, how=how)
 
 
-def family_studies(family) -> list[tuple[str, float]]:
-    """(method, alpha) of the studies the family runs (none under the fixed protocol)."""
+def family_studies(family) -> list:
+    """The studies (``grid.StudySpec``) the family runs: none under the fixed protocol."""
     return family.studies if family.spec.tuning.protocol != "fixed" else []
 
 
-def study_config(family, method: str, alpha: float) -> RunConfig:
-    """The run a trial of one of the family's studies trains (benchmark.tuning's reading)."""
+def study_config(study) -> RunConfig:
+    """The run a trial of a study (``grid.StudySpec``) trains (benchmark.tuning's reading)."""
     from .tuning.spec import load_tuning
 
-    return load_tuning(family.path, [f"method={method}", f"alpha={alpha!r}"])[0]
+    return load_tuning(study.config_path, study.override_args)[0]
 
 
 def wall_hours(device_hours: float, gpus: int, slots: int,
@@ -189,8 +190,10 @@ def describe(name: str, plan: Plan, calibration: Calibration | None, source: str
     lines = [f"{name}: {plan.runs} runs ({plan.done} done), {plan.run_iterations:,} training "
              f"iterations to do"]
     if plan.studies:
-        lines.append(f"  + {plan.studies} tuning studies: at most {plan.study_iterations:,} "
-                     f"iterations (full trial budget; pruning makes it less)")
+        graphs = ", ".join(f"{g} {k}" for g, k in plan.studies_by_graph.items())
+        lines.append(f"  + {plan.studies} tuning studies, one per method, alpha and graph "
+                     f"({graphs}): at most {plan.study_iterations:,} iterations (full trial "
+                     "budget; pruning makes it less)")
     if calibration is None:
         lines.append(f"no calibration ({source} not found): device time unknown; run "
                      f"`python -m benchmark calibrate` on the machine that will run the grid")

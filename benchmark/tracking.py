@@ -247,11 +247,15 @@ def number(x: float) -> str:
     return text.removesuffix(".0")
 
 
+def setting_name(config) -> str:
+    """``ccl ring-16 a0.01``: the method, graph and alpha, as run and study names start."""
+    return f"{config.method} {config.topology}-{config.n_agents} a{number(config.alpha)}"
+
+
 def run_name(config, differs: dict[str, Any] | None = None) -> str:
     """Short enough for the UI's name column: ``ccl ring-16 a0.01 s2`` (+ what differs from the
     family file for a hand-started run, e.g. ``epochs=3``)."""
-    name = (f"{config.method} {config.topology}-{config.n_agents} a{number(config.alpha)} "
-            f"s{config.seed}")
+    name = f"{setting_name(config)} s{config.seed}"
     extra = " ".join(f"{k}={_param(v)}" for k, v in (differs or {}).items())
     return f"{name} {extra}" if extra else name
 

@@ -56,13 +56,15 @@ def test_plan_arithmetic_against_a_hand_written_calibration(family, tmp_path) ->
     # ring-4: floor(128/4) = 32 images per agent -> 2 iterations/epoch x 2 epochs = 4 per run;
     # ring-8: 16 images -> 1 x 2 = 2 per run; 8 runs of each
     assert (plan.runs, plan.done, plan.run_iterations) == (16, 0, 8 * 4 + 8 * 2)
-    # studies, one per (method, alpha): ring-4 at 1 epoch on 128 - ceil(12.8) = 115 images:
-    # floor(115/4) = 28 per agent -> 2 iterations, x 3 trials
-    assert (plan.studies, plan.study_iterations) == (4, 4 * 2 * 3)
-    assert plan.how == {"timed": 12 + 4, "scaled": 4}
+    # studies, one per (method, alpha, graph), at 1 epoch on 128 - ceil(12.8) = 115 images:
+    # ring-4: floor(115/4) = 28 per agent -> 2 iterations; ring-8: 14 -> 1; x 3 trials
+    assert (plan.studies, plan.study_iterations) == (8, 4 * 2 * 3 + 4 * 1 * 3)
+    assert plan.studies_by_graph == {"ring-n4": 4, "ring-n8": 4}
+    assert plan.how == {"timed": 12 + 4 + 2, "scaled": 4 + 2}
     seconds = (4 * 4 * 225 + 4 * 4 * 450 + 4 * 2 * 1350 + 4 * 2 * 450  # runs
-               + 2 * 2 * 3 * 225 + 2 * 2 * 3 * 450)  # studies: dsgdm-n, ccl
-    assert seconds == 33_300 and plan.device_hours == pytest.approx(9.25)
+               + 2 * 2 * 3 * 225 + 2 * 2 * 3 * 450  # ring-4 studies: dsgdm-n, ccl
+               + 2 * 1 * 3 * 450 + 2 * 1 * 3 * 1350)  # ring-8 studies
+    assert seconds == 44_100 and plan.device_hours == pytest.approx(12.25)
     assert wall_hours(9.25, gpus=2, slots=4, concurrency=calibration.concurrency)[:2] == (
         pytest.approx(1.85), pytest.approx(1.85))  # 9.25 / (2 GPUs x 2.5)
     low, high, why = wall_hours(8.5, gpus=1, slots=2, concurrency=calibration.concurrency)
@@ -71,12 +73,13 @@ def test_plan_arithmetic_against_a_hand_written_calibration(family, tmp_path) ->
     done = tmp_path / family.runs[0].metrics_path
     done.parent.mkdir(parents=True)
     done.write_text("{}")
-    best = tmp_path / "studies" / "tiny" / "ccl" / "alpha0.1" / "best.json"
+    best = tmp_path / "studies" / "tiny" / "ccl" / "ring-n4" / "alpha0.1" / "best.json"
     best.parent.mkdir(parents=True)
     best.write_text("{}")
     again = plan_family(family, calibration, root=tmp_path)
-    assert (again.done, again.run_iterations, again.studies) == (1, 48 - 4, 3)
-    assert again.device_hours == pytest.approx((33_300 - 4 * 225 - 6 * 450) / 3600)
+    assert (again.done, again.run_iterations, again.studies) == (1, 48 - 4, 7)
+    assert again.studies_by_graph == {"ring-n4": 3, "ring-n8": 4}
+    assert again.device_hours == pytest.approx((44_100 - 4 * 225 - 6 * 450) / 3600)
 
 
 def test_plan_without_calibration_says_so(family, tmp_path, capsys, monkeypatch) -> None:
@@ -84,7 +87,8 @@ def test_plan_without_calibration_says_so(family, tmp_path, capsys, monkeypatch)
     assert cli.main(["plan", "tiny", "--config-dir", str(tmp_path)]) == 0
     out = capsys.readouterr().out
     assert "tiny: 16 runs (0 done), 48 training iterations to do" in out
-    assert "4 tuning studies: at most 24 iterations" in out
+    assert ("8 tuning studies, one per method, alpha and graph (ring-n4 4, ring-n8 4): at most "
+            "36 iterations") in out
     assert "no calibration (calibration.json not found): device time unknown" in out
 
 
@@ -120,5 +124,5 @@ def test_calibrate_times_every_workload_then_plan_uses_it(family, tmp_path, caps
     assert cli.main(["plan", "tiny", "--config-dir", str(tmp_path), "--calibration",
                      str(out), "--gpus", "1"]) == 0
     text = capsys.readouterr().out
-    assert f"calibration: {out} (cpu, CPU" in text and "scaled 8, timed 12" in text
+    assert f"calibration: {out} (cpu, CPU" in text and "scaled 12, timed 12" in text
     assert "wall time on 1 device(s) x 1 slot(s)" in text

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import math
+import re
 from pathlib import Path
 
 import pandas as pd
@@ -275,24 +276,41 @@ def test_protocols_are_separate_columns_and_pairs() -> None:
     assert list(_table(runs[:4])["label"]) == ["qgm", "ccl"]
 
 
-def test_tuned_values_from_another_graph_are_marked() -> None:
-    """The runs are on ring-8; a study that tuned on ring-16 marks its runs' cells with ‡ (and
-    the CSV column), one that tuned on ring-8 (or did not record its graph) does not."""
-    def tuned(method: str, seed: int, graph: dict | None) -> dict:
-        run = _metrics(method, seed, 0.1, 70.0 + seed, 60.0, protocol="tuned")
-        run["tuned"] = {"values": {"lr": 0.2}, "study": f"studies/hand/{method}/alpha0.1.journal",
-                        **({"graph": graph} if graph else {})}
-        return run
+def test_tuned_cells_hold_only_values_tuned_on_their_graph(tmp_path: Path) -> None:
+    """The runs are on ring-8 (gamma 1): a study that tuned on ring-16 (the previous layout), at
+    another gamma, or that did not record its graph is refused by name (left out with
+    --skip-invalid); the ring-8 study's runs are tabled, the footnote says its split's size."""
+    own = {"topology": "ring", "n_agents": 8, "torus_rows": None, "degree": 3,
+           "mixing": "uniform", "gamma": 1.0}
 
-    runs = [tuned("qgm", s, {"topology": "ring", "n_agents": 16}) for s in range(2)]
-    runs += [tuned("ccl", s, {"topology": "ring", "n_agents": 8}) for s in range(2)]
-    runs += [tuned("dsgdm-n", s, None) for s in range(2)]
-    table = _table(runs).set_index("method")
-    assert table["tuned_elsewhere"].to_dict() == {"dsgdm-n": False, "qgm": True, "ccl": False}
-    md = markdown_table(table.reset_index(), "hand")
-    row = next(line for line in md.splitlines() if line.startswith("| digits | lenet5 | ring-8"))
-    assert row.count("‡") == 1 and "70.50 ± 0.71 ‡" in row
-    assert "‡ = tuned on another graph than the row's" in md
+    def tuned(where: str, method: str, seed: int, graph: dict | None) -> Path:
+        run = _metrics(method, seed, 0.1, 70.0 + seed, 60.0, protocol="tuned")
+        run["tuned"] = {"values": {"lr": 0.2}, "study": f"studies/hand/{method}/{where}.journal",
+                        "val_samples": 144, **({"graph": graph} if graph else {})}
+        path = tmp_path / where / f"seed{seed}" / "metrics.json"
+        path.parent.mkdir(parents=True)
+        path.write_text(json.dumps(run))
+        return path
+
+    for seed in range(2):
+        tuned("own", "ccl", seed, own)
+    others = {"ring-16": ({"topology": "ring", "n_agents": 16}, "tuned on ring-n16, not on "
+                          "ring-n8"),
+              "gamma": ({**own, "gamma": 0.5}, "tuned with gamma=0.5 (this run: 1.0)"),
+              "unrecorded": (None, "its study did not record the graph it tuned on")}
+    for where, (graph, why) in others.items():
+        path = tuned(where, "qgm", 0, graph)
+        with pytest.raises(UserError, match=rf"{path} is a tuned run whose values do not come "
+                           rf"from its own graph's study \({re.escape(why)}\)"):
+            load_results([tmp_path / "own", path])
+    results = load_results([tmp_path], skip_invalid=True)
+    assert sorted(r["_path"] for r in results) == sorted(
+        str(tmp_path / "own" / f"seed{s}" / "metrics.json") for s in range(2))
+    table = _table(results)
+    assert table["val_samples"].tolist() == [144]
+    md = markdown_table(table, "hand")
+    assert "| **70.50 ± 0.71** |" in md and "‡" not in md
+    assert "(studies/<family>/<method>/<graph>/alpha<a>: a validation split of 144 samples" in md
 
 
 @pytest.mark.parametrize(("curves", "plateau", "change"), [

@@ -74,8 +74,8 @@ def test_slurm_tuning_jobs_ask_for_a_gpu_like_train_jobs(tmp_path):
     """One GPU launcher for every rule: a study on the cluster gets its GPU from SLURM too."""
     out = _dry_run(tmp_path, "reports/tuning_digits.csv", "protocol=tuned")
     jobs = _train_resources(out, "tune")
-    # one study per method and alpha
-    assert len(jobs) == 6 * 3 and all(job["gpu"] == "1" for job in jobs)
+    # one study per method, alpha and graph: 6 methods on ring-16, 3 on three more graphs
+    assert len(jobs) == 6 * 3 + 3 * 3 * 3 and all(job["gpu"] == "1" for job in jobs)
     assert "benchmark.gpu_slots" not in out
 
 

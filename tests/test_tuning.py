@@ -4,6 +4,7 @@ looks at the test split."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import os
@@ -23,7 +24,7 @@ from optuna.trial import TrialState
 from benchmark import train as train_module
 from benchmark.cli import main
 from benchmark.errors import UserError
-from benchmark.tuning import objective, spec, study
+from benchmark.tuning import objective, sampler, spec, study
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -84,21 +85,31 @@ def test_tiny_study_writes_best_json_and_mlflow_runs(tmp_path, monkeypatch):
     assert best["alpha"] == 0.5 and best["family"] == "tiny" and best["epochs"] == 2
     assert best["method"] == "ccl-dsgdm" and best["study"] == str(journal)
     assert best["start_point"] == PAPER and best["start_value"] == trials[0].value
+    assert best["graph"] == {"topology": "ring", "n_agents": 4, "torus_rows": None,
+                             "degree": 3, "mixing": "uniform", "gamma": 1.0}
+    assert best["val_samples"] == 26  # ceil(256 x 0.1): one sample is 3.85 points
     for name in ("history.png", "sensitivity.png", "trials.csv"):
         assert (out / name).stat().st_size > 0
-    loaded = optuna.load_study(study_name="tiny-ccl-dsgdm-alpha0.5", storage=study.storage(journal))
+    loaded = optuna.load_study(study_name="tiny-ccl-dsgdm-ring-n4-alpha0.5",
+                               storage=study.storage(journal))
     assert loaded.metric_names == ["val_consensus_acc"]  # not "Objective 0" in the dashboard
 
     from mlflow import MlflowClient
 
     client = MlflowClient()
-    experiment = client.get_experiment_by_name("tiny")
+    # started by hand (not by the workflow): <family>-manual, as hand-started train runs
+    assert client.get_experiment_by_name("tiny") is None
+    experiment = client.get_experiment_by_name("tiny-manual")
     runs = client.search_runs([experiment.experiment_id])
     parents = [r for r in runs if r.data.tags.get("kind") == "study"]
     children = [r for r in runs if r.data.tags.get("kind") == "trial"]
     assert len(parents) == 1 and len(children) == 3
     parent = parents[0]
     assert parent.info.status == "FINISHED" and parent.data.tags["method"] == "ccl-dsgdm"
+    assert parent.info.run_name == "ccl-dsgdm ring-4 a0.5 study"
+    assert parent.data.tags["origin"] == "manual"
+    assert sorted(r.info.run_name for r in children) == [
+        f"ccl-dsgdm ring-4 a0.5 trial {n}" for n in range(3)]
     assert parent.data.metrics["best_value"] == best["value"]
     assert parent.data.metrics["best_lambda_m"] == best["values"]["lambda_m"]
     artifacts = {a.path for a in client.list_artifacts(parent.info.run_id)}
@@ -111,6 +122,37 @@ def test_tiny_study_writes_best_json_and_mlflow_runs(tmp_path, monkeypatch):
         assert float(child.data.params["lambda_m"]) == pytest.approx(t.params["lambda_m"])
         history = client.get_metric_history(child.info.run_id, "val_consensus_acc")
         assert {m.step: m.value for m in history} == pytest.approx(t.intermediate_values)
+
+
+def test_study_runs_are_named_after_their_study_in_their_experiment(tmp_path, monkeypatch):
+    """Two studies in one experiment (the workflow's: the family's) never share a run name; a
+    study resumed from the workflow after a start by hand gets a parent there."""
+    monkeypatch.setattr(objective, "run", _fake_run)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    cfg = str(_config_file(tmp_path, run={"tracking": True}))
+    hand = tmp_path / "hand.journal"
+    assert main(["tune", "--config", cfg, "--study", str(hand), "--trials", "1"]) == 0
+    monkeypatch.setenv("BENCHMARK_ORIGIN", "workflow")  # as the Snakefile sets it for its jobs
+    for name, overrides in (("a.journal", ["n_agents=8"]), ("b.journal", ["alpha=0.1"]),
+                            ("hand.journal", [])):
+        assert main(["tune", "--config", cfg, "--study", str(tmp_path / name), "--trials", "2",
+                     *overrides]) == 0
+
+    from mlflow import MlflowClient
+
+    client = MlflowClient()
+    runs = client.search_runs([client.get_experiment_by_name("tiny").experiment_id])
+    names = sorted(r.info.run_name for r in runs)
+    assert names == sorted(f"ccl-dsgdm {graph} a{alpha} {what}"
+                           for graph, alpha in (("ring-8", "0.5"), ("ring-4", "0.1"),
+                                                ("ring-4", "0.5"))
+                           for what in ("study", "trial 0", "trial 1")
+                           if (graph, alpha, what) != ("ring-4", "0.5", "trial 0"))
+    assert {r.data.tags["origin"] for r in runs if r.data.tags["kind"] == "study"} == \
+        {"workflow"}
+    manual = client.search_runs([client.get_experiment_by_name("tiny-manual").experiment_id])
+    assert sorted(r.info.run_name for r in manual) == ["ccl-dsgdm ring-4 a0.5 study",
+                                                       "ccl-dsgdm ring-4 a0.5 trial 0"]
 
 
 def test_a_study_per_method_searches_the_family_space(tmp_path, monkeypatch):
@@ -133,12 +175,14 @@ def test_a_study_per_method_searches_the_family_space(tmp_path, monkeypatch):
     assert searched == {"dsgdm-n": {"lr"}, "ccl-mv": {"lr", "lambda_m"}}
 
 
-def test_sampler_seed_differs_per_method_and_alpha():
+def test_sampler_seed_differs_per_study_and_session():
     tuning_spec = spec.build_spec({})
-    seeds = {tuning_spec.sampler_seed_for("f", m, a) for m in ("qgm", "ccl") for a in (0.1, 1.0)}
-    assert len(seeds) == 4
-    assert tuning_spec.sampler_seed_for("f", "qgm", 0.1) == spec.build_spec(
-        {}).sampler_seed_for("f", "qgm", 0.1)  # reproducible
+    seeds = {tuning_spec.sampler_seed_for(name, held)
+             for name in ("f-qgm-ring-n16-alpha0.1", "f-qgm-ring-n8-alpha0.1") for held in (0, 3)}
+    assert len(seeds) == 4  # per graph (and method, alpha), and per session
+    assert tuning_spec.sampler_seed_for("s", 2) == spec.build_spec({}).sampler_seed_for("s", 2)
+    assert spec.build_spec({"sampler_seed": 1}).sampler_seed_for("s", 2) != \
+        tuning_spec.sampler_seed_for("s", 2)
 
 
 def test_rerun_of_finished_study_adds_no_trial_and_budget_is_a_total(tmp_path, capsys):
@@ -157,15 +201,62 @@ def test_rerun_of_finished_study_adds_no_trial_and_budget_is_a_total(tmp_path, c
     assert main([*args, "--trials", "3"]) == 0  # a larger budget runs only the missing trial
     assert _states(_trials(journal)) == ["COMPLETE"] * 3
 
+    # a smaller budget than the study holds: refused, nothing rewritten ("3 of 2 finished")
+    best_file = tmp_path / "alpha0.5" / "best.json"
+    before = (journal.read_bytes(), best_file.read_bytes(), best_file.stat().st_mtime_ns)
+    capsys.readouterr()
+    assert main([*args, "--trials", "2"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: --trials: invalid value 2; allowed: at least 3, the finished "
+                          "trials the study holds") and err.count("\n") == 1
+    assert (journal.read_bytes(), best_file.read_bytes(), best_file.stat().st_mtime_ns) == before
 
-def test_killed_trial_is_failed_requeued_and_the_budget_completed(tmp_path):
-    # Trials long enough (a few hundred iterations) to be caught in the middle.
-    run = {"synthetic": {**RUN["synthetic"], "train_size": 4096}, "epochs": 3}
-    cfg = _config_file(tmp_path, run=run, trials=4, epochs=3)
+
+def test_the_sampler_never_proposes_a_point_the_study_holds(tmp_path):
+    """Two sessions of one study with the same seed, as every resumed study had: TPE alone
+    proposes the first session's points again, the study's sampler draws new ones."""
+    space = sampler.search_space(spec.build_spec({"space": {"lr": [0.01, 0.5]}}), "dsgdm-n")
+
+    def two_sessions(journal: Path, distinct: bool) -> list[float]:
+        for _ in range(2):
+            tpe = optuna.samplers.TPESampler(seed=7)
+            opened = optuna.create_study(
+                storage=study.storage(journal), study_name="s", direction="maximize",
+                sampler=sampler.DistinctSampler(tpe, space) if distinct else tpe,
+                load_if_exists=True)
+            opened.optimize(lambda t: t.suggest_float("lr", 0.01, 0.5, log=True), n_trials=2)
+        return [t.params["lr"] for t in opened.trials]
+
+    replayed = two_sessions(tmp_path / "tpe.journal", distinct=False)
+    assert replayed[2:] == replayed[:2]  # the waste this sampler prevents
+    assert len(set(two_sessions(tmp_path / "distinct.journal", distinct=True))) == 4
+
+
+def test_an_integer_space_gives_each_point_once_and_no_budget_beyond_it(tmp_path, monkeypatch,
+                                                                       capsys):
+    monkeypatch.setattr(objective, "run", _fake_run)  # the same value everywhere: no preference
+    cfg = _config_file(tmp_path, baseline=["batch_size"],
+                       space={"batch_size": {"low": 8, "high": 10, "log": False}})
     journal = tmp_path / "alpha0.5.journal"
-    cmd = [sys.executable, "-m", "benchmark", "tune", "--config", str(cfg), "--study",
-           str(journal)]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    args = ["tune", "--config", str(cfg), "--study", str(journal), "method=dsgdm-n"]
+    assert main([*args, "--trials", "3"]) == 0
+    assert sorted(t.params["batch_size"] for t in _trials(journal)) == [8, 9, 10]
+    capsys.readouterr()
+    assert main([*args, "--trials", "4"]) == 2
+    assert capsys.readouterr().err.startswith(
+        "error: --trials: invalid value 4; allowed: at most 3, the points of tuning.space")
+    assert len(_trials(journal)) == 3
+
+
+def _tune_command(cfg: Path, journal: Path, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "benchmark", "tune", "--config", str(cfg), "--study",
+            str(journal), *extra]
+
+
+def _stop_during_trial(cmd: list[str], journal: Path, number: int, sig: int
+                       ) -> tuple[subprocess.Popen, optuna.trial.FrozenTrial | None]:
+    """Start ``cmd``, send ``sig`` once trial ``number`` is RUNNING with its point drawn."""
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     victim = None
     try:
         deadline = time.monotonic() + 120
@@ -173,30 +264,82 @@ def test_killed_trial_is_failed_requeued_and_the_budget_completed(tmp_path):
             time.sleep(0.05)
             if journal.exists() and journal.stat().st_size:
                 running = [t for t in _trials(journal) if t.state == TrialState.RUNNING
-                           and t.number >= 1 and len(t.params) == 2]
+                           and t.number == number and len(t.params) == 2]
                 victim = running[0] if running else None
     finally:
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
-    assert victim is not None, "the study finished before a trial could be killed"
-    assert next(t for t in _trials(journal) if t.number == victim.number).state == \
-        TrialState.RUNNING  # what a killed process leaves behind
+        if proc.poll() is None:
+            proc.send_signal(sig)
+    return proc, victim
+
+
+def _distinct_finished_points(trials) -> list[dict]:
+    """The points of the complete and pruned trials, checked pairwise distinct."""
+    points = [t.params for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
+    assert len({tuple(sorted(p.items())) for p in points}) == len(points), points
+    return points
+
+
+# Trials long enough (a few hundred iterations) to be caught in the middle.
+SLOW = {"synthetic": {**RUN["synthetic"], "train_size": 4096}, "epochs": 3}
+
+
+def test_killed_trial_is_rerun_once_and_no_point_is_evaluated_twice(tmp_path):
+    """SIGKILL during trial 2 (the first point the sampler draws: trials 0 and 1 are the fixed
+    points), the same command again, then a larger budget: every finished trial has its own
+    point. With one sampler seed per process, the resumed process drew trial 2's point again."""
+    cfg = _config_file(tmp_path, run=SLOW, trials=4, epochs=3)
+    journal = tmp_path / "alpha0.5.journal"
+    cmd = _tune_command(cfg, journal)
+    proc, victim = _stop_during_trial(cmd, journal, 2, signal.SIGKILL)
+    proc.communicate()
+    assert victim is not None, "the study finished before trial 2 could be killed"
+    assert _trials(journal)[2].state == TrialState.RUNNING  # what a killed process leaves
 
     rerun = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert rerun.returncode == 0, rerun.stderr
-    assert f"trial {victim.number} was left RUNNING by a killed process" in rerun.stdout
+    assert "trial 2 was left RUNNING by a killed process" in rerun.stdout
+    assert "re-runs trial 2" in rerun.stdout
 
     trials = _trials(journal)
-    assert _states(trials).count("COMPLETE") == 4
-    assert _states(trials).count("FAIL") == 1 and "RUNNING" not in _states(trials)
-    failed = trials[victim.number]
-    assert failed.state == TrialState.FAIL
-    retries = [t for t in trials if t.user_attrs.get("retry_of") == victim.number]
-    assert len(retries) == 1 and retries[0].state == TrialState.COMPLETE
-    assert retries[0].params == victim.params
-    assert f"re-runs trial {victim.number}" in rerun.stdout
+    assert _states(trials) == ["COMPLETE"] * 2 + ["FAIL"] + ["COMPLETE"] * 2
+    retries = [t for t in trials if t.user_attrs.get("retry_of") == 2]
+    assert [t.number for t in retries] == [3] and retries[0].params == victim.params
+    assert len(_distinct_finished_points(trials)) == 4  # the re-run is the one extra trial
     best = json.loads((tmp_path / "alpha0.5" / "best.json").read_text())
     assert (best["n_complete"], best["n_failed"]) == (4, 1)
+
+    raised = subprocess.run([*cmd, "--trials", "6"], capture_output=True, text=True,
+                            timeout=300)
+    assert raised.returncode == 0, raised.stderr
+    trials = _trials(journal)
+    assert len(_distinct_finished_points(trials)) == 6 and len(trials) == 7
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_interrupted_tune_says_one_line_and_reruns_the_trial_once(tmp_path, sig):
+    cfg = _config_file(tmp_path, run=SLOW, trials=3, epochs=3, enqueue_paper=False)
+    journal = tmp_path / "alpha0.5.journal"
+    cmd = _tune_command(cfg, journal)
+    proc, victim = _stop_during_trial(cmd, journal, 1, sig)
+    out, err = proc.communicate(timeout=60)
+    assert victim is not None, "the study finished before trial 1 could be interrupted"
+    assert proc.returncode == 130
+    said = [line for line in err.splitlines() if not line.startswith("[I ")]  # Optuna's info
+    assert said == ["interrupted: run the same command again to resume the study"], err
+    assert "Traceback" not in out + err
+    # settled before exiting: the trial is FAIL and its point waits to be run first
+    trials = _trials(journal)
+    assert _states(trials) == ["COMPLETE", "FAIL", "WAITING"]
+    assert trials[2].system_attrs["fixed_params"] == victim.params
+    assert not (tmp_path / "alpha0.5" / "best.json").exists()
+
+    rerun = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert rerun.returncode == 0, rerun.stderr
+    assert "left RUNNING" not in rerun.stdout and "trial 2 re-runs trial 1" in rerun.stdout
+    trials = _trials(journal)
+    assert _states(trials) == ["COMPLETE", "FAIL", "COMPLETE", "COMPLETE"]
+    assert trials[2].params == victim.params and trials[2].user_attrs["retry_of"] == 1
+    assert len(_distinct_finished_points(trials)) == 3
 
 
 def test_objective_never_touches_the_test_split(tmp_path, monkeypatch):
@@ -269,7 +412,8 @@ def test_pruned_and_diverged_trials_count_towards_the_budget(tmp_path, monkeypat
 
     from mlflow import MlflowClient
 
-    runs = MlflowClient().search_runs([MlflowClient().get_experiment_by_name("tiny").experiment_id])
+    experiment = MlflowClient().get_experiment_by_name("tiny-manual")  # a study started by hand
+    runs = MlflowClient().search_runs([experiment.experiment_id])
     states = {r.data.tags.get("state"): r.info.status for r in runs
               if r.data.tags.get("kind") == "trial"}
     assert states == {"complete": "FINISHED", "pruned": "FINISHED"}  # a pruned trial: no KILLED
@@ -313,7 +457,7 @@ def test_resuming_with_other_settings_or_concurrently_is_refused(tmp_path, monke
                  "agent_threads=2", "device=cpu"]) == 0
 
     # a study begun before an option existed: the option counts as its default (momentum 0.9)
-    loaded = optuna.load_study(study_name="tiny-ccl-dsgdm-alpha0.5",
+    loaded = optuna.load_study(study_name="tiny-ccl-dsgdm-ring-n4-alpha0.5",
                                storage=study.storage(journal))
     loaded.set_user_attr("fingerprint", {k: v for k, v in loaded.user_attrs["fingerprint"].items()
                                          if k != "momentum"})
@@ -372,20 +516,28 @@ def _best_json(path: Path, **fields) -> str:
 
 
 def test_best_table_has_a_column_per_searched_value(tmp_path):
-    files = [_best_json(tmp_path / "ccl" / "alpha1.0" / "best.json",
-                        values={"lambda_m": 0.02, "lambda_d": 0.1}),
-             _best_json(tmp_path / "ccl" / "alpha0.01" / "best.json", alpha=0.01,
-                        values={"lambda_m": 0.3, "lambda_d": 0.1}),
+    ring = {"topology": "ring", "n_agents": 16}
+    files = [_best_json(tmp_path / "ccl" / "ring-n16" / "alpha1.0" / "best.json", graph=ring,
+                        values={"lambda_m": 0.02, "lambda_d": 0.1}, val_samples=144),
+             _best_json(tmp_path / "ccl" / "ring-n8" / "alpha1.0" / "best.json",
+                        graph={**ring, "n_agents": 8}, values={"lambda_m": 0.3, "lambda_d": 0.1},
+                        val_samples=144),
+             _best_json(tmp_path / "ccl" / "ring-n16" / "alpha0.01" / "best.json", alpha=0.01,
+                        graph=ring, values={"lambda_m": 0.3, "lambda_d": 0.1}, val_samples=144),
+             # written before studies recorded their graph and split: empty cells
              _best_json(tmp_path / "qgm" / "alpha1.0" / "best.json", method="qgm",
                         values={"lr": 0.2})]
     assert main(["tune-table", *files, "--out", str(tmp_path / "table")]) == 0
     lines = (tmp_path / "table.csv").read_text().splitlines()
-    assert lines[0] == ("family,method,alpha,lambda_d,lambda_m,lr,value,start_value,"
-                        "n_complete,n_pruned,n_failed,epochs")
-    assert [line.split(",")[1:3] for line in lines[1:]] == [["ccl", "0.01"], ["ccl", "1.0"],
-                                                           ["qgm", "1.0"]]
-    assert lines[3].split(",")[3:6] == ["", "", "0.2"]
-    assert "| f " in (tmp_path / "table.md").read_text()
+    assert lines[0] == ("family,method,graph,alpha,lambda_d,lambda_m,lr,value,start_value,"
+                        "val_samples,n_complete,n_pruned,n_failed,epochs")
+    assert [line.split(",")[1:4] for line in lines[1:]] == [
+        ["ccl", "ring-n16", "0.01"], ["ccl", "ring-n16", "1.0"], ["ccl", "ring-n8", "1.0"],
+        ["qgm", "", "1.0"]]
+    assert lines[1].split(",")[4:10] == ["0.1", "0.3", "", "90.0", "80.0", "144"]
+    assert lines[4].split(",")[4:10] == ["", "", "0.2", "90.0", "80.0", ""]
+    md = (tmp_path / "table.md").read_text()
+    assert "| f " in md and "nan" not in md and "<NA>" not in md  # unknown: empty cells
 
 
 @pytest.fixture(autouse=True)
@@ -396,30 +548,66 @@ def _in_tmp(tmp_path, monkeypatch):
                        + os.environ.get("PYTHONPATH", ""))
 
 
-def _family_file(tmp_path: Path, protocol: str = "tuned", **tuning_opts) -> Path:
+# two graphs; ring-8 sets its own gamma, so its studies tune with it
+GRAPHS = [{"topology": "ring", "n_agents": 4}, {"topology": "ring", "n_agents": 8, "gamma": 0.9}]
+
+
+def _family_file(tmp_path: Path, protocol: str = "tuned", grid: dict | None = None,
+                 **tuning_opts) -> Path:
     path = tmp_path / "fam.yaml"
-    grid = {"alpha": [0.1, 1.0], "topologies": [{"topology": "ring", "n_agents": 4}],
-            "methods": ["dsgdm-n", "ccl-dsgdm"], "seeds": [0]}
+    grid = {"alpha": [0.1, 1.0], "topologies": GRAPHS, "methods": ["dsgdm-n", "ccl-dsgdm"],
+            "seeds": [0], **(grid or {})}
     path.write_text(yaml.safe_dump({"run": {**RUN, "family": "fam", "epochs": 1}, "grid": grid,
                                     "tuning": {**TUNING, "protocol": protocol, **tuning_opts}}))
     return path
 
 
-def test_tuned_family_makes_every_run_read_its_method_study(tmp_path):
+def test_tuned_family_has_a_study_per_method_alpha_and_graph(tmp_path):
     from benchmark.grid import load_family
+    from benchmark.plan import study_config
 
     family = load_family(_family_file(tmp_path))
-    tuned = {(r.config.method, r.config.alpha): r.tuned for r in family.runs}
-    assert tuned == {(m, a): f"studies/fam/{m}/alpha{a}/best.json"
-                     for m in ("dsgdm-n", "ccl-dsgdm") for a in (0.1, 1.0)}
+    studies = {(s.method, s.alpha, s.label): s for s in family.studies}
+    assert sorted(studies) == sorted((m, a, g) for m in ("dsgdm-n", "ccl-dsgdm")
+                                     for a in (0.1, 1.0) for g in ("ring-n4", "ring-n8"))
+    for run in family.runs:  # each tuned run reads its own graph's study, no other
+        graph = f"{run.config.topology}-n{run.config.n_agents}"
+        study = studies[(run.config.method, run.config.alpha, graph)]
+        assert run.tuned == study.best == (f"studies/fam/{run.config.method}/{graph}/"
+                                           f"alpha{run.config.alpha}/best.json")
+        config = study_config(study)  # what its trials train: the run's graph and gamma
+        assert (config.topology, config.n_agents, config.gamma) == \
+            (run.config.topology, run.config.n_agents, run.config.gamma)
+    ring8 = studies[("ccl-dsgdm", 0.1, "ring-n8")]
+    assert ring8.journal == "studies/fam/ccl-dsgdm/ring-n8/alpha0.1.journal"
+    assert ring8.tune_command(threads=1) == (
+        f"python -m benchmark tune --config {tmp_path / 'fam.yaml'} --study {ring8.journal} "
+        "method=ccl-dsgdm alpha=0.1 topology=ring n_agents=8 gamma=0.9 threads=1")
     run = family.runs[0]
     assert run.run_dir == "results/fam/tuned/synthetic/mlp/ring-n4/alpha0.1/dsgdm-n/seed0"
     assert f"--tuned {run.tuned} topology=ring" in run.train_command(threads=1)
     # the workflow's switch sets the protocol without editing the file
     assert all(r.tuned is None for r in load_family(_family_file(tmp_path), "fixed").runs)
     both = load_family(_family_file(tmp_path, "fixed"), "both")
-    assert [r.protocol for r in both.runs] == ["fixed", "tuned"] * 4
+    assert [r.protocol for r in both.runs] == ["fixed", "tuned"] * 8
     assert both.runs[0].run_dir == "results/fam/synthetic/mlp/ring-n4/alpha0.1/dsgdm-n/seed0"
+
+
+def test_one_graph_means_one_topology_entry_per_study(tmp_path):
+    """A block that gives ring-n8 another gamma for a method and alpha that already have a
+    ring-n8 study would need two studies under one path: refused, naming the entry."""
+    from benchmark.grid import load_family
+
+    block = {"topologies": [{"topology": "ring", "n_agents": 8, "gamma": 0.5}],
+             "methods": ["ccl-dsgdm", "qgm"]}
+    with pytest.raises(UserError, match=r"fam\.yaml: grid\.blocks\[0\]\.topologies\[0\]: .*"
+                       r"the options of grid\.topologies\[1\] for ring-n8.*has one study per "
+                       r"graph"):
+        load_family(_family_file(tmp_path, grid={"blocks": [block]}))
+    block["methods"] = ["qgm"]  # a method with no other ring-n8: its own study, its own gamma
+    family = load_family(_family_file(tmp_path, grid={"blocks": [block]}))
+    assert {s.graph["gamma"] for s in family.studies
+            if s.method == "qgm" and s.label == "ring-n8"} == {0.5}
 
 
 def test_family_file_tuning_mistakes_are_one_line_errors(tmp_path):
@@ -433,11 +621,16 @@ def test_family_file_tuning_mistakes_are_one_line_errors(tmp_path):
         load_family(_family_file(tmp_path, baseline=[]))
 
 
-def test_train_takes_the_tuned_values_of_its_method_and_alpha(tmp_path, capsys):
-    best = tmp_path / "studies" / "fam" / "ccl-dsgdm" / "alpha0.1" / "best.json"
-    _best_json(best, family="fam", alpha=0.1, method="ccl-dsgdm",
-               values={"lr": 0.07, "lambda_m": 0.037, "lambda_d": 0.0042},
-               study="studies/fam/ccl-dsgdm/alpha0.1.journal")
+RING4 = {"topology": "ring", "n_agents": 4, "torus_rows": None, "degree": 3,
+         "mixing": "uniform", "gamma": 1.0}
+
+
+def test_train_takes_the_tuned_values_of_its_method_alpha_and_graph(tmp_path, capsys):
+    best = tmp_path / "studies" / "fam" / "ccl-dsgdm" / "ring-n4" / "alpha0.1" / "best.json"
+    values = {"lr": 0.07, "lambda_m": 0.037, "lambda_d": 0.0042}
+    _best_json(best, family="fam", alpha=0.1, method="ccl-dsgdm", values=values,
+               study="studies/fam/ccl-dsgdm/ring-n4/alpha0.1.journal", graph=RING4,
+               val_samples=26)
     cfg = str(_family_file(tmp_path))
     out = tmp_path / "run"
     assert main(["train", "--config", cfg, "--out", str(out), "--tuned", str(best),
@@ -445,15 +638,29 @@ def test_train_takes_the_tuned_values_of_its_method_and_alpha(tmp_path, capsys):
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["ccl"] == {"lambda_m": 0.037, "lambda_d": 0.0042}
     assert metrics["config"]["lr"] == 0.07 and metrics["protocol"] == "tuned"
-    assert metrics["tuned"] == {"values": {"lr": 0.07, "lambda_m": 0.037, "lambda_d": 0.0042},
-                                "study": "studies/fam/ccl-dsgdm/alpha0.1.journal",
-                                "graph": None}  # a best.json that does not name its graph
+    assert metrics["tuned"] == {"values": values, "val_samples": 26, "graph": RING4,
+                                "study": "studies/fam/ccl-dsgdm/ring-n4/alpha0.1.journal"}
 
     capsys.readouterr()
     for wrong in (["alpha=1.0", "method=ccl-dsgdm"], ["alpha=0.1", "method=dsgdm-n"]):
         assert main(["train", "--config", cfg, "--out", str(tmp_path / "other"), "--tuned",
                      str(best), *wrong]) == 2
         assert "--tuned" in capsys.readouterr().err and not (tmp_path / "other").exists()
+    # another graph, another gamma, or a best.json that does not say: refused, in one line
+    args = ["train", "--config", cfg, "--out", str(tmp_path / "other"), "--tuned", str(best),
+            "alpha=0.1", "method=ccl-dsgdm"]
+    for extra, why in ((["n_agents=8"], "tuned on ring-n4, not on ring-n8"),
+                       (["topology=exponential"], "tuned on ring-n4, not on exponential-n4"),
+                       (["gamma=0.9"], "tuned with gamma=1.0 (this run: 0.9)")):
+        assert main([*args, *extra]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("error: --tuned: invalid value") and err.count("\n") == 1
+        assert "allowed: a study of this run's graph" in err and why in err, err
+        assert not (tmp_path / "other").exists()
+    _best_json(best, family="fam", alpha=0.1, method="ccl-dsgdm", values=values,
+               study="studies/fam/ccl-dsgdm/alpha0.1.journal")  # the previous layout's
+    assert main(args) == 2
+    assert "its study did not record the graph it tuned on" in capsys.readouterr().err
 
 
 def test_a_preset_records_the_weights_it_uses(tmp_path):
@@ -483,15 +690,30 @@ def test_dry_run_of_the_cifar10_grid_tunes_every_method_before_its_tuned_runs(tm
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = proc.stdout + proc.stderr
     counts = dict(re.findall(r"^(\w+)\s+(\d+)\s*$", out, re.MULTILINE))
-    # 6 methods x 3 alphas studies; 378 runs per protocol, the paper's and the tuned one
-    assert counts["tune"] == "18" and counts["train"] == str(2 * 378)
+    # a study per graph: 6 methods x 3 alphas x 7 graphs; 378 runs per protocol, the paper's
+    # and the tuned one
+    assert counts["tune"] == str(6 * 3 * 7) and counts["train"] == str(2 * 378)
     assert counts["tuning_table"] == "1"
     commands = [line for line in out.splitlines() if " -m benchmark train " in line]
     tuned = [c for c in commands if "--tuned" in c]
     assert len(tuned) == 378 and all("--out results/cifar10/tuned/" in c for c in tuned)
     assert not any("/tuned/" in c for c in commands if "--tuned" not in c)
-    assert "--study studies/cifar10/relaysgd/alpha0.01.journal method=relaysgd alpha=0.01" in out
+    _assert_each_tuned_run_reads_its_own_graph(tuned)
+    assert ("--study studies/cifar10/relaysgd/ring-n8/alpha0.01.journal method=relaysgd "
+            "alpha=0.01 topology=ring n_agents=8") in out
     assert not (tmp_path / "studies").exists() and not (tmp_path / "mlflow.db").exists()
+
+
+def _assert_each_tuned_run_reads_its_own_graph(commands: list[str]) -> None:
+    """``--tuned studies/<f>/<method>/<graph>/alpha<a>/best.json`` names the graph, method and
+    alpha of the command's own ``--out results/<f>/tuned/<data>/<model>/<graph>/alpha<a>/
+    <method>/...``."""
+    for command in commands:
+        best = re.search(r"--tuned studies/[^/]+/([^/]+)/([^/]+)/(alpha[^/]+)/best\.json", command)
+        out = re.search(r"--out results/[^/]+/tuned/[^/]+/[^/]+/([^/]+)/(alpha[^/]+)/([^/]+)/",
+                        command)
+        assert best and out, command
+        assert (best[1], best[2], best[3]) == (out[3], out[1], out[2]), command
 
 
 def test_old_workflow_switch_is_refused_with_the_new_spelling(tmp_path):
@@ -503,47 +725,76 @@ def test_old_workflow_switch_is_refused_with_the_new_spelling(tmp_path):
     assert proc.returncode != 0 and "--config protocol=fixed|tuned|both" in out
 
 
-def test_tuned_tiny_grid_runs_a_study_per_method_then_both_protocols(tmp_path):
+def test_tuned_tiny_grid_runs_a_study_per_method_and_graph_then_both_protocols(tmp_path):
+    """Two graphs, two methods, one alpha: `snakemake -n` plans a study per (method, alpha,
+    graph); a study of the previous layout (tuned on the run: graph) is named once, with the
+    command that adopts it for that graph, and once adopted it is reused, not redone; each
+    tuned run trains with its own graph's values; a second invocation has nothing to do."""
     (tmp_path / "config").mkdir()
-    _family_file(tmp_path / "config").rename(tmp_path / "config" / "fam.yaml")
-    data = yaml.safe_load((tmp_path / "config" / "fam.yaml").read_text())
-    data["grid"]["alpha"] = [0.5]
-    data["tuning"].update(trials=2, epochs=1)
-    (tmp_path / "config" / "fam.yaml").write_text(yaml.safe_dump(data))
-    old = tmp_path / "studies" / "fam" / "alpha0.5.journal"  # a study of the old layout
-    old.parent.mkdir(parents=True)
-    old.write_text("{}\n")
+    cfg = _family_file(tmp_path / "config", grid={"alpha": [0.5]}, trials=2, epochs=1)
+    previous = Path("studies/fam/dsgdm-n/alpha0.5.journal")  # the previous layout's study
+    assert main(["tune", "--config", str(cfg), "--study", str(previous), "method=dsgdm-n",
+                 "alpha=0.5"]) == 0
+    adopted = [(t.number, t.params) for t in _trials(previous)]
+    oldest = tmp_path / "studies" / "fam" / "alpha0.5.journal"  # CCL's lambdas only
+    oldest.write_text("{}\n")
     cmd = [*SNAKEMAKE, "-d", str(tmp_path), "--cores", "2", "reports/table_fam.csv",
            "--config", "protocol=both"]
+
+    plan = subprocess.run([*cmd, "-n", "-p"], capture_output=True, text=True, timeout=300)
+    assert plan.returncode == 0, plan.stderr[-4000:]
+    out = plan.stdout + plan.stderr
+    counts = dict(re.findall(r"^(\w+)\s+(\d+)\s*$", out, re.MULTILINE))
+    assert (counts["tune"], counts["train"]) == ("4", "8")  # 2 methods x 2 graphs, 2 protocols
+    tuned = [line for line in out.splitlines() if " -m benchmark train " in line
+             and "--tuned" in line]
+    assert len(tuned) == 4
+    _assert_each_tuned_run_reads_its_own_graph(tuned)
+    warned = [line for line in plan.stderr.splitlines() if line.startswith("warning: studies/")]
+    assert len(warned) == 2 and "studies/fam/alpha0.5.journal is a study of the old layout" in \
+        warned[0]
+    adopt = ("mkdir -p studies/fam/dsgdm-n/ring-n4 && mv studies/fam/dsgdm-n/alpha0.5.journal "
+             "studies/fam/dsgdm-n/ring-n4/alpha0.5.journal")
+    assert warned[1].startswith(f"warning: {previous} is a study of the previous layout") and \
+        warned[1].endswith(f"to reuse its trials for ring-n4: {adopt}")
+    subprocess.run(adopt, shell=True, check=True, cwd=tmp_path)
+
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-4000:]
-    warned = [line for line in proc.stderr.splitlines() if "old layout" in line]
-    assert len(warned) == 1 and "studies/fam/alpha0.5.journal" in warned[0]
-    assert old.read_text() == "{}\n"  # left alone
+    assert sum("old layout" in line for line in proc.stderr.splitlines()) == 1  # said once
+    assert oldest.read_text() == "{}\n"  # left alone
+    journal = tmp_path / "studies" / "fam" / "dsgdm-n" / "ring-n4" / "alpha0.5.journal"
+    assert [(t.number, t.params) for t in _trials(journal)] == adopted  # reused, not redone
 
-    for method in ("dsgdm-n", "ccl-dsgdm"):  # the same budget for every method
-        best = json.loads((tmp_path / "studies" / "fam" / method / "alpha0.5" / "best.json")
-                          .read_text())
+    for method, graph in itertools.product(("dsgdm-n", "ccl-dsgdm"), GRAPHS):
+        label = f"ring-n{graph['n_agents']}"
+        best = json.loads((tmp_path / "studies" / "fam" / method / label / "alpha0.5" /
+                           "best.json").read_text())
         assert best["n_complete"] + best["n_pruned"] == 2 and best["method"] == method
-        tuned_run = (tmp_path / "results" / "fam" / "tuned" / "synthetic" / "mlp" / "ring-n4"
+        assert {k: best["graph"][k] for k in graph} == graph  # the entry's gamma included
+        assert best["val_samples"] == 26  # ceil(256 x 0.1) training samples held out
+        tuned_run = (tmp_path / "results" / "fam" / "tuned" / "synthetic" / "mlp" / label
                      / "alpha0.5" / method / "seed0" / "metrics.json")
         metrics = json.loads(tuned_run.read_text())
         assert metrics["protocol"] == "tuned"
-        assert best["graph"] == {"topology": "ring", "n_agents": 4}  # the family's run: graph
         assert metrics["tuned"] == {"values": best["values"], "study": best["study"],
-                                    "graph": best["graph"]}
+                                    "graph": best["graph"], "val_samples": 26}
         assert metrics["config"]["lr"] == best["values"].get("lr", RUN["lr"])
         fixed_run = Path(str(tuned_run).replace("/tuned/", "/"))
         assert json.loads(fixed_run.read_text())["protocol"] == "fixed"
     assert set(best["values"]) == {"lambda_m", "lambda_d"}  # the family's ccl list
-    log = (tmp_path / "studies" / "fam" / "ccl-dsgdm" / "alpha0.5.log").read_text()
+    log = (tmp_path / "studies" / "fam" / "ccl-dsgdm" / "ring-n8" / "alpha0.5.log").read_text()
     assert "0 of 2 trials finished" in log
     # the README's target brings the table of tuned values along
     table = (tmp_path / "reports" / "tuning_fam.csv").read_text().splitlines()
-    assert len(table) == 3 and table[1].startswith("fam,ccl-dsgdm,0.5,")
+    assert len(table) == 5 and table[0].startswith("family,method,graph,alpha,")
+    assert [row.split(",")[1:4] for row in table[1:]] == [
+        [m, g, "0.5"] for m in ("ccl-dsgdm", "dsgdm-n") for g in ("ring-n4", "ring-n8")]
     report = (tmp_path / "reports" / "table_fam.md").read_text()
     assert "dsgdm-n (fixed)" in report and "dsgdm-n (tuned)" in report  # labelled columns
-    assert "(tuned) = each method's best values from its own study" in report  # and explained
+    assert ("(tuned) = each method's best values from its own study at that alpha on that "
+            "graph (studies/<family>/<method>/<graph>/alpha<a>: a validation split of 26 "
+            "samples") in report  # and explained
 
     again = subprocess.run([*cmd, "-n"], capture_output=True, text=True, timeout=300)
     assert again.returncode == 0 and "Nothing to be done" in again.stdout + again.stderr
@@ -563,3 +814,33 @@ def test_hyperband_pruner_study_honours_the_budget(tmp_path, monkeypatch):
     assert trials[0].state == TrialState.COMPLETE
     assert sorted(trials[0].intermediate_values) == list(range(1, 10))
     assert result.best["values"]["lambda_m"] == 0.001  # the best possible value of the fake
+
+
+def test_flags_and_key_values_come_in_any_order(tmp_path, monkeypatch, capsys):
+    """The README's `tune ... method=... alpha=... --trials N tuning.epochs=3`, and the same
+    mix of flags and words for train and report (argparse's intermixed parsing)."""
+    monkeypatch.setattr(objective, "run", _fake_run)
+    cfg = str(_config_file(tmp_path))
+    journal = tmp_path / "studies" / "alpha0.1.journal"
+    assert main(["tune", "--config", cfg, "method=dsgdm-n", "alpha=0.1", "--study", str(journal),
+                 "--trials", "2", "tuning.epochs=1", "lr=0.04"]) == 0
+    best = json.loads((tmp_path / "studies" / "alpha0.1" / "best.json").read_text())
+    assert (best["method"], best["alpha"], best["epochs"], best["trials_budget"]) == \
+        ("dsgdm-n", 0.1, 1, 2)
+    assert best["start_point"] == {"lr": 0.04}  # the word after the flags was read too
+
+    out = tmp_path / "run"
+    assert main(["train", "epochs=1", "--config", cfg, "method=dsgdm-n", "--out", str(out),
+                 "seed=3", "--restart", "alpha=0.1"]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert (metrics["config"]["epochs"], metrics["config"]["seed"], metrics["method"]) == \
+        (1, 3, "dsgdm-n")
+
+    stray = tmp_path / "stray" / "metrics.json"
+    stray.parent.mkdir()
+    stray.write_text("[]")
+    capsys.readouterr()
+    assert main(["report", str(out), "--out", str(tmp_path / "r"), str(stray),
+                 "--skip-invalid", "--family", "mixed"]) == 0
+    assert f"skipping {stray}" in capsys.readouterr().err  # both paths read, the flag too
+    assert (tmp_path / "r" / "table_mixed.md").is_file()

@@ -261,6 +261,13 @@ def dataset_row(name: str, image_size: int | None = None, synthetic: dict | None
     return replace(row, sample_shape=(row.sample_shape[0], image_size, image_size))
 
 
+def validation_samples(name: str, synthetic: dict | None = None, val_fraction: float = 0.0,
+                       image_size: int | None = None) -> int:
+    """Samples of the validation split carved from the training split: ``ceil(n *
+    val_fraction)``, as scikit-learn's ``train_test_split`` rounds them (no file read)."""
+    return math.ceil(dataset_row(name, image_size, synthetic).train_size * val_fraction)
+
+
 def train_samples(name: str, synthetic: dict | None = None, val_fraction: float = 0.0,
                   image_size: int | None = None) -> int:
     """Training samples a run of ``name`` shares among its agents, known without reading a file:

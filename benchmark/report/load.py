@@ -2,8 +2,9 @@
 refuse (or, with ``skip_invalid``, skip with a warning) what is not.
 
 A report over a folder someone has worked in meets stray files: a hand-edited ``metrics.json``,
-a list saved under that name, a copy of a run folder. Each must be named, with what is wrong,
-never turned into a traceback, a silent NaN or a second "seed" of the same run.
+a list saved under that name, a copy of a run folder, a tuned run of an earlier layout whose
+values were tuned on another graph. Each must be named, with what is wrong, never turned into a
+traceback, a silent NaN, a second "seed" of the same run or a tuned cell tuned elsewhere.
 """
 
 from __future__ import annotations
@@ -89,7 +90,12 @@ def load_results(paths: Iterable[str | Path], skip_invalid: bool = False,
                 issue = f"is {err.problem}"
             else:
                 key = _result_key(metrics)
-                if key in seen:
+                elsewhere = metrics.tuned.other_graph(metrics.config) if metrics.tuned else None
+                if elsewhere is not None:  # a tuned cell never holds values tuned elsewhere
+                    issue = (f"is a tuned run whose values do not come from its own graph's "
+                             f"study ({elsewhere}); delete it and rerun it with that study "
+                             "(README \"Tuning\")")
+                elif key in seen:
                     issue = (f"is the same run (config and seed) as {seen[key]}: a copy or a "
                              f"rerun elsewhere; remove one of them")
                 else:

@@ -27,7 +27,6 @@ ACCURACIES = {"consensus_acc": "consensus model", "local_acc": "mean of local mo
 PROTOCOLS = ("fixed", "tuned")
 PAIRED = ("pairs", "left_out", "wins", "diff_mean", "ci_low", "ci_high")
 NOT_PLATEAUED = "†"
-TUNED_ELSEWHERE = "‡"  # tuned values searched on another graph than the row's
 
 
 def base_method(method: str) -> str:
@@ -108,15 +107,6 @@ def unstable_epochs(result: dict[str, Any]) -> list[int]:
     return [int(e) for e in block.get("epochs") or []] if isinstance(block, dict) else []
 
 
-def _tuned_elsewhere(result: dict[str, Any], topo: dict, cfg: dict) -> bool:
-    """A tuned run whose values were searched on another graph than its own."""
-    graph = (result.get("tuned") or {}).get("graph")
-    if result.get("protocol") != "tuned" or not isinstance(graph, dict):
-        return False
-    own = (topo.get("name", cfg.get("topology")), int(topo.get("n_agents", cfg.get("n_agents", 0))))
-    return (graph.get("topology"), graph.get("n_agents")) != own
-
-
 def runs_frame(results: list[dict[str, Any]]) -> pd.DataFrame:
     """One row per run with its axes, status and final figures."""
     rows = []
@@ -133,7 +123,8 @@ def runs_frame(results: list[dict[str, Any]]) -> pd.DataFrame:
             "alpha": float(cfg.get("alpha", math.nan)),
             "method": r.get("method", cfg.get("method")),
             "protocol": r.get("protocol") or "fixed",
-            "tuned_elsewhere": _tuned_elsewhere(r, topo, cfg),
+            # the validation split of the study a tuned run took its values from
+            "val_samples": (r.get("tuned") or {}).get("val_samples") or math.nan,
             "seed": cfg.get("seed"),
             "status": r.get("status", "unknown"),
             "unstable": bool(unstable_epochs(r)),
@@ -163,7 +154,7 @@ def summary_table(runs: pd.DataFrame) -> pd.DataFrame:
         for status in statuses:
             row[status] = int((grp["status"] == status).sum())
         row["unstable"] = int(grp["unstable"].sum())
-        row["tuned_elsewhere"] = bool(grp["tuned_elsewhere"].any())
+        row["val_samples"] = grp["val_samples"].max()  # one study per cell: one split
         done = grp[grp["status"] == "completed"]
         for acc in ACCURACIES:
             row[f"{acc}_mean"] = done[acc].mean() if len(done) else math.nan
@@ -211,8 +202,6 @@ def _cell(row: pd.Series, acc: str) -> str:
         text += f" ({', '.join(notes)})"
     if acc == "consensus_acc" and not_plateaued(row):
         text += f" {NOT_PLATEAUED}"
-    if row.get("tuned_elsewhere"):
-        text += f" {TUNED_ELSEWHERE}"
     return text
 
 
@@ -272,12 +261,10 @@ NOTES = {
     "plateau": f"{NOT_PLATEAUED} = not plateaued: the mean consensus accuracy still moved by "
                f"{PLATEAU_TOLERANCE:g} point or more over the last {PLATEAU_WINDOW:.0%} of the "
                "epochs (CSV: `plateau`, `last_change`).",
-    "tuned": "(tuned) = each method's best values from its own study at that alpha "
-             "(studies/<family>/<method>/alpha<a>, validation split, one budget for all), "
-             "searched on the family's `run:` graph and used on every graph of the grid; "
-             f"{TUNED_ELSEWHERE} = tuned on another graph than the row's, where the values may "
-             "not suit (README \"Tuning\"); (fixed) = the family's `run:` values for every "
-             "method.",
+    "tuned": "(tuned) = each method's best values from its own study at that alpha on that "
+             "graph (studies/<family>/<method>/<graph>/alpha<a>: {split} carved from the "
+             "training set, one budget for all; README \"Tuning\"); (fixed) = the family's "
+             "`run:` values for every method.",
     "paired": "Paired: per-seed difference of consensus accuracy (points) between a CCL preset "
               "and its base optimiser under the same protocol and seeds (same partition and "
               "initial model); mean [95% Student-t interval], wins = seeds where the preset is "
@@ -300,14 +287,23 @@ def markdown_table(summary: pd.DataFrame, family: str = "") -> str:
             texts = [f"**{t}**" if best else t for t, best in cells]
             lines.append("| " + " | ".join(head + texts) + " |")
         lines.append("")
-    lines += "\n\n".join(NOTES[k] for k in _notes(summary, paired=len(sections) > 2)).split("\n")
+    lines += "\n\n".join(_notes(summary, paired=len(sections) > 2)).split("\n")
     return "\n".join(lines) + "\n"
 
 
 def _notes(summary: pd.DataFrame, paired: bool) -> list[str]:
-    """The footnotes a table needs (keys of :data:`NOTES`), in order."""
-    return ["cells", "plateau", *(["tuned"] if (summary["protocol"] == "tuned").any() else []),
-            *(["paired"] if paired else [])]
+    """The footnotes a table needs (from :data:`NOTES`), in order."""
+    tuned = [NOTES["tuned"].format(split=_split(summary))] if (
+        summary["protocol"] == "tuned").any() else []
+    return [NOTES["cells"], NOTES["plateau"], *tuned, *([NOTES["paired"]] if paired else [])]
+
+
+def _split(summary: pd.DataFrame) -> str:
+    """The tuned runs' validation split(s), as their studies' best.json recorded them."""
+    sizes = sorted({int(v) for v in summary["val_samples"].dropna()})
+    if not sizes:
+        return "a validation split"
+    return f"a validation split of {' or '.join(f'{n:,}' for n in sizes)} samples"
 
 
 def html_table(summary: pd.DataFrame, family: str = "") -> str:
@@ -336,7 +332,7 @@ def html_table(summary: pd.DataFrame, family: str = "") -> str:
         last_change=summary["last_change"].map(lambda v: "" if math.isnan(v) else f"{v:+.2f}"))
     parts += ["<h2>Status counts and plateau check</h2>",
               status.rename(columns={"label": "method"}).to_html(index=False, na_rep="")]
-    parts += [f"<p>{html.escape(NOTES[k])}</p>" for k in _notes(summary, paired=True)]
+    parts += [f"<p>{html.escape(note)}</p>" for note in _notes(summary, paired=True)]
     style = ("body{font-family:sans-serif;font-size:14px} table{border-collapse:collapse;"
              "margin-bottom:1em} td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}")
     return (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(family)}"

@@ -13,7 +13,8 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from ..config import RunConfig
+from ..config import RunConfig, graph_label, graph_of
+from ..data.registry import validation_samples
 from ..errors import UserError
 from ..io import atomic_write_bytes, atomic_write_json, atomic_write_text
 from .spec import Tuning
@@ -30,7 +31,7 @@ def best_summary(study: optuna.Study, config: RunConfig, spec: Tuning, journal: 
         ranges = " / ".join(f"tuning.space.{n}" for n in names)
         raise UserError(f"study {journal}: no complete trial (all pruned, diverged or failed); "
                         f"narrow {ranges} or lower lr")
-    best = study.best_trial
+    best = best_trial(complete)
     counts = {s: sum(t.state == s for t in study.trials)
               for s in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)}
     starts = spec.start_points(config)
@@ -41,6 +42,9 @@ def best_summary(study: optuna.Study, config: RunConfig, spec: Tuning, journal: 
         "values": {n: best.params[n] for n in names},
         "value": best.value,
         "metric": METRIC_LABEL,
+        # how finely the value tells trials apart: one sample is 100 / val_samples points
+        "val_samples": validation_samples(config.dataset, config.synthetic, config.val_fraction,
+                                          config.image_size),
         "best_trial": best.number,
         "n_complete": counts[TrialState.COMPLETE],
         "n_pruned": counts[TrialState.PRUNED],
@@ -51,9 +55,16 @@ def best_summary(study: optuna.Study, config: RunConfig, spec: Tuning, journal: 
         "start_value": _value_at(complete, starts[0]) if starts else None,
         "start_point": starts[0] if starts else None,
         "study": str(journal),
-        # the values suit this graph; the grid may use them on others (README "Tuning")
-        "graph": {"topology": config.topology, "n_agents": config.n_agents},
+        # the graph the values were tuned on: `train --tuned` refuses them on any other
+        "graph": graph_of(config),
     }
+
+
+def best_trial(complete: list[FrozenTrial]) -> FrozenTrial:
+    """The complete trial of highest validation accuracy; a tie goes to the earliest trial, so
+    a study whose trials all tie keeps trial 0, the fixed protocol's point (a split too small to
+    tell trials apart then means "not tuned", never a point picked by chance)."""
+    return max(complete, key=lambda t: (t.value, -t.number))
 
 
 def _value_at(complete: list[FrozenTrial], point: dict[str, float]) -> float | None:
@@ -128,7 +139,7 @@ def plot_sensitivity(study: optuna.Study, names: tuple[str, ...], spec: Tuning, 
                             c=[t.value for t in complete], cmap="viridis", s=50,
                             edgecolors="black", zorder=3)
         fig.colorbar(points, ax=ax, label=METRIC_LABEL)
-        best = study.best_trial
+        best = best_trial(complete)
         ax.scatter([best.params[x_name]], ys([best]), marker="*", s=250, color="C3", zorder=4,
                    label="best")
     if others:
@@ -168,14 +179,16 @@ def _save(fig, path: Path) -> None:
     atomic_write_bytes(path, buf.getvalue())
 
 
-TABLE_COLUMNS = ["family", "method", "alpha", "value", "start_value", "n_complete", "n_pruned",
+KEY_COLUMNS = ["family", "method", "graph", "alpha"]
+TABLE_COLUMNS = [*KEY_COLUMNS, "value", "start_value", "val_samples", "n_complete", "n_pruned",
                  "n_failed", "epochs"]
+OPTIONAL = ("graph", "val_samples")  # absent from older best.json files: empty cells
 
 
 def best_table(best_files: list[str | Path]) -> Any:
-    """One row per study: family, method, alpha, the best value of every searched
+    """One row per study: family, method, graph, alpha, the best value of every searched
     hyperparameter (one column each, empty where a method does not search it), the validation
-    accuracy, that of the study's first point, and the trial counts."""
+    accuracy, that of the study's first point, the validation split's size, the trial counts."""
     import pandas as pd
 
     rows = []
@@ -183,19 +196,25 @@ def best_table(best_files: list[str | Path]) -> Any:
         try:
             best = json.loads(Path(path).read_text())
             values = best["values"]
-            row = {**{k: best[k] for k in TABLE_COLUMNS}, **values}
-        except (OSError, ValueError, KeyError, TypeError) as err:
+            row = {**{k: best[k] for k in TABLE_COLUMNS if k not in OPTIONAL},
+                   "graph": graph_label(best["graph"]) if best.get("graph") else None,
+                   "val_samples": best.get("val_samples"), **values}
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:
             raise UserError(f"{path}: not a study's best.json ({type(err).__name__}: {err}); "
-                            "pass studies/<family>/<method>/alpha<a>/best.json files") from None
+                            "pass studies/<family>/<method>/<graph>/alpha<a>/best.json files"
+                            ) from None
         rows.append(row)
     params = sorted({k for row in rows for k in row} - set(TABLE_COLUMNS))
-    frame = pd.DataFrame(rows, columns=[*TABLE_COLUMNS[:3], *params, *TABLE_COLUMNS[3:]])
-    return frame.sort_values(["family", "method", "alpha"]).reset_index(drop=True)
+    frame = pd.DataFrame(rows, columns=[*KEY_COLUMNS, *params, *TABLE_COLUMNS[len(KEY_COLUMNS):]])
+    frame["val_samples"] = frame["val_samples"].astype("Int64")  # a count, empty when unknown
+    return frame.sort_values(KEY_COLUMNS).reset_index(drop=True)
 
 
 def write_best_table(best_files: list[str | Path], out: str | Path) -> None:
-    """``<out>.csv`` and ``<out>.md``: the best values per method and alpha."""
+    """``<out>.csv`` and ``<out>.md``: the best values per method, graph and alpha."""
     frame = best_table(best_files)
     out = Path(out)
     atomic_write_text(out.with_suffix(".csv"), frame.to_csv(index=False))
-    atomic_write_text(out.with_suffix(".md"), frame.to_markdown(index=False, floatfmt=".4g") + "\n")
+    shown = frame.astype(object).where(frame.notna(), None)  # unknown: an empty cell, not "nan"
+    atomic_write_text(out.with_suffix(".md"),
+                      shown.to_markdown(index=False, floatfmt=".4g", missingval="") + "\n")

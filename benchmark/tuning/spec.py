@@ -58,10 +58,10 @@ class Tuning(BaseModel):
     """How a family's runs get their hyperparameters, and the Optuna studies that tune them.
 
     ``protocol: fixed``: every run uses the ``run:`` values (the paper's protocol); ``tuned``:
-    every method uses the best values of its own study at its alpha
-    (``studies/<family>/<method>/alpha<a>/best.json``); ``both``: the two side by side (tuned runs
-    under ``results/<family>/tuned/``). The other keys describe the studies, which train with the
-    family's ``run:`` options for ``epochs`` epochs each.
+    every method uses the best values of its own study at its alpha on its graph
+    (``studies/<family>/<method>/<graph>/alpha<a>/best.json``); ``both``: the two side by side
+    (tuned runs under ``results/<family>/tuned/``). The other keys describe the studies, which
+    train with the family's ``run:`` options and their graph's for ``epochs`` epochs each.
     """
 
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
@@ -77,7 +77,7 @@ class Tuning(BaseModel):
     pruner: Literal["median", "hyperband", "none"] = "median"
     startup_trials: int = Field(3, ge=0)  # median pruner: trials that are never pruned
     warmup_epochs: int = Field(1, ge=0)  # median pruner: epochs before a trial may be pruned
-    sampler_seed: int = Field(0, ge=0)  # mixed with (family, method, alpha) per study
+    sampler_seed: int = Field(0, ge=0)  # mixed with the study and its session (sampler.py)
     enqueue_paper: bool = True  # the fixed protocol's point (paper lambdas, family lr) first
 
     _numbers = field_validator("*", mode="before")(no_bool_for_numbers)
@@ -135,9 +135,11 @@ class Tuning(BaseModel):
         return [pt for pt in points
                 if pt and all(self.space[p].contains(v) for p, v in pt.items())]
 
-    def sampler_seed_for(self, family: str, method: str, alpha: float) -> int:
-        """One seed per study, so the alphas (and methods) do not all try the same points."""
-        key = f"{self.sampler_seed}/{family}/{method}/{float(alpha)!r}".encode()
+    def sampler_seed_for(self, study: str, held: int) -> int:
+        """The sampler's seed for a session of ``study`` (its name) that starts with ``held``
+        trials: one per study, so methods, alphas and graphs do not all try the same points,
+        and one per session, so a resumed study does not replay its first session's draws."""
+        key = f"{self.sampler_seed}/{study}/{held}".encode()
         return int.from_bytes(hashlib.sha256(key).digest()[:4], "big")
 
 

@@ -1,10 +1,15 @@
-"""One Optuna study per (family, method, alpha): open, lock, check, resume, run the missing trials.
+"""One Optuna study per (family, method, alpha, graph): open, lock, check, resume, run the
+missing trials.
 
 - The trial budget is a *total*. Re-running the same command after a finished study adds no
-  trial; after a crash it runs only the missing ones. A trial left RUNNING by a killed process is
-  marked FAIL and its parameters are queued again, so no point of the search is lost. That is
-  only safe when no other process works on the study, so a process holds an exclusive lock on
-  the journal for its whole life (a killed process releases it automatically).
+  trial; after a crash it runs only the missing ones; a budget below what the study holds is
+  refused (``best.json`` is left as it is). A trial left RUNNING by a killed process is marked
+  FAIL and its point is queued again (run once more, counted once), so no point of the search is
+  lost; an interrupted one (Ctrl-C, SIGTERM) is settled the same way before the process exits.
+  That is only safe when no other process works on the study, so a process holds an exclusive
+  lock on the journal for its whole life (a killed process releases it automatically).
+- Every other trial evaluates a point the study has not seen: the sampler is reseeded per
+  session and redraws a point the study holds (:mod:`.sampler`).
 - The journal (Optuna's append-only JSON-lines file) is checked line by line before use: a torn
   last line (a process killed mid-append) is dropped; anything else that is not a record is
   refused with its line number, never cut.
@@ -26,11 +31,12 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from ..config import RunConfig, result_fields
+from ..config import RunConfig, graph_label, graph_of, result_fields
 from ..errors import ConfigError, UserError
 from ..io import try_lock
-from .objective import Objective
+from .objective import Objective, TrialInterrupted
 from .outputs import best_summary, write_outputs
+from .sampler import DistinctSampler, points_in, search_space
 from .spec import Tuning
 from .tracker import StudyTracker
 
@@ -49,8 +55,8 @@ class StudyResult:
 
 
 def study_dir(journal: str | Path) -> Path:
-    """``studies/<family>/<method>/alpha<a>.journal`` -> ``.../alpha<a>/`` (the outputs), after
-    checking that the path can be a journal file."""
+    """``studies/<family>/<method>/<graph>/alpha<a>.journal`` -> ``.../alpha<a>/`` (the
+    outputs), after checking that the path can be a journal file."""
     journal = Path(journal)
     if journal.suffix != ".journal":
         raise ConfigError("--study", str(journal), "a path ending in .journal")
@@ -72,16 +78,25 @@ def tune(config: RunConfig, spec: Tuning, journal: str | Path,
     budget = trials if trials is not None else spec.trials
     if budget < 1:
         raise ConfigError("--trials", budget, "a positive integer")
+    points = points_in(search_space(spec, config.method))
+    if points is not None and budget > points:
+        raise ConfigError("--trials", budget, f"at most {points}, the points of tuning.space "
+                          f"for {', '.join(spec.params_for(config.method))}")
     journal = Path(journal)
     journal.parent.mkdir(parents=True, exist_ok=True)
     with _exclusive(journal):
         study = open_study(journal, config, spec)
         done = len(finished_trials(study))
+        if budget < done:  # nothing changed: the journal, best.json and MLflow stay as they are
+            raise ConfigError("--trials", budget, f"at least {done}, the finished trials the "
+                              f"study holds (a budget is a total of complete + pruned trials)",
+                              hint=f"{journal} keeps them; use another --study path for a "
+                              "smaller study")
         print(f"== {time.strftime('%Y-%m-%d %H:%M:%S')} {study.study_name}: {done} of {budget} "
               f"trials finished; searching {', '.join(spec.params_for(config.method))}",
               flush=True)
         tracker = StudyTracker(study, config, spec)
-        _recover_killed(study, tracker)
+        _settle_unfinished(study, tracker, say=True)
         missing = budget - done
         # the fixed points first, as far as the budget goes (no trial is left WAITING)
         waiting = study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
@@ -91,7 +106,12 @@ def tune(config: RunConfig, spec: Tuning, journal: str | Path,
             try:
                 study.optimize(Objective(config, spec, tracker), n_trials=missing,
                                gc_after_trial=False)
-            except BaseException as exc:  # a bug or an interrupt: the parent run says so
+            except (TrialInterrupted, KeyboardInterrupt):
+                # settled now, silently: the CLI's one line says how to resume
+                _settle_unfinished(study, tracker, say=False)
+                tracker.abort(KeyboardInterrupt())
+                raise KeyboardInterrupt from None
+            except BaseException as exc:  # a bug: the parent run says so
                 tracker.abort(exc)
                 raise
         best = best_summary(study, config, spec, journal, budget)
@@ -116,15 +136,18 @@ def open_study(journal: str | Path, config: RunConfig, spec: Tuning) -> optuna.S
         pruner = optuna.pruners.NopPruner()
     store = storage(journal)
     existing = [s.study_name for s in store.get_all_studies()]
-    seed = spec.sampler_seed_for(config.family, config.method, config.alpha)
     # One study per journal: load the one it holds whatever its name, so a changed alpha or
     # method is caught by the fingerprint below instead of starting a second study in the file.
-    study = optuna.create_study(
-        storage=store, study_name=existing[0] if existing else study_name(config),
-        direction="maximize", sampler=optuna.samplers.TPESampler(seed=seed), pruner=pruner,
-        load_if_exists=True,
-    )
-    if not existing:
+    name = existing[0] if existing else study_name(config)
+    held = len(store.get_all_trials(store.get_study_id_from_name(name), deepcopy=False)
+               ) if existing else 0
+    tpe = optuna.samplers.TPESampler(seed=spec.sampler_seed_for(name, held))
+    sampler = DistinctSampler(tpe, search_space(spec, config.method))
+    if existing:  # loaded, not created again: opening a study writes nothing to its journal
+        study = optuna.load_study(study_name=name, storage=store, sampler=sampler, pruner=pruner)
+    else:
+        study = optuna.create_study(storage=store, study_name=name, direction="maximize",
+                                    sampler=sampler, pruner=pruner)
         with warnings.catch_warnings():  # "experimental" since Optuna 3.2, still there in 4.x
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             study.set_metric_names([METRIC])
@@ -149,7 +172,9 @@ def open_study(journal: str | Path, config: RunConfig, spec: Tuning) -> optuna.S
 
 
 def study_name(config: RunConfig) -> str:
-    return f"{config.family}-{config.method}-alpha{float(config.alpha)!r}"
+    """``digits-ccl-ring-n16-alpha0.01``: the study's name in its journal and the dashboard."""
+    return (f"{config.family}-{config.method}-{graph_label(graph_of(config))}"
+            f"-alpha{float(config.alpha)!r}")
 
 
 def finished_trials(study: optuna.Study) -> list[FrozenTrial]:
@@ -243,13 +268,16 @@ def _refuse(journal: Path, line: int) -> None:
         f"nothing was changed. To start the study over: rm {journal} (then rerun the command)")
 
 
-def _recover_killed(study: optuna.Study, tracker: StudyTracker) -> None:
-    """Trials left RUNNING by a killed process -> FAIL, and their parameters queued again."""
+def _settle_unfinished(study: optuna.Study, tracker: StudyTracker, say: bool) -> None:
+    """Trials left RUNNING (by a killed process, or by this one when interrupted) -> FAIL, and
+    their points queued again: each is re-run once and counts once."""
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         params = trial.system_attrs.get("fixed_params") or trial.params
         study.tell(trial.number, state=TrialState.FAIL)
         tracker.end_orphan(trial)
         if params:
             study.enqueue_trial(dict(params), user_attrs={"retry_of": trial.number})
-        print(f"trial {trial.number} was left RUNNING by a killed process: marked FAIL"
-              + (f", its parameters {dict(params)} queued again" if params else ""), flush=True)
+        if say:
+            print(f"trial {trial.number} was left RUNNING by a killed process: marked FAIL"
+                  + (f", its parameters {dict(params)} queued again" if params else ""),
+                  flush=True)

@@ -2,7 +2,12 @@
 
 Written through :mod:`benchmark.tracking`'s public API (lock retries, batched writes), as
 training runs are; the inner training runs with ``tracking=False`` so nothing is logged twice.
-The parent run id lives in the study, so a resumed study keeps logging under the same parent.
+As for training runs, a study the workflow starts logs to the family's experiment and one
+started by hand to ``<family>-manual``; the parent is named after the study (``ccl ring-16
+a0.01 study``), each child after its study and trial (``ccl ring-16 a0.01 trial 3``), so names
+stay unambiguous in an experiment holding many studies.
+The parent run id lives in the study, so a resumed study keeps logging under the same parent
+(in the same experiment; a study resumed from elsewhere gets a parent in its new experiment).
 A trial's MLflow status is FINISHED when it trained (complete, or pruned: its ``state`` tag says
 which), FAILED when it crashed or its process was killed; the parent ends FINISHED with
 ``best.json`` and the plots as artifacts.
@@ -20,8 +25,8 @@ from ..config import RunConfig
 from .spec import Tuning
 
 VAL_KEYS = ("consensus_acc", "local_acc_mean", "local_acc_std")
-# MLflow status of a trial's child run by the trial's end state
-_STATUS = {"complete": "FINISHED", "pruned": "FINISHED"}
+# MLflow status of a trial's child run by the trial's end state (else FAILED)
+_STATUS = {"complete": "FINISHED", "pruned": "FINISHED", "interrupted": "KILLED"}
 
 
 class StudyTracker:
@@ -36,9 +41,10 @@ class StudyTracker:
 
         self.tracking = tracking
         self.store = tracking.client()
-        self.experiment = tracking.experiment_id(self.store, config.family)
+        self.experiment = tracking.experiment_id(self.store, tracking.experiment_name(config))
+        self.setting = tracking.setting_name(config)
         parent_id = study.user_attrs.get("mlflow_run_id")
-        if parent_id is not None and self._exists(parent_id):
+        if parent_id is not None and self._experiment_of(parent_id) == self.experiment:
             self.parent = tracking.MlflowTracker(self.store, parent_id, config)
             tracking.retry(lambda: self.store.update_run(parent_id, status="RUNNING"),
                            "update_run")
@@ -46,8 +52,9 @@ class StudyTracker:
         tags = {"kind": "study", "family": config.family, "alpha": config.alpha,
                 "method": config.method, "dataset": config.dataset, "model": config.model,
                 "topology": config.topology, "n_agents": config.n_agents,
-                "searched": ",".join(spec.params_for(config.method))}
-        self.parent = self._create(study.study_name, tags)
+                "searched": ",".join(spec.params_for(config.method)),
+                "study": study.study_name, "origin": tracking.origin()}
+        self.parent = self._create(f"{self.setting} study", tags)
         study.set_user_attr("mlflow_run_id", self.parent.run_id)
         params = {**{f"tuning.{k}": v for k, v in tracking.flatten(spec.model_dump()).items()},
                   "method": config.method, "alpha": config.alpha, "epochs": config.epochs,
@@ -58,12 +65,20 @@ class StudyTracker:
         return self.tracking.MlflowTracker.create(self.store, self.experiment, name, tags,
                                                   self.config)
 
-    def _exists(self, run_id: str) -> bool:
+    def _run(self, run_id: str):
+        """The MLflow run; None when it is gone (deleted, or another store)."""
         try:
-            self.tracking.retry(lambda: self.store.get_run(run_id), "get_run")
+            return self.tracking.retry(lambda: self.store.get_run(run_id), "get_run")
         except Exception:  # deleted, or another tracking store: start a fresh parent
-            return False
-        return True
+            return None
+
+    def _experiment_of(self, run_id: str) -> str | None:
+        run = self._run(run_id)
+        return run.info.experiment_id if run is not None else None
+
+    def _status(self, run_id: str) -> str | None:
+        run = self._run(run_id)
+        return run.info.status if run is not None else None
 
     def start_trial(self, trial: optuna.Trial, params: dict[str, float]):
         """A child run under the study's parent (None when tracking is off)."""
@@ -74,7 +89,7 @@ class StudyTracker:
                 "method": self.config.method}
         if trial.user_attrs.get("retry_of") is not None:
             tags["retry_of"] = trial.user_attrs["retry_of"]
-        child = self._create(f"trial-{trial.number}", tags)
+        child = self._create(f"{self.setting} trial {trial.number}", tags)
         trial.set_user_attr("mlflow_run_id", child.run_id)
         child.log_batch(params=sorted(params.items()))
         return child
@@ -95,9 +110,10 @@ class StudyTracker:
         child.end(_STATUS.get(state, "FAILED"))
 
     def end_orphan(self, trial: FrozenTrial) -> None:
-        """Close the child run of a trial whose process was killed (it stayed RUNNING)."""
+        """Close the child run of a trial whose process was killed (it stayed RUNNING); an
+        interrupted trial's run, already ended KILLED, stays as it is."""
         run_id = trial.user_attrs.get("mlflow_run_id")
-        if self.store is not None and run_id is not None and self._exists(run_id):
+        if self.store is not None and run_id is not None and self._status(run_id) == "RUNNING":
             orphan = self.tracking.MlflowTracker(self.store, run_id, self.config)
             orphan.log_batch(tags=[("state", "failed")])
             orphan.end("FAILED", "process killed during the trial; parameters re-queued")

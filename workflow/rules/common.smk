@@ -15,6 +15,7 @@ wildcard_constraints:
     model=r"[^/]+",
     topology=r"[^/]+",
     n_agents=r"\d+",
+    graph=r"[^/]+",  # a study's graph: <topology>-n<agents>
     alpha=r"[^/]+",
     method=r"[^/]+",
     seed=r"\d+",

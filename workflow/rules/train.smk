@@ -25,7 +25,7 @@ def run_options(wildcards):
 rule train:
     input:
         data=lambda wildcards: data_ready(run_spec(wildcards).config),  # rules/data.smk
-        # tuning.lambdas: tuned -> a CCL run waits for its study (workflow/rules/tuning.smk)
+        # a tuned run waits for its method's study on its graph at its alpha (rules/tuning.smk)
         tuned=lambda wildcards: run_spec(wildcards).tuned or [],
     output:
         f"{RESULTS_ROOT}/{RUN_PATH}/metrics.json",
