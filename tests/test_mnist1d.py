@@ -365,7 +365,6 @@ def test_the_fetch_items_and_the_cli_choices_come_from_the_rows():
     assert ITEMS == ("cifar10", "cifar100", "fmnist", "imagenette-160px", "imagenette-320px",
                      "imagenet", "digits", "mnist1d", "synthetic")
     assert fetch_item(build_config({**RUN})) == "mnist1d"
-    parser = cli.build_parser()
-    fetch = next(a for a in parser._subparsers._group_actions[0].choices["fetch"]._actions
-                 if a.dest == "item")
+    _, commands = cli.build_parsers()
+    fetch = next(a for a in commands["fetch"]._actions if a.dest == "item")
     assert tuple(fetch.choices) == ITEMS
