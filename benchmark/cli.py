@@ -94,8 +94,7 @@ def _topology(args: argparse.Namespace) -> int:
     options.setdefault("n_agents", FIXED_SIZES.get(args.name, 16))
     # validated as run options (unknown keys, bad sizes: one line), stability not enforced here
     c = build_config({"topology": args.name, **options, "allow_unstable": True})
-    print(describe(c.topology, c.n_agents, momentum=c.momentum, seed=c.seed, rows=c.torus_rows,
-                   degree=c.degree))
+    print(describe(c.graph(), momentum=c.momentum))
     return 0
 
 

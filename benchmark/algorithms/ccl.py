@@ -25,31 +25,29 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from typing import Literal, get_args
 
 import torch
 import torch.nn.functional as F
+from pydantic import Field
 from torch import nn
 
 from ..swarm_state import SwarmState
-from .base import BYTES_PER_FLOAT, check_choice
+from .base import BYTES_PER_FLOAT, Options
 
-FEATURE_DISTANCES: tuple[str, ...] = ("squared", "normalized")
+FeatureDistance = Literal["squared", "normalized"]
+FEATURE_DISTANCES: tuple[str, ...] = get_args(FeatureDistance)
 # ``(features, logits)`` of the models whose stacked parameter rows are given, each on its own
 # batch, in one vectorised pass (the forward/backward strategy's, when it uses vmap)
 RowsForward = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, ...]]
 
 
-@dataclass(frozen=True)
-class CCLOptions:
+class CCLOptions(Options):
     """The loss's weights and distance; field names are the ``RunConfig`` keys."""
 
-    lambda_m: float = 0.0
-    lambda_d: float = 0.0
-    feature_distance: str = "squared"
-
-    def __post_init__(self) -> None:
-        check_choice("feature_distance", self.feature_distance, FEATURE_DISTANCES)
+    lambda_m: float = Field(0.0, ge=0)
+    lambda_d: float = Field(0.0, ge=0)
+    feature_distance: FeatureDistance = "squared"
 
 
 def one_hot(y: torch.Tensor, num_classes: int, dtype: torch.dtype) -> torch.Tensor:
