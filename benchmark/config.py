@@ -231,7 +231,7 @@ class RunConfig(BaseModel):
             given = {k: v for k, v in extra.items() if k in cls.options_type.model_fields}
             if cls.name != self.algorithm and info.context == STORED:
                 given = {}  # an old file's unused option: its value no longer matters
-            options = cls.options_type(**given)  # a ConfigError naming a bad value
+            options = cls.options_type.parse(given)  # a ConfigError naming a bad value
             values.update((options if cls.name == self.algorithm
                            else cls.options_type()).model_dump())
         extra.clear()
@@ -266,7 +266,7 @@ class RunConfig(BaseModel):
     def algorithm_options(self) -> Options:
         """The run's algorithm's typed options (what ``Swarm`` builds it from)."""
         options = self.algorithm_class.options_type
-        return options(**{k: self.__pydantic_extra__[k] for k in options.model_fields})
+        return options.parse({k: self.__pydantic_extra__[k] for k in options.model_fields})
 
     @property
     def ccl(self) -> dict[str, float] | None:

@@ -34,10 +34,11 @@ from .algorithms import (
     option_owners,
 )
 from .algorithms.ccl import CCLOptions, CrossFeatureLoss
+from .device import pick_device
 from .distributed import Communicator
 from .errors import ConfigError
 from .forward_backward import AutoPass, choose
-from .swarm_state import SwarmState, bind_to_rows, pick_device
+from .swarm_state import SwarmState, bind_to_rows
 from .timing import PhaseTimer
 from .topology import Topology
 
@@ -116,7 +117,7 @@ class Swarm:
     @property
     def flat_params(self) -> torch.Tensor:
         """``[n, P]``; row i == parameters_to_vector(agent i's parameters)."""
-        return self.params
+        return self.state.params
 
     def set_lr(self, lr: float) -> None:
         self.state.lr = float(lr)
@@ -164,9 +165,10 @@ class Swarm:
 
     def _agent_mean(self, rows: torch.Tensor) -> torch.Tensor:
         """Mean over all agents of per-agent rows (reduced over ranks when sharded)."""
-        if not self.comm.distributed:
+        comm = self.state.comm
+        if not comm.distributed:
             return rows.mean(dim=0)
-        return self.comm.all_reduce_(rows.sum(dim=0)) / self.n
+        return comm.all_reduce_(rows.sum(dim=0)) / self.state.n
 
     def bytes_sent(self) -> dict[str, float]:
         """Mean bytes one agent sends per iteration, by kind (parameters, class statistics, ...)."""
@@ -273,7 +275,8 @@ def _typed_options(
             raise ConfigError(key, "(unknown option)", sorted({*owners, *loss_keys}))
     if isinstance(algorithm, str):
         cls = algorithm_class(algorithm)
-        algorithm = cls.options_type(**{k: v for k, v in options.items() if owners.get(k) is cls})
+        own = {k: v for k, v in options.items() if owners.get(k) is cls}
+        algorithm = cls.options_type.parse(own)
     if log_cross_features is None:
         log_cross_features = bool(ccl)
     if isinstance(ccl, CCLOptions):
@@ -282,4 +285,4 @@ def _typed_options(
         return algorithm, None
     # logging only: both weights 0, the terms computed on detached features
     values = {**(ccl or {}), **{k: v for k, v in options.items() if k in loss_keys}}
-    return algorithm, CCLOptions(**values)
+    return algorithm, CCLOptions.parse(values)

@@ -24,7 +24,8 @@ parameters.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import ClassVar, Generic, TypeVar
+from collections.abc import Mapping
+from typing import ClassVar, Generic, Self, TypeVar
 
 import torch
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
@@ -58,6 +59,14 @@ class Options(BaseModel):
             super().__init__(**values)
         except ValidationError as err:
             raise validation_error(err, type(self)) from None
+
+    @classmethod
+    def parse(cls, values: Mapping[str, object]) -> Self:
+        """The options from ``name: value`` pairs (a name the type lacks is refused)."""
+        try:
+            return cls.model_validate(dict(values))
+        except ValidationError as err:
+            raise validation_error(err, cls) from None
 
     @classmethod
     def names(cls) -> tuple[str, ...]:

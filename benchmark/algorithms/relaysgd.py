@@ -115,7 +115,7 @@ def _columns(n_params: int, trees: int) -> list[slice]:
 
 
 def _directed_edges(tree: Topology) -> int:
-    return 2 * tree.graph.number_of_edges()
+    return 2 * int(tree.graph.number_of_edges())
 
 
 @register
