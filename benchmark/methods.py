@@ -14,7 +14,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 
 from .algorithms import RegistryError, registered
-from .algorithms.registry import NAME
+from .algorithms.registry import NAME, is_built_in
 
 CCL_TERMS: tuple[str, ...] = ("lambda_m", "lambda_d")
 
@@ -35,16 +35,23 @@ PRESETS: dict[str, Method] = {
 }
 
 
+# the presets plugins add (register_preset), after the suite's own
+_ADDED: dict[str, Method] = {}
+
+
 class _Methods(Mapping[str, Method]):
-    """Every method, read live: the registered algorithms (registry order), then the presets."""
+    """Every method, read live: the suite's own algorithms and presets first (so their order in
+    the tables and their colours in the figures never move), then the plugins'."""
 
     def _table(self) -> dict[str, Method]:
-        bases = {name: Method(name, (), cls.summary) for name, cls in registered().items()}
-        clash = sorted(bases.keys() & PRESETS.keys())
+        algorithms = registered()
+        own = {name for name, cls in algorithms.items() if is_built_in(cls)}
+        bases = {name: Method(name, (), cls.summary) for name, cls in algorithms.items()}
+        clash = sorted(bases.keys() & (PRESETS.keys() | _ADDED.keys()))
         if clash:
-            raise RegistryError(f"algorithm {clash[0]!r}: the name of a preset in "
-                                "benchmark/methods.py; choose another")
-        return {**bases, **PRESETS}
+            raise RegistryError(f"algorithm {clash[0]!r}: the name of a preset; choose another")
+        return {**{n: m for n, m in bases.items() if n in own}, **PRESETS,
+                **{n: m for n, m in bases.items() if n not in own}, **_ADDED}
 
     def __getitem__(self, name: str) -> Method:
         return self._table()[name]
@@ -62,7 +69,7 @@ METHODS: Mapping[str, Method] = _Methods()
 def register_preset(name: str, method: Method) -> None:
     """Add a CCL preset of a registered algorithm (for a plugin module; built-in presets are
     rows of :data:`PRESETS`). The same row again is a no-op."""
-    if PRESETS.get(name) == method:
+    if _ADDED.get(name) == method:
         return
     if not NAME.fullmatch(name) or name in METHODS:
         raise RegistryError(f"preset {name!r}: a new name of lower-case letters, digits and "
@@ -72,7 +79,7 @@ def register_preset(name: str, method: Method) -> None:
     if not method.ccl_terms or set(method.ccl_terms) - set(CCL_TERMS):
         raise RegistryError(f"preset {name!r}: ccl_terms from {', '.join(CCL_TERMS)} (the "
                             "algorithm alone is already the method of its name)")
-    PRESETS[name] = method
+    _ADDED[name] = method
 
 
 def zeroed_lambdas(name: str) -> list[str]:

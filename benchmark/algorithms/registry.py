@@ -136,6 +136,11 @@ def algorithm_for(options: Options) -> AlgorithmClass:
     raise TypeError(f"{type(options).__name__} configures no registered algorithm")
 
 
+def is_built_in(cls: AlgorithmClass) -> bool:
+    """Whether an algorithm is one of the suite's own (a module of this package), not a plugin."""
+    return cls.__module__.startswith(f"{__package__}.")
+
+
 def option_owners() -> dict[str, AlgorithmClass]:
     """Every registered algorithm's option name -> the algorithm that declares it."""
     return {name: cls for cls in registered().values() for name in cls.options_type.names()}
