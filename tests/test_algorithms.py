@@ -257,7 +257,7 @@ def test_run_records_bytes_by_kind_per_epoch_and_in_total():
     assert per_iteration["relay_counts"] == pytest.approx(messages * 4)
     assert per_iteration["class_statistics"] == pytest.approx(messages * (4 * 32 + 4) * 4)
     for record in metrics.history:
-        assert record["bytes_per_agent_parameters"] == pytest.approx(messages * p * 4 * iters)
-        assert record["bytes_per_agent"] == pytest.approx(sum(per_iteration.values()) * iters)
+        assert record.bytes_by_kind["parameters"] == pytest.approx(messages * p * 4 * iters)
+        assert record.bytes_per_agent == pytest.approx(sum(per_iteration.values()) * iters)
     assert metrics.communication.bytes_per_agent_total == pytest.approx(
         2 * sum(per_iteration.values()) * iters)
