@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import re
+from difflib import get_close_matches
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -24,7 +25,14 @@ from pydantic import (
     model_validator,
 )
 
-from .algorithms import Algorithm, Options, OptionValue, algorithm_class, option_owners
+from .algorithms import (
+    PLUGINS,
+    Algorithm,
+    Options,
+    OptionValue,
+    algorithm_class,
+    option_owners,
+)
 from .algorithms.ccl import FEATURE_DISTANCES, CCLOptions
 from .data.partition import SCHEMES
 from .data.registry import synthetic_options
@@ -200,7 +208,12 @@ class RunConfig(BaseModel):
     @field_validator("dataset", "model", "topology", "method")
     @classmethod
     def _known_name(cls, v: str, info: ValidationInfo) -> str:
-        return _choice(info.field_name, v, _registry(info.field_name))
+        allowed = list(_registry(info.field_name))
+        if info.field_name == "method" and v not in allowed and not get_close_matches(
+                str(v), allowed, n=1):  # no typo in sight: maybe a plugin not named
+            raise ConfigError("method", v, allowed, hint=f"a plugin's method? name its module "
+                              f"in the environment variable {PLUGINS}")
+        return _choice(info.field_name, v, allowed)
 
     @field_validator("lr_milestones")
     @classmethod

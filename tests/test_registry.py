@@ -103,6 +103,9 @@ def test_the_run_options_are_the_registrys():
     assert config.algorithm_options.model_dump() == {"relay_tree": "bfs", "relay_norm": "world"}
     with pytest.raises(ConfigError, match="did you mean 'qgm_variant'"):
         build_config({"qgm_varient": "lin"})
+    with pytest.raises(ConfigError, match="a plugin's method. name its module in the "
+                                          "environment variable BENCHMARK_PLUGINS"):
+        build_config({"method": "gradient-tracking"})  # no typo of a known one
     with pytest.raises(ConfigError, match="relay_norm: invalid value 'all'; allowed: one of "
                                           "counts, world"):
         build_config({"method": "dsgdm-n", "relay_norm": "all"})  # another's, still checked
