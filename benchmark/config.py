@@ -46,8 +46,6 @@ from .topology import GRAPH_OPTIONS, MIXING_RULES, Topology, build_topology
 if TYPE_CHECKING:
     from .stability import Verdict
 
-__all__ = ["MACHINE", "RunConfig", "TunedFrom", "build_config", "load_config", "result_fields"]
-
 
 def result_fields(model: type[BaseModel] | None = None) -> frozenset[str]:
     """The fields of ``model`` (default :class:`RunConfig`, with every registered algorithm's
