@@ -38,7 +38,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .config import RunConfig, result_fields
+from .config import RunConfig, option_defaults, result_fields
 from .errors import CheckpointError, ConfigError, UserError
 from .io import WriteError, atomic_open, try_lock
 from .metrics import RunMetrics
@@ -59,14 +59,17 @@ def fingerprint(config: RunConfig) -> dict[str, Any]:
 def config_difference(saved: dict[str, Any], config: RunConfig) -> list[str]:
     """``["lr: 0.05 -> 0.1", ...]`` between a saved fingerprint and ``config``.
 
-    A field the saved state does not know (added to the schema later) counts as its default, so
-    adding an option does not invalidate every finished run of a grid.
+    A field the saved state does not know (added to the schema later, or an algorithm
+    registered since) counts as its default, so adding an option does not invalidate every
+    finished run of a grid; an option ``config`` does not use (another algorithm's, another
+    graph's: held at its default) is no difference, whatever an older file saved for it.
     """
     saved = _relevant(saved)  # older files also fingerprinted some machine options
     current = fingerprint(config)
-    defaults = fingerprint(RunConfig.model_construct())
+    defaults = json.loads(json.dumps(option_defaults()))
+    unused = config.unused_options()
     changes = []
-    for key in sorted(set(saved) | set(current)):
+    for key in sorted((set(saved) | set(current)) - unused):
         old = saved.get(key, defaults.get(key))
         new = current.get(key, "(unknown option)")
         if old != new:

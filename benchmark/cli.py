@@ -94,8 +94,7 @@ def _topology(args: argparse.Namespace) -> int:
     options.setdefault("n_agents", FIXED_SIZES.get(args.name, 16))
     # validated as run options (unknown keys, bad sizes: one line), stability not enforced here
     c = build_config({"topology": args.name, **options, "allow_unstable": True})
-    print(describe(c.topology, c.n_agents, momentum=c.momentum, seed=c.seed, rows=c.torus_rows,
-                   degree=c.degree))
+    print(describe(c.graph(), momentum=c.momentum))
     return 0
 
 
@@ -164,11 +163,48 @@ def _ints(text: str) -> list[int]:
                                          ) from None
 
 
+class _Parser(argparse.ArgumentParser):
+    """A parser whose epilog may be written when its help is shown (``epilog_from``): the
+    registry's methods and options, whose reading imports any plugin module."""
+
+    def __init__(self, *args, epilog_from=None, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.epilog_from = epilog_from
+
+    def format_help(self) -> str:
+        if self.epilog_from is not None:
+            try:
+                self.epilog = self.epilog_from()
+            except UserError as err:
+                self.epilog = f"(the algorithm registry cannot be read: {err})"
+        return super().format_help()
+
+
+def _registry_help() -> str:
+    """Every method and every algorithm's options, as the registry declares them."""
+    import textwrap
+
+    from .algorithms import registered
+    from .methods import METHODS
+
+    lines = ["methods (method=NAME; benchmark/methods.py):"]
+    lines += [f"  {name:<14}{method.description}" for name, method in METHODS.items()]
+    lines.append("algorithm options (key=value; each is read by the algorithm that declares "
+                 "it, held at its default otherwise):")
+    for cls in registered().values():
+        for name, field in cls.options_type.model_fields.items():
+            text = f"  {name:<14}{cls.name}, default {field.default!r}: {field.description or ''}"
+            lines.append(textwrap.fill(text.rstrip(), 100, subsequent_indent=" " * 16))
+    return "\n".join(lines)
+
+
 def build_parsers() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:
     """The top-level parser and each subcommand's own parser, by name."""
     parser = argparse.ArgumentParser(prog="benchmark", description=__doc__.splitlines()[0])
-    sub = parser.add_subparsers(dest="command", required=True)
-    train = sub.add_parser("train", help="train one run and write metrics.json")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    train = sub.add_parser("train", help="train one run and write metrics.json",
+                           formatter_class=argparse.RawDescriptionHelpFormatter,
+                           epilog_from=_registry_help)
     train.add_argument("--config", help="YAML file of run options (see config/)")
     train.add_argument("--out", required=True, help="output folder for metrics.json")
     train.add_argument("--restart", action="store_true",

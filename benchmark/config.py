@@ -8,9 +8,11 @@ in its first second rather than after an hour.
 
 from __future__ import annotations
 
+import math
 import re
+from difflib import get_close_matches
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import yaml
 from pydantic import (
@@ -23,30 +25,52 @@ from pydantic import (
     model_validator,
 )
 
-from .algorithms.ccl import FEATURE_DISTANCES
-from .algorithms.qgm import QGM_VARIANTS
-from .algorithms.relaysgd import RELAY_NORMS
+from .algorithms import (
+    PLUGINS,
+    Algorithm,
+    Options,
+    OptionValue,
+    algorithm_class,
+    option_owners,
+)
+from .algorithms.ccl import FEATURE_DISTANCES, CCLOptions
 from .data.partition import SCHEMES
 from .data.registry import dataset_row
-from .errors import ConfigError, UserError, no_bool_for_numbers, validation_error
+from .errors import ConfigError, UserError, no_bool_for_numbers, unknown_key, validation_error
 from .methods import METHODS, resolve_method, zeroed_lambdas
 from .models.norms import EVONORM_STYLES, NORMS
-from .topology import MIXING_RULES, SPANNING_TREES
+from .schema import MACHINE, changes_results
+from .schema import result_fields as _model_result_fields
+from .topology import GRAPH_OPTIONS, MIXING_RULES, Topology, build_topology
 
-# Option metadata: a field declared with ``json_schema_extra=MACHINE`` says where or how fast a
-# run goes, or where its inputs live, but changes none of its numbers. Every other field changes
-# results. The checkpoint fingerprint, a study's resume check and the workflow's rerun trigger
-# all read this one flag (:func:`result_fields`); mark every new field accordingly.
-MACHINE = {"changes_results": False}
+if TYPE_CHECKING:
+    from .stability import Verdict
 
 
 def result_fields(model: type[BaseModel] | None = None) -> frozenset[str]:
-    """The fields of ``model`` (default :class:`RunConfig`) that change a run's numbers."""
-    model = model or RunConfig
-    return frozenset(
-        name for name, info in model.model_fields.items()
-        if (info.json_schema_extra or {}).get("changes_results", True)
-    )
+    """The fields of ``model`` (default :class:`RunConfig`, with every registered algorithm's
+    options) that change a run's numbers (:mod:`benchmark.schema`)."""
+    if model is not None and model is not RunConfig:
+        return _model_result_fields(model)
+    return _model_result_fields(RunConfig) | {
+        name for name, cls in option_owners().items()
+        if changes_results(cls.options_type.model_fields[name])}
+
+
+def option_defaults() -> dict[str, Any]:
+    """Every run option's default, the registered algorithms' options included."""
+    values = RunConfig.model_construct().model_dump()
+    for cls in option_owners().values():
+        values.update(cls.options_type().model_dump())
+    return values
+
+
+def numeric_options() -> list[str]:
+    """The run options that hold a number (what a tuning space may search)."""
+    fields = [(name, f.annotation) for name, f in RunConfig.model_fields.items()]
+    fields += [(name, cls.options_type.model_fields[name].annotation)
+               for name, cls in option_owners().items()]
+    return [name for name, annotation in fields if annotation in (float, int)]
 
 
 # Validating a config that was already run (the ``config`` of a metrics.json) skips the checks
@@ -109,7 +133,10 @@ class TunedFrom(BaseModel):
 class RunConfig(BaseModel):
     """Everything that defines one training run (see METHOD.md section 5 for the paper's values)."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
+    model_config = ConfigDict(extra="allow", validate_assignment=True, allow_inf_nan=False)
+    # the registered algorithms' own options (qgm_variant, relay_tree, ...): declared by each
+    # algorithm (benchmark.algorithms), checked and normalised by _known_keys and _one_truth
+    __pydantic_extra__: dict[str, OptionValue] = Field(init=False)
 
     _numbers = field_validator("*", mode="before")(no_bool_for_numbers)
 
@@ -133,6 +160,7 @@ class RunConfig(BaseModel):
     # graph and gossip
     topology: str = "ring"
     n_agents: int = Field(16, ge=1)
+    # read by one graph each (topology.GRAPH_OPTIONS); a run on another graph holds the default
     torus_rows: int | None = None
     degree: int = Field(3, ge=1)
     mixing: Literal[MIXING_RULES] = "uniform"
@@ -140,13 +168,10 @@ class RunConfig(BaseModel):
     # a gossip-momentum setting whose zero-gradient iteration diverges is refused (stability.py)
     # unless this is set, e.g. to show the divergence on purpose
     allow_unstable: bool = Field(False, json_schema_extra={"changes_results": False})
-    # method
+    # method: a preset (benchmark.methods); its algorithm's options are the extra fields above
     method: str = "dsgdm-n"
     lambda_m: float = Field(0.01, ge=0)
     lambda_d: float = Field(0.01, ge=0)
-    qgm_variant: Literal[QGM_VARIANTS] = "aketi"
-    relay_tree: Literal[SPANNING_TREES] = "auto"
-    relay_norm: Literal[RELAY_NORMS] = "counts"
     log_cross_features: bool | None = None
     feature_distance: Literal[FEATURE_DISTANCES] = "squared"
     # CCL safety options, off by default and not the paper's (METHOD.md section 4.2)
@@ -195,10 +220,27 @@ class RunConfig(BaseModel):
     # the fields above, so this changes no result
     tuned: TunedFrom | None = Field(None, json_schema_extra=MACHINE)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _known_keys(cls, data: Any) -> Any:
+        """A key that is neither a field nor a registered algorithm's option is refused (the
+        ``extra="forbid"`` of a fixed schema), naming the closest known key."""
+        if isinstance(data, dict):
+            known = [*cls.model_fields, *option_owners()]
+            for key in data:
+                if key not in known:
+                    raise unknown_key(str(key), str(key), known)
+        return data
+
     @field_validator("dataset", "model", "topology", "method")
     @classmethod
     def _known_name(cls, v: str, info: ValidationInfo) -> str:
-        return _choice(info.field_name, v, _registry(info.field_name))
+        allowed = list(_registry(info.field_name))
+        if info.field_name == "method" and v not in allowed and not get_close_matches(
+                str(v), allowed, n=1):  # no typo in sight: maybe a plugin not named
+            raise ConfigError("method", v, allowed, hint=f"a plugin's method? name its module "
+                              f"in the environment variable {PLUGINS}")
+        return _choice(info.field_name, v, allowed)
 
     @field_validator("lr_milestones")
     @classmethod
@@ -217,6 +259,29 @@ class RunConfig(BaseModel):
         return v
 
     @model_validator(mode="after")
+    def _one_truth(self, info: ValidationInfo) -> RunConfig:
+        """The config holds what the run uses, so options that do not apply to it can neither
+        split nor mix report cells or checkpoints: another algorithm's options and another
+        graph's (``degree`` off random-regular) hold their defaults, and a preset's inactive
+        lambdas are 0 (``ccl-mv`` zeroes ``lambda_d``; a method without CCL zeroes both). A bad
+        value is refused first, whoever it belongs to; ``__dict__`` skips re-validation."""
+        extra = self.__pydantic_extra__
+        values: dict[str, OptionValue] = {}
+        for cls in {*option_owners().values(), algorithm_class(self.algorithm)}:
+            given = {k: v for k, v in extra.items() if k in cls.options_type.model_fields}
+            if cls.name != self.algorithm and info.context == STORED:
+                given = {}  # an old file's unused option: its value no longer matters
+            options = cls.options_type.parse(given)  # a ConfigError naming a bad value
+            values.update((options if cls.name == self.algorithm
+                           else cls.options_type()).model_dump())
+        extra.clear()
+        extra.update(dict(sorted(values.items())))
+        self.__dict__.update({option: RunConfig.model_fields[option].default
+                              for option in self.unused_graph_options()})
+        self.__dict__.update({k: 0.0 for k in zeroed_lambdas(self.method)})
+        return self
+
+    @model_validator(mode="after")
     def _whole_config(self, info: ValidationInfo) -> RunConfig:
         """Checks across fields, cheapest first: the data size before the n x n graph."""
         if info.context == STORED:
@@ -226,17 +291,7 @@ class RunConfig(BaseModel):
         _check_model_takes_the_data(self.model, self.dataset, data.kind)
         _check_agents_fit_the_data(self)
         if not self.allow_unstable:
-            from .stability import check_stable  # numpy + the graph: imported on use
-
-            check_stable(self)
-        return self
-
-    @model_validator(mode="after")
-    def _effective_weights(self) -> RunConfig:
-        """One truth: the config holds the CCL weights the run uses, so a preset's inactive
-        lambdas are 0 (``ccl-mv`` zeroes ``lambda_d``; a method without CCL zeroes both). After
-        the field checks, so a bad value is still refused; ``__dict__`` skips re-validation."""
-        self.__dict__.update({k: 0.0 for k in zeroed_lambdas(self.method)})
+            _check_stable(self)
         return self
 
     # derived views -------------------------------------------------------------------------
@@ -245,8 +300,42 @@ class RunConfig(BaseModel):
         return resolve_method(self.method, self.lambda_m, self.lambda_d)[0]
 
     @property
+    def algorithm_class(self) -> type[Algorithm[Options]]:
+        return algorithm_class(self.algorithm)
+
+    @property
+    def algorithm_options(self) -> Options:
+        """The run's algorithm's typed options (what ``Swarm`` builds it from)."""
+        options = self.algorithm_class.options_type
+        return options.parse({k: self.__pydantic_extra__[k] for k in options.model_fields})
+
+    @property
     def ccl(self) -> dict[str, float] | None:
         return resolve_method(self.method, self.lambda_m, self.lambda_d)[1]
+
+    @property
+    def ccl_options(self) -> CCLOptions | None:
+        """The CCL loss's typed options: the preset's weights, or both 0 when cross-features
+        are only logged (``log_cross_features``); None when the run computes none."""
+        if self.ccl is None and not self.log_cross_features:
+            return None
+        weights = self.ccl or {"lambda_m": 0.0, "lambda_d": 0.0}
+        return CCLOptions(**weights, feature_distance=self.feature_distance)
+
+    def graph(self) -> Topology:
+        """The run's communication graph (built once per process: ``build_topology`` caches)."""
+        return build_topology(self.topology, self.n_agents, seed=self.seed,
+                              rows=self.torus_rows, degree=self.degree)
+
+    def unused_graph_options(self) -> list[str]:
+        return [option for option, graph in GRAPH_OPTIONS.items() if graph != self.topology]
+
+    def unused_options(self) -> frozenset[str]:
+        """The options this run does not read, held at their defaults (``_one_truth``): other
+        algorithms' and other graphs' options, and the lambdas its preset zeroes."""
+        own = self.algorithm_class.options_type.model_fields
+        return frozenset({*(k for k in option_owners() if k not in own),
+                          *self.unused_graph_options(), *zeroed_lambdas(self.method)})
 
     def lr_at(self, epoch: int) -> float:
         """Learning rate of a 0-based epoch: linear warm-up, then x lr_decay at each milestone."""
@@ -296,6 +385,41 @@ def _check_model_takes_the_data(model: str, dataset: str, kind: str) -> None:
                          f"{', '.join(models_taking(other))}")
     raise ConfigError("model", model, models_taking(kind),
                       hint=f"dataset {dataset} holds {DESCRIBED[kind]}; " + "; ".join(pairs))
+
+
+def stability_verdict(config: RunConfig) -> Verdict | None:
+    """The zero-gradient iteration's verdict on this run's setting (:mod:`benchmark.stability`;
+    numpy and the graph, imported on use)."""
+    from .stability import assess
+
+    return assess(config.algorithm_class, config.algorithm_options, config.graph(),
+                  mixing=config.mixing, gamma=config.gamma, momentum=config.momentum,
+                  lr=config.lr)
+
+
+def _check_stable(config: RunConfig) -> None:
+    """Refuse a setting whose zero-gradient iteration diverges, or that nothing checks."""
+    verdict = stability_verdict(config)
+    if verdict is None or verdict.stable:
+        return
+    where = (f"{config.method} ({verdict.label.replace('-', ' ')}, momentum "
+             f"{config.momentum:g}) on {config.topology}-{config.n_agents} with {config.mixing} "
+             "mixing")
+    hint = "set allow_unstable: true to run it anyway"
+    if verdict.radius is None:
+        raise ConfigError("allow_unstable", False, f"true for {where}: its algorithm "
+                          f"{config.algorithm!r} declares no stability analysis, so nothing "
+                          "checks that its gossip settles")
+    if verdict.gamma_max is None:
+        raise ConfigError("gamma", config.gamma, f"a gamma where {where} settles (the "
+                          f"measured spectral radius of its zero-gradient iteration is "
+                          f"{verdict.radius:.3f} at gamma {config.gamma:g}; no closed form)",
+                          hint=hint)
+    below = math.floor(verdict.gamma_max * 1e4) / 1e4  # conservative: every gamma below is stable
+    raise ConfigError(
+        "gamma", config.gamma,
+        f"below {below:g} for {where} (the gossip-momentum iteration diverges above it: "
+        f"spectral radius {verdict.radius:.3f} at gamma {config.gamma:g})", hint=hint)
 
 
 def _check_agents_fit_the_data(config: RunConfig) -> None:

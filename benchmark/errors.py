@@ -67,11 +67,7 @@ def validation_error(err: ValidationError, model: type[BaseModel], prefix: str =
     owner = _model_at(model, loc[:-1])
     key = str(loc[-1]) if loc else ""
     if first["type"] == "extra_forbidden":
-        known = list(owner.model_fields) if owner else []
-        close = difflib.get_close_matches(key, known, n=1)
-        allowed = ", ".join(known) if 0 < len(known) <= 16 else "see README for the options"
-        hint = f"did you mean '{close[0]}'?" if close else ""
-        return ConfigError(name, "(unknown key)", f"a known key ({allowed})", hint)
+        return unknown_key(name, key, list(owner.model_fields) if owner else [])
     if first["type"] == "missing":
         return ConfigError(name, "(missing)", "a value is required")
     value = first.get("input")
@@ -80,6 +76,14 @@ def validation_error(err: ValidationError, model: type[BaseModel], prefix: str =
     # "Input should be greater than 0" -> "allowed: greater than 0"
     problem = first["msg"].removeprefix("Value error, ").removeprefix("Input should be ")
     return ConfigError(name, value, problem)
+
+
+def unknown_key(name: str, key: str, known: list[str]) -> ConfigError:
+    """``name: invalid value '(unknown key)'; allowed: a known key (...) (did you mean ...?)``."""
+    close = difflib.get_close_matches(key, known, n=1)
+    allowed = ", ".join(known) if 0 < len(known) <= 16 else "see README for the options"
+    hint = f"did you mean '{close[0]}'?" if close else ""
+    return ConfigError(name, "(unknown key)", f"a known key ({allowed})", hint)
 
 
 def no_bool_for_numbers(cls: type[BaseModel], value: object, info: ValidationInfo) -> object:

@@ -46,7 +46,7 @@ from pydantic import (
 from .config import RunConfig, TunedFrom, build_config, graph_label, graph_of, read_yaml
 from .errors import ConfigError, UserError, no_bool_for_numbers, validation_error
 from .methods import METHODS
-from .topology import TOPOLOGIES, build_topology
+from .topology import GRAPH_OPTIONS, TOPOLOGIES, build_topology
 from .tuning.spec import PROTOCOLS, Tuning, build_spec
 
 # Where the workflow writes runs; a run's folder under it encodes every axis of the grid. Runs of
@@ -474,8 +474,10 @@ def load_families(config_dir: str | Path = "config", protocol: str | None = None
 
 
 def _check_graph(topo: TopologyEntry, run: dict[str, Any], where: str) -> None:
-    """Build the graph now so an impossible size fails at planning time, not in a job."""
-    options = {**run, **topo.options}
+    """Build the graph now so an impossible size fails at planning time, not in a job (with
+    the options this graph reads: another graph's are held at their defaults, as in a run)."""
+    options = {k: v for k, v in {**run, **topo.options}.items()
+               if GRAPH_OPTIONS.get(k, topo.topology) == topo.topology}
     try:
         build_topology(
             topo.topology, topo.n_agents, seed=0, rows=options.get("torus_rows"),

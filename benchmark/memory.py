@@ -4,10 +4,9 @@ after (``metrics.json`` ``memory`` block: ``estimated_bytes``, ``peak_bytes``).
 The estimate adds what the run holds on its device at its worst moment:
 
 * **state**: the stacked ``[n, P]`` parameters, gradients and pre-gossip copy, plus the
-  algorithm's own state, counted exactly by building the algorithm on a stand-in swarm of the
-  same graph with two tiny models (its state is linear in P: momentum ``n P``, RelaySGD's
-  messages ``E (P + 1)``...), plus one transient of the update (gossip's ``W X``, relayed
-  messages): twice the larger of ``n P`` and the algorithm's extra state;
+  algorithm's own state as it declares it on the run's graph (``state_shapes``: momentum
+  ``n P``, RelaySGD's messages ``E (P + 1)``...), plus one transient of the update (gossip's
+  ``W X``, relayed messages): twice the larger of ``n P`` and the algorithm's extra state;
 * **activations** of the forward/backward: the tensors autograd saves, per sample, measured with
   ``saved_tensors_hooks`` on a 2-sample CPU forward of the run's model (plus the largest
   activation twice over for the gradients in flight), times the per-agent batch, times ``n``
@@ -30,11 +29,16 @@ import os
 import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
 from .errors import UserError
+
+if TYPE_CHECKING:
+    from .config import RunConfig
+    from .topology import Topology
 
 FLOAT = 4  # bytes: every stacked tensor is float32
 EVAL_BATCH = 1000  # samples per evaluation batch (data.loader.eval_batches)
@@ -94,52 +98,26 @@ def _cpu_copy(model: nn.Module) -> nn.Module:
     return model
 
 
-def algorithm_state_floats(config, n_params: int) -> tuple[int, int]:
-    """(floats of the algorithm's own state, of its momentum) for ``n_params`` parameters:
-    counted on a stand-in swarm of the run's graph with two tiny linear models (state is linear
-    in P, so two sizes give it exactly)."""
-    from .algorithms import options_from
-    from .swarm import Swarm
-    from .topology import build_topology
-
-    topology = build_topology(config.topology, config.n_agents, seed=config.seed,
-                              rows=config.torus_rows, degree=config.degree)
-    counts = []
-    for width in (1, 2):
-        model = _Tiny(width)
-        swarm = Swarm(model, topology, algorithm=options_from(config.algorithm, config),
-                      lr=0.0, momentum=config.momentum, device="cpu", mixing=config.mixing,
-                      vectorize="loop")
-        p = swarm.params.shape[1]
-        state = swarm.algorithm.state_dict()
-        counts.append((p, sum(t.numel() for t in state.values() if torch.is_tensor(t)
-                              and t.is_floating_point())))
-    (p1, c1), (p2, c2) = counts
-    slope = (c2 - c1) / (p2 - p1)
-    floats = round(c1 + slope * (n_params - p1))
-    return floats, config.n_agents * n_params
+def algorithm_state_floats(config: RunConfig, topology: Topology, n_params: int
+                           ) -> tuple[int, int]:
+    """(floats of the algorithm's own state, of its momentum) for ``n_params`` parameters, as
+    the algorithm declares them (``state_shapes``: what its checkpoint holds)."""
+    shapes = config.algorithm_class.state_shapes(topology, n_params, config.algorithm_options)
+    floats = {key: math.prod(shape) for key, shape in shapes.items()}
+    return sum(floats.values()), floats.get("momentum", 0)
 
 
-class _Tiny(nn.Module):
-    """A model of ``2 width`` parameters that returns (features, logits) like the real ones."""
-
-    def __init__(self, width: int) -> None:
-        super().__init__()
-        self.layer = nn.Linear(1, width)
-
-    def forward(self, x):
-        out = self.layer(x.reshape(len(x), -1)[:, :1])
-        return out, out
-
-
-def estimate(config, model: nn.Module, bundle, device: torch.device) -> Estimate:
-    """Peak bytes of a run of ``config`` with ``model`` on ``bundle``'s data (module doc).
-    Leaves torch's random state as it found it: the run's numbers do not depend on the check."""
+def estimate(config: RunConfig, model: nn.Module, bundle, device: torch.device,
+             topology: Topology | None = None) -> Estimate:
+    """Peak bytes of a run of ``config`` with ``model`` on ``bundle``'s data (module doc), on
+    the run's graph (``config.graph()`` unless given). Leaves torch's random state as it found
+    it: the run's numbers do not depend on the check."""
     with torch.random.fork_rng(devices=[]):
-        return _estimate(config, model, bundle, device)
+        return _estimate(config, model, bundle, device, topology or config.graph())
 
 
-def _estimate(config, model: nn.Module, bundle, device: torch.device) -> Estimate:
+def _estimate(config: RunConfig, model: nn.Module, bundle, device: torch.device,
+              topology: Topology) -> Estimate:
     n, b = config.n_agents, config.batch_size
     vectorize = config.vectorize
     if vectorize == "auto":  # CUDA may pick vmap, the hungrier path: count that one (on a
@@ -151,7 +129,7 @@ def _estimate(config, model: nn.Module, bundle, device: torch.device) -> Estimat
         vectorize = "vmap" if wants and not has_buffers else "loop"
     n_params = sum(p.numel() for p in model.parameters())
     saved, largest = activation_profile(model, bundle.sample_shape)
-    algo, momentum = algorithm_state_floats(config, n_params)
+    algo, momentum = algorithm_state_floats(config, topology, n_params)
     rows = 3 * n * n_params + algo  # params, grads, pre-gossip copy + the algorithm's state
     update = 2 * max(n * n_params, algo - momentum)
     state = FLOAT * (rows + n_params)  # + the template model
@@ -160,10 +138,6 @@ def _estimate(config, model: nn.Module, bundle, device: torch.device) -> Estimat
     batches = 2 * FLOAT * n * b * sample
     cross = 0
     if config.ccl or config.log_cross_features:
-        from .topology import build_topology
-
-        topology = build_topology(config.topology, n, seed=config.seed,
-                                  rows=config.torus_rows, degree=config.degree)
         edges = sum(len(topology.neighbors(i)) for i in range(n))
         if vectorize == "vmap":  # every edge at once: gathered rows, receivers' batches
             cross = FLOAT * edges * (n_params + b * sample) + 2 * largest * edges * b

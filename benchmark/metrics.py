@@ -17,10 +17,20 @@ import math
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, ValidationError, field_serializer, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializerFunctionWrapHandler,
+    StrictInt,
+    ValidationError,
+    field_serializer,
+    field_validator,
+    model_serializer,
+)
 
 from .config import STORED, RunConfig, TunedFrom
-from .errors import UserError, validation_error
+from .errors import ConfigError, UserError, validation_error
 from .io import atomic_write_json
 
 Status = Literal["completed", "diverged"]
@@ -53,6 +63,42 @@ class Evaluation(_Section):
     local_acc_std: float
     consensus_acc: float
     consensus_distance: float
+
+
+class EpochRecord(BaseModel):
+    """One epoch of the history, as :mod:`benchmark.train` writes it: the training means, the
+    bytes sent, the seconds per phase and, on evaluated epochs, the evaluation. What an epoch
+    did not compute (the CCL terms of a run without cross-features, an evaluation) is absent
+    from the file, not null; files of older versions lack ``bytes_per_agent`` and ``phases``.
+    """
+
+    # bytes_per_agent_<kind> (parameters, class_statistics...): the extra keys, all numbers
+    model_config = ConfigDict(extra="allow")
+    __pydantic_extra__: dict[str, float] = Field(init=False)
+
+    epoch: StrictInt
+    lr: float
+    train_ce: float  # NaN or inf in the epoch a run diverged
+    l_mv: float | None = None  # mean over agents, when cross-features are computed
+    l_dv: float | None = None
+    bytes_per_agent: float | None = None  # this epoch's, every kind
+    phases: dict[str, float] | None = None  # seconds per phase (benchmark/timing.py)
+    time_s: float | None = None
+    local_acc_mean: float | None = None  # the evaluation (Evaluation's fields)
+    local_acc_std: float | None = None
+    consensus_acc: float | None = None
+    consensus_distance: float | None = None
+
+    @model_serializer(mode="wrap")
+    def _absent_not_null(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        return {k: v for k, v in handler(self).items() if v is not None}
+
+    @property
+    def bytes_by_kind(self) -> dict[str, float]:
+        """``{kind: bytes}`` of the ``bytes_per_agent_<kind>`` entries."""
+        prefix = "bytes_per_agent_"
+        return {k.removeprefix(prefix): v for k, v in self.__pydantic_extra__.items()
+                if k.startswith(prefix)}
 
 
 class PartitionSummary(_Section):
@@ -127,9 +173,7 @@ class RunMetrics(_Section):
     topology: TopologySummary
     n_params: int
     iterations_per_epoch: int
-    # one record per epoch: "epoch", "lr", "train_ce", the method's losses, bytes, "phases"
-    # (seconds per phase), "time_s", and the evaluation's keys on evaluated epochs
-    history: list[dict[str, Any]]
+    history: list[EpochRecord]
     final: Evaluation | None  # the last evaluation; none for a diverged run (written as {})
     partition: PartitionSummary
     communication: Communication
@@ -155,13 +199,6 @@ class RunMetrics(_Section):
     @field_serializer("final")
     def _none_is_empty(self, v: Evaluation | None) -> dict[str, float]:
         return v.model_dump() if v is not None else {}
-
-    @field_validator("history")
-    @classmethod
-    def _epochs(cls, v: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        if any(not isinstance(r.get("epoch"), int) for r in v):
-            raise ValueError("records with an integer 'epoch'")
-        return v
 
     # -- derived views -------------------------------------------------------------------------
     @property
@@ -206,3 +243,6 @@ class RunMetrics(_Section):
         except ValidationError as err:
             raise NotRunMetrics(source, "not a run's metrics.json of this version: "
                                 f"{validation_error(err, cls)}") from None
+        except ConfigError as err:  # one of RunConfig's own checks, on the stored config
+            raise NotRunMetrics(source, "not a run's metrics.json of this version: "
+                                f"config.{err}") from None

@@ -25,14 +25,22 @@ from typing import Any
 import torch
 from torch import nn
 
-from .algorithms import ALGORITHMS, algorithm_class, algorithm_for, algorithm_options
-from .algorithms.base import build_options, option_names
+from .algorithms import (
+    Algorithm,
+    Options,
+    OptionValue,
+    algorithm_class,
+    algorithm_for,
+    option_owners,
+)
 from .algorithms.ccl import CCLOptions, CrossFeatureLoss
+from .device import pick_device
 from .distributed import Communicator
 from .errors import ConfigError
 from .forward_backward import AutoPass, choose
-from .swarm_state import SwarmState, bind_to_rows, pick_device
+from .swarm_state import SwarmState, bind_to_rows
 from .timing import PhaseTimer
+from .topology import Topology
 
 __all__ = ["Swarm", "bind_to_rows", "pick_device"]
 
@@ -54,8 +62,8 @@ class Swarm:
     def __init__(
         self,
         model: nn.Module,
-        topology,
-        algorithm: str | Any = "dsgdm-n",
+        topology: Topology,
+        algorithm: str | Options = "dsgdm-n",
         ccl: Mapping[str, float] | CCLOptions | None = None,
         lr: float = 0.1,
         momentum: float = 0.9,
@@ -71,22 +79,22 @@ class Swarm:
         agent_threads: int = 1,
         timer: PhaseTimer | None = None,
         clip_grad_norm: float | None = None,
-        **options: Any,
+        **options: OptionValue,
     ) -> None:
         """``algorithm``: a name or its typed options; ``ccl``: the weights ``{lambda_m,
         lambda_d}`` or :class:`CCLOptions`. ``options``: the named algorithm's or the CCL loss's
         other options (``qgm_variant=``, ``feature_distance=``...); any other name is an error.
         ``clip_grad_norm``: each agent's loss gradient rescaled to at most this norm before the
         update (METHOD.md 4.2, not the paper's)."""
-        algorithm, ccl = _typed_options(algorithm, ccl, log_cross_features, options)
-        method = algorithm_for(algorithm)
-        reads = method.neighbors_of(topology, algorithm)  # the halo must hold these rows too
+        typed, ccl = _typed_options(algorithm, ccl, log_cross_features, options)
+        method = algorithm_for(typed)
+        reads = method.neighbors_of(topology, typed)  # the halo must hold these rows too
         self.state = SwarmState(
             model, topology, reads, lr=lr, momentum=momentum, weight_decay=weight_decay,
             gamma=gamma, device=device, mixing=mixing, wd_skip_norm=wd_skip_norm, comm=comm,
             timer=timer,
         )
-        self.algorithm = method(self.state, algorithm)
+        self.algorithm: Algorithm[Options] = method(self.state, typed)
         self.cross_features = None if ccl is None else CrossFeatureLoss(
             self.state, ccl, reads, receives_models=method.sends_models)
         self.clip_grad_norm = clip_grad_norm
@@ -109,7 +117,7 @@ class Swarm:
     @property
     def flat_params(self) -> torch.Tensor:
         """``[n, P]``; row i == parameters_to_vector(agent i's parameters)."""
-        return self.params
+        return self.state.params
 
     def set_lr(self, lr: float) -> None:
         self.state.lr = float(lr)
@@ -157,9 +165,10 @@ class Swarm:
 
     def _agent_mean(self, rows: torch.Tensor) -> torch.Tensor:
         """Mean over all agents of per-agent rows (reduced over ranks when sharded)."""
-        if not self.comm.distributed:
+        comm = self.state.comm
+        if not comm.distributed:
             return rows.mean(dim=0)
-        return self.comm.all_reduce_(rows.sum(dim=0)) / self.n
+        return comm.all_reduce_(rows.sum(dim=0)) / self.state.n
 
     def bytes_sent(self) -> dict[str, float]:
         """Mean bytes one agent sends per iteration, by kind (parameters, class statistics, ...)."""
@@ -253,20 +262,21 @@ def _to_cpu(value: Any) -> Any:
 
 
 def _typed_options(
-    algorithm: str | Any, ccl: Mapping[str, float] | CCLOptions | None,
-    log_cross_features: bool | None, options: Mapping[str, Any],
-) -> tuple[Any, CCLOptions | None]:
+    algorithm: str | Options, ccl: Mapping[str, float] | CCLOptions | None,
+    log_cross_features: bool | None, options: Mapping[str, OptionValue],
+) -> tuple[Options, CCLOptions | None]:
     """Names -> typed options: ``options`` are split between the algorithm and the CCL loss by
     the fields each declares. Another base optimiser's option is ignored (as in a RunConfig,
     ``qgm_variant`` on a DSGDm-N run); a name that no options type declares is a ConfigError."""
-    own = option_names(algorithm_class(algorithm).Options) if isinstance(algorithm, str) else ()
-    loss_keys = option_names(CCLOptions)
-    known = {*loss_keys, *(k for cls in ALGORITHMS.values() for k in option_names(cls.Options))}
+    owners = option_owners()
+    loss_keys = CCLOptions.model_fields
     for key in options:
-        if key not in known:
-            raise ConfigError(key, "(unknown option)", sorted(known))
+        if key not in owners and key not in loss_keys:
+            raise ConfigError(key, "(unknown option)", sorted({*owners, *loss_keys}))
     if isinstance(algorithm, str):
-        algorithm = algorithm_options(algorithm, {k: v for k, v in options.items() if k in own})
+        cls = algorithm_class(algorithm)
+        own = {k: v for k, v in options.items() if owners.get(k) is cls}
+        algorithm = cls.options_type.parse(own)
     if log_cross_features is None:
         log_cross_features = bool(ccl)
     if isinstance(ccl, CCLOptions):
@@ -275,4 +285,4 @@ def _typed_options(
         return algorithm, None
     # logging only: both weights 0, the terms computed on detached features
     values = {**(ccl or {}), **{k: v for k, v in options.items() if k in loss_keys}}
-    return algorithm, build_options(CCLOptions, values)
+    return algorithm, CCLOptions.parse(values)

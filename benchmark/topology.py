@@ -17,6 +17,7 @@ import random
 from collections.abc import Iterable
 from functools import lru_cache
 from importlib import resources
+from typing import Literal, get_args
 
 import networkx as nx
 import numpy as np
@@ -38,7 +39,10 @@ TOPOLOGIES: tuple[str, ...] = (
 # graphs that exist at one size only
 FIXED_SIZES: dict[str, int] = {"dyck": 32, "paper-dyck": 32, "petersen": 10}
 MIXING_RULES: tuple[str, ...] = ("uniform", "metropolis")
-SPANNING_TREES: tuple[str, ...] = ("auto", "chain", "bfs", "double-binary")
+SpanningTree = Literal["auto", "chain", "bfs", "double-binary"]
+SPANNING_TREES: tuple[str, ...] = get_args(SpanningTree)
+# run options that only one graph reads: a run on any other graph holds their defaults
+GRAPH_OPTIONS: dict[str, str] = {"torus_rows": "torus", "degree": "random-regular"}
 
 # How often a random regular graph is redrawn before we give up on getting a connected one.
 # Disconnected draws are only common for degree 2 (a union of cycles); gossip cannot reach
@@ -49,8 +53,10 @@ _MAX_REGULAR_DRAWS = 1000
 class Topology:
     """An undirected, connected, simple graph on agents ``0..n-1`` plus derived quantities.
 
-    Built once per run; the arrays are read-only so a caller cannot silently change the graph
-    that every other component of the run believes in.
+    Built once per process for each distinct graph (:func:`build_topology` caches it): the
+    arrays are read-only and the networkx graph frozen, so no caller can silently change the graph
+    that every other component of the run believes in; its spectra and spanning trees are
+    computed on first use and kept.
     """
 
     def __init__(self, name: str, graph: nx.Graph):
@@ -68,7 +74,7 @@ class Topology:
         canonical.add_edges_from(sorted((min(u, v), max(u, v)) for u, v in graph.edges))
         self.name: str = name
         self.n: int = n
-        self.graph: nx.Graph = canonical
+        self.graph: nx.Graph = nx.freeze(canonical)
 
         adjacency = np.zeros((n, n), dtype=bool)
         for u, v in canonical.edges:
@@ -82,6 +88,8 @@ class Topology:
         self.is_regular: bool = bool(n == 0 or np.all(degrees == degrees[0]))
         self.diameter: int = int(nx.diameter(canonical)) if n > 0 else 0
         self._neighbors: list[list[int]] = [np.flatnonzero(adjacency[i]).tolist() for i in range(n)]
+        self._spectra: dict[str, tuple[float, ...]] = {}
+        self._trees: dict[str, Topology] = {}
 
     def __repr__(self) -> str:
         return (
@@ -119,15 +127,22 @@ class Topology:
             np.fill_diagonal(w, 1.0 - w.sum(axis=1))
         return w
 
+    def mixing_spectrum(self, rule: str = "uniform") -> tuple[float, ...]:
+        """Eigenvalues of ``W`` without the consensus one (1), ascending; computed once."""
+        if rule not in self._spectra:
+            eigenvalues = np.linalg.eigvalsh(self.mixing_matrix(rule))  # ascending, last is 1
+            self._spectra[rule] = tuple(float(v) for v in eigenvalues[:-1])
+        return self._spectra[rule]
+
     def spectral_gap(self, rule: str = "uniform") -> float:
         """``1 - max(|lambda_2|, |lambda_n|)`` of ``W``: how fast plain gossip contracts.
 
         A single agent has nothing to mix and reports a gap of 1.
         """
-        eigenvalues = np.linalg.eigvalsh(self.mixing_matrix(rule))  # ascending; largest is 1
+        spectrum = self.mixing_spectrum(rule)
         if self.n < 2:
             return 1.0
-        return float(1.0 - max(abs(eigenvalues[-2]), abs(eigenvalues[0])))
+        return float(1.0 - max(abs(spectrum[-1]), abs(spectrum[0])))
 
     def spanning_tree(self, kind: str = "auto") -> Topology:
         """The tree RelaySGD relays over (METHOD.md section 3.3).
@@ -137,6 +152,11 @@ class Topology:
         tree from agent 0 (neighbours visited in increasing order). ``double-binary``: the first
         tree of :func:`double_binary_trees`, an overlay that need not use this graph's edges.
         """
+        if kind not in self._trees:
+            self._trees[kind] = self._spanning_tree(kind)
+        return self._trees[kind]
+
+    def _spanning_tree(self, kind: str) -> Topology:
         if kind not in SPANNING_TREES:
             raise ConfigError("relay_tree", kind, SPANNING_TREES)
         if kind == "auto":
@@ -158,6 +178,7 @@ class Topology:
         return double_binary_trees(self.n)[0]
 
 
+@lru_cache(maxsize=16)
 def double_binary_trees(n: int) -> tuple[Topology, Topology]:
     """Two complementary binary trees spanning all ``n`` agents (NCCL-style double binary tree).
 
@@ -182,7 +203,8 @@ def build_topology(
     """Build graph ``name`` on ``n`` agents (METHOD.md section 7).
 
     ``rows`` fixes the torus factorisation (``n = rows x n/rows``); ``seed`` and ``degree`` only
-    matter for ``random-regular``. Same arguments -> the same graph on the same machine.
+    matter for ``random-regular``. Same arguments -> the same graph on the same machine, built
+    once per process: a run's config check, its swarm and its memory estimate share it.
     """
     if name not in TOPOLOGIES:
         raise ConfigError("topology", name, TOPOLOGIES)
@@ -191,6 +213,17 @@ def build_topology(
     n = int(n)
     if rows is not None and name != "torus":
         raise ConfigError("torus_rows", rows, "only used by topology 'torus'; leave it unset")
+    if rows is not None and (isinstance(rows, bool) or not isinstance(rows, int | np.integer)):
+        raise ConfigError("torus_rows", rows, "an integer >= 3 dividing n_agents")
+    if name != "random-regular":
+        seed, degree = 0, 3  # read by random-regular only: one cached graph for every value
+    elif isinstance(degree, bool) or not isinstance(degree, int | np.integer) or degree < 2:
+        raise ConfigError("degree", degree, "an integer >= 2 (degree 1 cannot connect n > 2)")
+    return _build(name, n, seed, rows, degree)
+
+
+@lru_cache(maxsize=32)
+def _build(name: str, n: int, seed: int, rows: int | None, degree: int) -> Topology:
     if name == "ring":
         _check_n(n, 3, "any n >= 3 for ring")
         return Topology(name, nx.cycle_graph(n))
@@ -229,8 +262,6 @@ def _torus(n: int, rows: int | None) -> nx.Graph:
     if n < 9:
         raise ConfigError("n_agents", n, allowed, hint=_nearest_tori(n))
     if rows is not None:
-        if isinstance(rows, bool) or not isinstance(rows, int | np.integer):
-            raise ConfigError("torus_rows", rows, "an integer >= 3 dividing n_agents")
         if rows < 3 or n % rows or n // rows < 3:
             raise ConfigError("torus_rows", rows, f"a divisor r of n_agents={n} with r, n/r >= 3")
         r = int(rows)
@@ -255,8 +286,6 @@ def _nearest_tori(n: int) -> str:
 
 def _random_regular(n: int, degree: int, seed: int) -> nx.Graph:
     """A connected seeded random ``degree``-regular graph (disconnected draws are redrawn)."""
-    if isinstance(degree, bool) or not isinstance(degree, int | np.integer) or degree < 2:
-        raise ConfigError("degree", degree, "an integer >= 2 (degree 1 cannot connect n > 2)")
     allowed = f"n > degree and n x degree even for random-regular (degree {degree})"
     if n <= degree or (n * degree) % 2:
         raise ConfigError("n_agents", n, allowed)

@@ -382,8 +382,8 @@ class MlflowTracker:
         self.flush()
         # epochs this process did not log: those before a resume, and a diverged last epoch
         for record in metrics.history:
-            if record["epoch"] not in self.logged:
-                self.log_epoch(record["epoch"], record)
+            if record.epoch not in self.logged:
+                self.log_epoch(record.epoch, record.model_dump())
         # summary metrics: one value per run, grouped apart from the per-epoch charts
         final = {f"final/{k}": v for k, v in
                  (metrics.final.model_dump() if metrics.final is not None else {}).items()}

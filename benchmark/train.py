@@ -17,8 +17,6 @@ import torch
 from tqdm import tqdm
 
 from . import distributed, memory
-from .algorithms import options_from
-from .algorithms.ccl import CCLOptions
 from .checkpoint import Progress, RunDir
 from .config import RunConfig, check_device
 from .data import (
@@ -40,7 +38,7 @@ from .run_output import EpochCallback, RunOutput
 from .saved import model_spec, save_models
 from .swarm import Swarm
 from .timing import timed
-from .topology import Topology, build_topology
+from .topology import Topology
 from .tracking import check_store
 
 # Training statistics stay on the device; the host reads them (one synchronisation) every this
@@ -74,10 +72,7 @@ def build_experiment(config: RunConfig) -> Experiment:
     if config.distributed:  # join torchrun's process group: this rank simulates a shard of agents
         comm, device = distributed.setup(config.n_agents, config.device)
     configure(device)
-    topology = build_topology(
-        config.topology, config.n_agents, seed=config.seed, rows=config.torus_rows,
-        degree=config.degree,
-    )
+    topology = config.graph()  # the one the config check used: built once per process
     bundle = load_dataset(
         config.dataset, data_dir=config.data_dir, download=config.download,
         val_fraction=config.val_fraction, seed=config.seed, image_size=config.image_size,
@@ -95,16 +90,13 @@ def build_experiment(config: RunConfig) -> Experiment:
     torch.manual_seed(config.seed)
     model = build_model(**model_spec(config, bundle))
     # before the swarm takes the device: refuse a run that cannot fit its (share of the) device
-    estimated = None if config.distributed else memory.estimate(config, model, bundle, device)
+    estimated = None if config.distributed else memory.estimate(config, model, bundle, device,
+                                                                 topology)
     if estimated is not None and config.memory_check:
         memory.check(estimated, device)
-    # the base optimiser's and the CCL loss's own typed options, read from the config
-    ccl = None
-    if config.ccl is not None or config.log_cross_features:
-        weights = config.ccl or {"lambda_m": 0.0, "lambda_d": 0.0}  # logging only: weights 0
-        ccl = CCLOptions(**weights, feature_distance=config.feature_distance)
+    # the base optimiser's and the CCL loss's own typed options
     swarm = Swarm(
-        model, topology, algorithm=options_from(config.algorithm, config), ccl=ccl,
+        model, topology, algorithm=config.algorithm_options, ccl=config.ccl_options,
         lr=config.lr_at(0), momentum=config.momentum, weight_decay=config.weight_decay,
         gamma=config.gamma, seed=config.seed, device=device, mixing=config.mixing,
         wd_skip_norm=config.wd_skip_norm, comm=comm, vectorize=config.vectorize,

@@ -71,7 +71,7 @@ def instrument(imports: tuple | None) -> None:
         print(CHILD_PREFIX + json.dumps({
             "child_start": CHILD_START, "imports_start": start, "imports_end": end,
             "steps": steps, "run_end": now(),
-            "evaluations": [r["phases"].get("evaluation", 0.0) for r in history],
+            "evaluations": [(r.phases or {}).get("evaluation", 0.0) for r in history],
             "epochs": len(history), "iterations_per_epoch": metrics.iterations_per_epoch,
             "model": config.model, "n_agents": config.n_agents, "status": metrics.status,
             "tracking": config.tracking,

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from benchmark.algorithms import ALGORITHMS
+from benchmark.algorithms import registered
 from benchmark.algorithms.relaysgd import TreeRelay
 from benchmark.errors import ConfigError
 from benchmark.swarm import Swarm
@@ -58,7 +58,25 @@ def _run_with_gradients(swarm: Swarm, gradients: list[list[float]]) -> None:
 
 
 def test_registry_has_every_base():
-    assert set(ALGORITHMS) == {"dsgdm-n", "qgm", "relaysgd"}
+    assert list(registered()) == ["dsgdm-n", "qgm", "relaysgd"]
+
+
+@pytest.mark.parametrize("name", list(registered()))
+@pytest.mark.parametrize(("graph", "n", "options"), [
+    ("ring", 6, {}), ("torus", 9, {"relay_tree": "bfs"}),
+    ("full", 5, {"relay_tree": "double-binary", "qgm_variant": "lin"})])
+def test_declared_state_and_bytes_are_what_the_algorithm_holds_and_sends(name, graph, n, options):
+    """What the registry tells the memory estimate and the checkpoint (state_shapes) and the
+    accounting (bytes_per_iteration) is what a built algorithm holds and sends."""
+    swarm = _swarm(graph, n, algorithm=name, **options)
+    cls, typed, topology = type(swarm.algorithm), swarm.algorithm.options, swarm.topology
+    n_params = swarm.params.shape[1]
+    held = {key: tuple(t.shape) for key, t in swarm.state_dict()["algorithm"].items()}
+    assert held == cls.state_shapes(topology, n_params, typed)
+    assert swarm.algorithm.bytes_sent() == cls.bytes_per_iteration(topology, n_params, typed)
+    if name == "relaysgd":  # one (partial) model and one count per directed tree edge
+        trees = 2 if options.get("relay_tree") == "double-binary" else 1
+        assert swarm.algorithm.bytes_sent()["relay_counts"] == trees * 2 * (n - 1) * 4 / n
 
 
 # -- QG-DSGDm-N ---------------------------------------------------------------------------------
@@ -239,7 +257,7 @@ def test_run_records_bytes_by_kind_per_epoch_and_in_total():
     assert per_iteration["relay_counts"] == pytest.approx(messages * 4)
     assert per_iteration["class_statistics"] == pytest.approx(messages * (4 * 32 + 4) * 4)
     for record in metrics.history:
-        assert record["bytes_per_agent_parameters"] == pytest.approx(messages * p * 4 * iters)
-        assert record["bytes_per_agent"] == pytest.approx(sum(per_iteration.values()) * iters)
+        assert record.bytes_by_kind["parameters"] == pytest.approx(messages * p * 4 * iters)
+        assert record.bytes_per_agent == pytest.approx(sum(per_iteration.values()) * iters)
     assert metrics.communication.bytes_per_agent_total == pytest.approx(
         2 * sum(per_iteration.values()) * iters)

@@ -20,11 +20,12 @@ PACKAGE = Path(__file__).resolve().parents[1] / "benchmark"
 # registries and refuses unstable gossip settings (stability.py); no algorithm reads a
 # RunConfig: train turns the config into their typed options.
 LAYERS: list[tuple[str, set[str]]] = [
-    ("foundations", {"benchmark", "errors", "io", "methods", "timing", "distributed",
+    ("foundations", {"benchmark", "errors", "io", "schema", "timing", "distributed",
                      "gpu_slots", "device", "opcount", "samples"}),
     ("data, topology, models", {"data", "topology", "models"}),
     ("swarm state", {"swarm_state"}),
-    ("algorithms", {"algorithms", "stability"}),
+    # methods: the presets, every registered algorithm being one (it reads the registry)
+    ("algorithms", {"algorithms", "methods", "stability"}),
     # tuning.spec: the family's tuning: section, part of the family schema grid validates
     ("config", {"config", "metrics", "checkpoint", "grid", "tuning.spec"}),
     ("swarm", {"swarm", "forward_backward", "memory"}),

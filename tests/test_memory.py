@@ -105,10 +105,11 @@ def test_estimate_parts_scale_with_agents_and_the_vmap_path() -> None:
 def test_relaysgd_state_counts_its_messages() -> None:
     config = build_config({"method": "relaysgd", "n_agents": 8, "topology": "ring",
                            "relay_tree": "chain"})
-    floats, momentum = memory.algorithm_state_floats(config, 1000)
-    # momentum n P, plus one message of P + 1 floats per directed edge of the 8-agent chain
+    floats, momentum = memory.algorithm_state_floats(config, config.graph(), 1000)
+    # momentum n P, the initial model P, one message of P + 1 floats per directed edge of the
+    # 8-agent chain
     assert momentum == 8 * 1000
-    assert floats >= momentum + 2 * 7 * 1001
+    assert floats == momentum + 1000 + 2 * 7 * 1001
 
 
 def test_a_run_that_cannot_fit_is_refused_in_one_line_before_any_file(

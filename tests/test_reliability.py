@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from benchmark.algorithms import ALGORITHMS
+from benchmark.algorithms import registered
 from benchmark.checkpoint import CHECKPOINT, METRICS
 from benchmark.cli import main
 from benchmark.config import load_config
@@ -65,7 +65,7 @@ sys.exit(main(sys.argv[1:]))
 
 def _skip_unless_available(method: str) -> None:
     algorithm = load_config(None, [*ARGS, f"method={method}"]).algorithm
-    if algorithm not in ALGORITHMS:
+    if algorithm not in registered():
         pytest.skip(f"algorithm {algorithm!r} of {method!r} is not registered yet")
     if method.startswith("ccl") and importlib.util.find_spec("benchmark.algorithms.ccl") is None:
         pytest.skip("benchmark.algorithms.ccl has not landed yet")

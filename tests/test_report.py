@@ -14,8 +14,10 @@ from matplotlib.colors import to_rgba
 
 from benchmark.cli import main
 from benchmark.errors import UserError
+from benchmark.metrics import RunMetrics
 from benchmark.report import (
     FIGURES,
+    RunResult,
     build_report,
     family_figures,
     learning_curves_figure,
@@ -64,6 +66,12 @@ def _metrics(method: str, seed: int, alpha: float, consensus: float | None, loca
                           "bytes_per_agent_total": bytes_ * 10 * len(curve)},
         "wall_time_s": len(curve) * epoch_time,
     }
+
+
+def _loaded(runs: list[dict]) -> list[RunResult]:
+    """Hand-written metrics as the report reads them (typed, as load_results gives them)."""
+    return [RunResult(f"hand/{i}/metrics.json", RunMetrics.parse(run))
+            for i, run in enumerate(runs)]
 
 
 RUNS = [
@@ -201,7 +209,7 @@ def test_scaling_and_spectral_gap_figures_plot_each_method_mean_per_graph() -> N
                 m["config"]["n_agents"] = m["topology"]["n_agents"] = n
                 m["topology"]["spectral_gap"] = gap
                 results.append(m)
-    summary = summary_table(runs_frame(results))
+    summary = summary_table(runs_frame(_loaded(results)))
     for figure, xs in ((scaling_agents_figure(summary), [8, 16]),
                        (spectral_gap_figure(summary), [0.05, 0.2])):
         ax = figure.axes[0]
@@ -217,7 +225,7 @@ def test_scaling_and_spectral_gap_figures_plot_each_method_mean_per_graph() -> N
 
 # ---------------------------------------------------------------------------- issue 16, 17, 11
 def _table(runs: list[dict]) -> pd.DataFrame:
-    return summary_table(runs_frame(runs))
+    return summary_table(runs_frame(_loaded(runs)))
 
 
 def test_paired_difference_hand_computed_with_a_diverged_seed() -> None:
@@ -349,7 +357,7 @@ def test_unstable_runs_are_counted_flagged_and_marked(tmp_path: Path) -> None:
     assert row["unstable"] == 1 and row["completed"] == 3
     assert row["consensus_acc_mean"] == pytest.approx((90 + 56 + 88) / 3)  # kept, flagged
     assert "(1 unst.)" in markdown_table(_table(runs), "hand")
-    fig = learning_curves_figure(runs)
+    fig = learning_curves_figure(_loaded(runs))
     ax = fig.axes[0]
     marks = [line for line in ax.get_lines() if line.get_marker() == "x"]
     assert len(marks) == 1
@@ -384,8 +392,8 @@ def test_every_figure_gives_a_method_the_same_colour(tmp_path: Path) -> None:
                 run["config"]["n_agents"] = run["topology"]["n_agents"] = n
                 run["topology"]["spectral_gap"] = gap
                 runs.append(run)
-    summary = summary_table(runs_frame(runs))
-    figures = family_figures(runs, summary, overhead_table(runs_frame(runs)))
+    summary = summary_table(runs_frame(_loaded(runs)))
+    figures = family_figures(_loaded(runs), summary, overhead_table(runs_frame(_loaded(runs))))
     seen: dict[str, set] = {}
     for name, fig in figures.items():
         colors = _artist_colors(fig)
@@ -412,14 +420,14 @@ def test_every_figure_gives_a_method_the_same_colour(tmp_path: Path) -> None:
 def test_panels_compared_in_a_row_share_the_y_range() -> None:
     runs = [_metrics(m, 0, a, acc, 50.0) for a, acc in ((0.1, 30.0), (1.0, 90.0))
             for m in ("qgm", "ccl", "ccl-mv")]
-    fig = learning_curves_figure(runs)
+    fig = learning_curves_figure(_loaded(runs))
     assert fig.axes[0].get_ylim() == fig.axes[1].get_ylim()
 
 
 def test_placeholders_say_which_axis_fills_them() -> None:
     runs = [_metrics("dsgdm-n", 0, 0.1, 70.0, 60.0)]
-    summary = summary_table(runs_frame(runs))
-    figures = family_figures(runs, summary, overhead_table(runs_frame(runs)))
+    summary = summary_table(runs_frame(_loaded(runs)))
+    figures = family_figures(_loaded(runs), summary, overhead_table(runs_frame(_loaded(runs))))
     for name, axis in (("ablation", "grid.methods"), ("scaling_agents", "grid.topologies"),
                        ("spectral_gap", "grid.topologies"), ("overhead", "grid.methods"),
                        ("heterogeneity", "log_cross_features")):

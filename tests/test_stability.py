@@ -9,19 +9,24 @@ import pytest
 import torch
 from torch import nn
 
+from benchmark.algorithms import ClosedForm, algorithm_class
 from benchmark.cli import main
 from benchmark.config import RunConfig
 from benchmark.errors import ConfigError, UserError
 from benchmark.grid import load_family
 from benchmark.stability import (
-    KINDS,
-    a_limit,
+    analyses,
     largest_stable_gamma,
-    mixing_spectrum,
+    measured_radius,
     spectral_radius,
 )
 from benchmark.swarm import Swarm
 from benchmark.topology import build_topology
+
+# every closed form the registered algorithms declare: (algorithm, options, form), by label
+CLOSED = {form.label: (cls.name, options, form) for cls, options, form in analyses()
+          if isinstance(form, ClosedForm)}
+KINDS = list(CLOSED)
 
 N_CLASSES = 2
 
@@ -47,13 +52,23 @@ class ZeroGradient(nn.Module):
         return features, features[:, :N_CLASSES] + 0.0 * self.w.sum()
 
 
+def mixing_spectrum(graph: str, n: int, mixing: str = "uniform") -> tuple[float, ...]:
+    return build_topology(graph, n).mixing_spectrum(mixing)
+
+
+def _form(kind: str) -> ClosedForm:
+    return CLOSED[kind][2]
+
+
 def _swarm(topology, kind: str, gamma: float, beta: float, mixing: str = "uniform",
            size: int = 64, lr: float = 0.1) -> Swarm:
-    algorithm, _, variant = kind.partition("-")
-    algorithm = "dsgdm-n" if kind == "dsgdm-n" else algorithm
-    return Swarm(ZeroGradient(size), topology, algorithm=algorithm, lr=lr, momentum=beta,
-                 weight_decay=0.0, gamma=gamma, device="cpu", mixing=mixing,
-                 qgm_variant=variant or "aketi", vectorize="loop")
+    algorithm, options, _ = CLOSED[kind]
+    return Swarm(ZeroGradient(size), topology, algorithm=options, lr=lr, momentum=beta,
+                 weight_decay=0.0, gamma=gamma, device="cpu", mixing=mixing, vectorize="loop")
+
+
+def test_the_built_in_closed_forms_are_listed():
+    assert KINDS == ["dsgdm-n", "qgm-aketi", "qgm-lin"]
 
 
 def _batch(n: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -99,25 +114,40 @@ def test_closed_form_radius_equals_the_implementations_iteration_matrix(graph, n
     spectrum = mixing_spectrum(graph, n, mixing)
     for gamma, beta in [(1.0, 0.9), (0.9, 0.9), (0.5, 0.5), (0.8, 0.0)]:
         measured = _measured_matrix(topology, kind, gamma, beta, mixing)
-        expected = spectral_radius(kind, spectrum, gamma, beta)
+        expected = spectral_radius(_form(kind), spectrum, gamma, beta)
         assert _radius_without_consensus(measured, n) == pytest.approx(expected, abs=1e-4)
+
+
+@pytest.mark.parametrize(("graph", "n", "mixing"), GRAPHS)
+@pytest.mark.parametrize("kind", KINDS)
+def test_the_guards_numerical_measure_equals_each_closed_form(graph, n, mixing, kind):
+    """What the guard measures for an algorithm without a closed form, tried on the ones with:
+    the same radius (so a plugin's "Measured" verdict is the same test)."""
+    name, options, form = CLOSED[kind]
+    topology = build_topology(graph, n)
+    for gamma, beta in [(1.0, 0.9), (0.5, 0.5), (0.8, 0.0)]:
+        measured = measured_radius(algorithm_class(name), options, topology, mixing=mixing,
+                                   gamma=gamma, momentum=beta, lr=0.1)
+        expected = spectral_radius(form, mixing_spectrum(graph, n, mixing), gamma, beta)
+        assert measured == pytest.approx(expected, abs=1e-4)
 
 
 @pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("beta", [0.0, 0.5, 0.9, 0.99])
 def test_a_limit_is_where_the_radius_crosses_one(kind, beta):
-    limit = a_limit(kind, beta)
-    assert spectral_radius(kind, (0.0,), limit * (1 - 1e-6), beta) < 1
-    assert spectral_radius(kind, (0.0,), limit * (1 + 1e-6), beta) > 1
+    form = _form(kind)
+    limit = form.a_limit(beta)
+    assert spectral_radius(form, (0.0,), limit * (1 - 1e-6), beta) < 1
+    assert spectral_radius(form, (0.0,), limit * (1 + 1e-6), beta) > 1
     # every a below the limit is stable (the stable set is an interval, not just its end)
     for a in np.linspace(1e-3, limit * (1 - 1e-6), 50):
-        assert spectral_radius(kind, (0.0,), a, beta) < 1
+        assert spectral_radius(form, (0.0,), a, beta) < 1
 
 
 def test_the_issues_worked_figures():
-    aketi = "qgm-aketi"
+    aketi = _form("qgm-aketi")
     dyck = mixing_spectrum("paper-dyck", 32)
-    assert a_limit(aketi, 0.9) == pytest.approx(3.8 / 2.71)
+    assert aketi.a_limit(0.9) == pytest.approx(3.8 / 2.71)
     assert spectral_radius(aketi, mixing_spectrum("ring", 16), 1.0, 0.9) == pytest.approx(
         0.924, abs=1e-3)
     assert spectral_radius(aketi, dyck, 1.0, 0.9) == pytest.approx(1.192, abs=1e-3)
@@ -132,7 +162,7 @@ def test_the_issues_worked_figures():
         assert spectral_radius(aketi, torus, 0.9, 0.9) == pytest.approx(1.075, abs=1e-3)
     for graph in ("exponential", "full"):
         assert spectral_radius(aketi, mixing_spectrum(graph, 16), 1.0, 0.9) < 1
-    assert largest_stable_gamma("dsgdm-n", dyck, 0.9) > 1  # plain gossip: stable at gamma 1
+    assert largest_stable_gamma(_form("dsgdm-n"), dyck, 0.9) > 1  # plain gossip: stable at gamma 1
 
 
 @pytest.mark.parametrize(("gamma", "grows"), [(1.0, True), (0.8, False)])
@@ -147,7 +177,7 @@ def test_zero_gradient_run_grows_or_shrinks_its_consensus_distance(gamma, grows)
     for _ in range(30):
         swarm.step(*_batch(16))
         distances.append(swarm.consensus_distance())
-    radius = spectral_radius("qgm-aketi", mixing_spectrum("torus", 16), gamma, 0.9)
+    radius = spectral_radius(_form("qgm-aketi"), mixing_spectrum("torus", 16), gamma, 0.9)
     assert (radius > 1) == grows
     if grows:
         assert distances[-1] > 1e6 * start
@@ -216,4 +246,4 @@ def test_topology_command_prints_facts_and_stable_gammas(capsys):
 
 
 def test_a_single_agent_has_no_mode_to_diverge():
-    assert largest_stable_gamma("qgm-aketi", mixing_spectrum("full", 1), 0.9) == math.inf
+    assert largest_stable_gamma(_form("qgm-aketi"), mixing_spectrum("full", 1), 0.9) == math.inf

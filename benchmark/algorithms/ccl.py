@@ -25,31 +25,29 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from typing import Literal, get_args
 
 import torch
 import torch.nn.functional as F
+from pydantic import Field
 from torch import nn
 
 from ..swarm_state import SwarmState
-from .base import BYTES_PER_FLOAT, check_choice
+from .base import BYTES_PER_FLOAT, Options
 
-FEATURE_DISTANCES: tuple[str, ...] = ("squared", "normalized")
+FeatureDistance = Literal["squared", "normalized"]
+FEATURE_DISTANCES: tuple[str, ...] = get_args(FeatureDistance)
 # ``(features, logits)`` of the models whose stacked parameter rows are given, each on its own
 # batch, in one vectorised pass (the forward/backward strategy's, when it uses vmap)
 RowsForward = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, ...]]
 
 
-@dataclass(frozen=True)
-class CCLOptions:
+class CCLOptions(Options):
     """The loss's weights and distance; field names are the ``RunConfig`` keys."""
 
-    lambda_m: float = 0.0
-    lambda_d: float = 0.0
-    feature_distance: str = "squared"
-
-    def __post_init__(self) -> None:
-        check_choice("feature_distance", self.feature_distance, FEATURE_DISTANCES)
+    lambda_m: float = Field(0.0, ge=0)
+    lambda_d: float = Field(0.0, ge=0)
+    feature_distance: FeatureDistance = "squared"
 
 
 def one_hot(y: torch.Tensor, num_classes: int, dtype: torch.dtype) -> torch.Tensor:
@@ -106,6 +104,13 @@ class CrossFeatureLoss:
         self._by_sender: list[tuple[int, torch.Tensor, list[int]]] = []
         self._mv_sum = self._dv_sum = torch.zeros((), device=state.device)
 
+    @property
+    def classes(self) -> int:
+        """The model's class count (its last linear layer's, else seen at the first pass)."""
+        if self.num_classes is None:
+            raise RuntimeError("CCL: the model's class count is unknown before its first pass")
+        return self.num_classes
+
     # -- one iteration -----------------------------------------------------------------------
     @torch.no_grad()
     def prepare(
@@ -120,12 +125,12 @@ class CrossFeatureLoss:
         cross = self._cross_features(xs, receivers, senders, rows_forward)
         if self.normalized:
             cross = F.normalize(cross, dim=-1)
-        onehot = one_hot(ys, self.num_classes, cross.dtype)  # [n, B, C]
+        onehot = one_hot(ys, self.classes, cross.dtype)  # [n, B, C]
         # agent i sends neighbour j the class sums of j's model on i's batch, and its counts
         sums = torch.bmm(onehot[receivers].transpose(1, 2), cross)  # [E, C, D]
         n = self.state.halo.size  # senders' rows: all agents (one process) or mine + halo
         self._received_sums = cross.new_zeros(n, *sums.shape[1:]).index_add_(0, senders, sums)
-        self._received_counts = cross.new_zeros(n, self.num_classes).index_add_(
+        self._received_counts = cross.new_zeros(n, self.classes).index_add_(
             0, senders, onehot.sum(dim=1)[receivers]
         )
         if self.state.comm.distributed:  # statistics for remote senders travel to their owners
@@ -149,7 +154,7 @@ class CrossFeatureLoss:
         l_mv = per_neighbor.sum()
         if not self.receives_models:  # RelaySGD: mean over tree neighbours (see __init__)
             l_mv = l_mv / max(len(per_neighbor), 1)
-        onehot = one_hot(y, self.num_classes, f.dtype)  # [B, C]
+        onehot = one_hot(y, self.classes, f.dtype)  # [B, C]
         totals = onehot.T @ f.detach() + self._received_sums[i]
         counts = onehot.sum(dim=0) + self._received_counts[i]
         # classes absent from i's batch are never indexed; the clamp only avoids 0/0 there
@@ -185,7 +190,7 @@ class CrossFeatureLoss:
         # sum over agents of (sum or mean) over their neighbours = weighted sum over edges
         per_edge = (f_mv[receivers] - self._cross).pow(2).mean(dim=(1, 2))
         l_mv = per_edge.sum() if self.receives_models else (per_edge * self._edge_weights).sum()
-        onehot = one_hot(ys, self.num_classes, f.dtype)  # [n, B, C]
+        onehot = one_hot(ys, self.classes, f.dtype)  # [n, B, C]
         m = len(ys)
         totals = onehot.transpose(1, 2) @ f.detach() + self._received_sums[:m]  # [n, C, D]
         counts = onehot.sum(dim=1) + self._received_counts[:m]  # [n, C]
@@ -288,6 +293,7 @@ class CrossFeatureLoss:
             buffers = dict(model.named_buffers())
             for name, buf in self.state.models[receiver_id].named_buffers():
                 buffers[name].copy_(buf)
-        features, logits = model(batches.flatten(0, 1))
+        out: tuple[torch.Tensor, torch.Tensor] = model(batches.flatten(0, 1))
+        features, logits = out
         self.feature_dim, self.num_classes = features.shape[-1], logits.shape[-1]
         return features

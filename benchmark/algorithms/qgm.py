@@ -7,29 +7,62 @@ the buffer track the *global* direction by feeding it the model displacement tha
   the buffer corrected by the gossip displacement ``(x_before - x_after) / eta_{t-1}``.
 * ``lin`` (Lin et al., ICML 2021): adapt-then-combine with a separate slow buffer ``mhat``
   (kept in ``self.momentum``) averaged with ``mu = 0.1``.
+
+Their zero-gradient iterations per graph mode (``u = eta m``, ``a = gamma (1 - lambda)``; the
+limits are Jury's conditions on each 2x2 block, METHOD.md section 2.1):
+
+* aketi ``[[1 - a (1 + beta^2), -beta^2], [beta a, beta]]``: the gossip displacement fed into
+  the buffer narrows the stable range to ``a < 2 (1 + beta) / (1 + beta + beta^2)`` (1.40 at
+  beta 0.9);
+* lin ``[[1 - a, -(1 - a) beta^2], [mu a, 1 - mu + mu (1 - a) beta^2]]``: stable for
+  ``a < (2 (2 - mu) + 2 mu beta^2) / (2 - mu + 2 mu beta^2)`` (1.92 at beta 0.9, mu 0.1).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import Literal, get_args
 
-from .base import Algorithm, check_choice, nesterov_step
+import numpy as np
+from pydantic import Field
 
-QGM_VARIANTS: tuple[str, ...] = ("aketi", "lin")
+from .analysis import Analysis, ClosedForm, Matrix
+from .base import MomentumAlgorithm, Options, nesterov_step
+from .registry import register
+
+QGMVariant = Literal["aketi", "lin"]
+QGM_VARIANTS: tuple[str, ...] = get_args(QGMVariant)
 LIN_MU = 0.1  # Lin et al.'s averaging rate of the quasi-global buffer
 
 
-@dataclass(frozen=True)
-class QGMOptions:
-    qgm_variant: str = "aketi"
-
-    def __post_init__(self) -> None:
-        check_choice("qgm_variant", self.qgm_variant, QGM_VARIANTS)
+class QGMOptions(Options):
+    qgm_variant: QGMVariant = Field(
+        "aketi", description="aketi: buffer corrected by the gossip displacement / eta_{t-1} "
+        "(the CCL paper's numbers); lin: Lin et al.'s adapt-then-combine, slow buffer mu = 0.1")
 
 
-class QGM(Algorithm):
+def _aketi(a: float, beta: float) -> Matrix:
+    return np.array([[1 - a * (1 + beta**2), -(beta**2)], [beta * a, beta]])
+
+
+def _lin(a: float, beta: float) -> Matrix:
+    mu = LIN_MU
+    return np.array([[1 - a, -(1 - a) * beta**2], [mu * a, 1 - mu + mu * (1 - a) * beta**2]])
+
+
+AKETI = ClosedForm("qgm-aketi", _aketi, lambda beta: 2 * (1 + beta) / (1 + beta + beta**2))
+LIN = ClosedForm("qgm-lin", _lin, lambda beta: (2 * (2 - LIN_MU) + 2 * LIN_MU * beta**2)
+                 / (2 - LIN_MU + 2 * LIN_MU * beta**2))
+
+
+@register
+class QGM(MomentumAlgorithm[QGMOptions]):
     name = "qgm"
-    Options = QGMOptions
+    summary = "QG-DSGDm-N (quasi-global momentum)"
+    options_type = QGMOptions
+
+    @classmethod
+    def stability(cls, options: QGMOptions) -> Analysis:
+        return AKETI if options.qgm_variant == "aketi" else LIN
 
     @property
     def variant(self) -> str:

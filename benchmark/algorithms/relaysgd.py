@@ -20,26 +20,28 @@ edge and direction, as a message would be) and ``msg_{j->i}(t-1)``, which this r
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import Literal, get_args
 
 import torch
+from pydantic import Field
 
 from ..distributed import Communicator, Halo
 from ..swarm_state import SwarmState
-from ..topology import SPANNING_TREES, Topology, double_binary_trees
-from .base import BYTES_PER_FLOAT, Algorithm, check_choice, nesterov_step
+from ..topology import SpanningTree, Topology, double_binary_trees
+from .analysis import Analysis, NoGossip
+from .base import BYTES_PER_FLOAT, MomentumAlgorithm, Options, StateShapes, nesterov_step
+from .registry import register
 
-RELAY_NORMS: tuple[str, ...] = ("counts", "world")
+RelayNorm = Literal["counts", "world"]
+RELAY_NORMS: tuple[str, ...] = get_args(RelayNorm)
 
 
-@dataclass(frozen=True)
-class RelayOptions:
-    relay_tree: str = "auto"
-    relay_norm: str = "counts"
-
-    def __post_init__(self) -> None:
-        check_choice("relay_tree", self.relay_tree, SPANNING_TREES)
-        check_choice("relay_norm", self.relay_norm, RELAY_NORMS)
+class RelayOptions(Options):
+    relay_tree: SpanningTree = Field(
+        "auto", description="auto = chain on ring/chain, BFS tree from agent 0 otherwise; "
+        "chain, bfs; double-binary: half the parameters over each of two binary trees")
+    relay_norm: RelayNorm = Field(
+        "counts", description="counts: S / C; world: (S + (n - C) x0) / n, x0 the initial model")
 
 
 class TreeRelay:
@@ -106,23 +108,50 @@ def relay_trees(topology: Topology, kind: str) -> list[Topology]:
     return [topology.spanning_tree(kind)]
 
 
-class RelaySGD(Algorithm):
+def _columns(n_params: int, trees: int) -> list[slice]:
+    """The parameter columns each tree relays (all of them over a single tree)."""
+    bounds = [round(k * n_params / trees) for k in range(trees + 1)]
+    return [slice(a, b) for a, b in zip(bounds, bounds[1:], strict=False)]
+
+
+def _directed_edges(tree: Topology) -> int:
+    return 2 * int(tree.graph.number_of_edges())
+
+
+@register
+class RelaySGD(MomentumAlgorithm[RelayOptions]):
     name = "relaysgd"
-    Options = RelayOptions
+    summary = "RelaySGD on a spanning tree"
+    options_type = RelayOptions
     sends_models = False
 
-    def __init__(self, state: SwarmState, options: RelayOptions | None = None) -> None:
+    def __init__(self, state: SwarmState, options: RelayOptions) -> None:
         super().__init__(state, options)
         self.norm = self.options.relay_norm
         self.initial = state.params[0].clone()  # x0 of the `world` rule: all agents start here
         trees = relay_trees(state.topology, self.options.relay_tree)
-        n_params = state.params.shape[1]
-        bounds = [round(k * n_params / len(trees)) for k in range(len(trees) + 1)]
-        self.slices = [slice(a, b) for a, b in zip(bounds, bounds[1:], strict=False)]
+        self.slices = _columns(state.params.shape[1], len(trees))
         self.relays = [
             TreeRelay(tree, s.stop - s.start, state.params.device, state.params.dtype, state.comm)
             for tree, s in zip(trees, self.slices, strict=True)
         ]
+
+    @classmethod
+    def stability(cls, options: RelayOptions) -> Analysis:
+        return NoGossip("relaysgd")
+
+    @classmethod
+    def state_shapes(cls, topology: Topology, n_params: int, options: RelayOptions
+                     ) -> StateShapes:
+        """Momentum, the initial model, and per tree one message and one count per directed
+        edge (the messages of the tree's columns)."""
+        trees = relay_trees(topology, options.relay_tree)
+        shapes: StateShapes = {"momentum": (topology.n, n_params), "initial": (n_params,)}
+        for k, (tree, cols) in enumerate(zip(trees, _columns(n_params, len(trees)),
+                                             strict=True)):
+            shapes[f"messages{k}"] = (_directed_edges(tree), cols.stop - cols.start)
+            shapes[f"counts{k}"] = (_directed_edges(tree),)
+        return shapes
 
     @classmethod
     def neighbors_of(cls, topology: Topology, options: RelayOptions) -> list[list[int]]:
@@ -130,6 +159,18 @@ class RelaySGD(Algorithm):
         trees = relay_trees(topology, options.relay_tree)
         return [sorted({j for tree in trees for j in tree.neighbors(i)})
                 for i in range(topology.n)]
+
+    @classmethod
+    def bytes_per_iteration(cls, topology: Topology, n_params: int, options: RelayOptions
+                            ) -> dict[str, float]:
+        """Per agent per iteration: one (partial) model and one count per tree message."""
+        trees = relay_trees(topology, options.relay_tree)
+        edges = [_directed_edges(tree) for tree in trees]
+        params = sum(e * (s.stop - s.start) for e, s in
+                     zip(edges, _columns(n_params, len(trees)), strict=True))
+        n = topology.n
+        return {"parameters": params * BYTES_PER_FLOAT / n,
+                "relay_counts": sum(edges) * BYTES_PER_FLOAT / n}
 
     def apply_gradients(self) -> None:
         state = self.state
@@ -142,15 +183,6 @@ class RelaySGD(Algorithm):
             else:  # world: the agents not heard from yet count as the initial model
                 missing = (state.n - count)[:, None]
                 state.params[:, cols] = (total + missing * self.initial[cols]) / state.n
-
-    def bytes_sent(self) -> dict[str, float]:
-        """Per agent per iteration: one (partial) model and one count per tree message."""
-        n = self.state.n
-        params = sum(r.n_edges_total * (s.stop - s.start) for r, s in
-                     zip(self.relays, self.slices, strict=True))
-        counts = sum(r.n_edges_total for r in self.relays)
-        return {"parameters": params * BYTES_PER_FLOAT / n,
-                "relay_counts": counts * BYTES_PER_FLOAT / n}
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         state = {"momentum": self.momentum, "initial": self.initial}

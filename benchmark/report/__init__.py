@@ -34,7 +34,7 @@ from .figures import (
     scaling_agents_figure,
     spectral_gap_figure,
 )
-from .load import check_out_dir, find_metrics, load_results
+from .load import RunResult, check_out_dir, find_metrics, load_results
 from .tables import (
     GROUP,
     SETTING,
@@ -50,7 +50,8 @@ from .tables import (
 
 _DPI = 120
 
-__all__ = ["FIGURES", "GROUP", "SETTING", "ablation_figure", "base_method", "build_report",
+__all__ = ["FIGURES", "GROUP", "SETTING", "RunResult", "ablation_figure", "base_method",
+           "build_report",
            "family_figures", "find_metrics", "heterogeneity_figure", "html_table",
            "learning_curves_figure", "load_results", "markdown_table", "method_color",
            "method_order", "overhead_figure", "overhead_table", "partition_figure",

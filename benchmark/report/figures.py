@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 import re
 import zlib
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -23,6 +24,8 @@ from matplotlib.patches import Patch
 from matplotlib.ticker import MaxNLocator
 
 from ..methods import METHODS
+from ..metrics import EpochRecord, RunMetrics
+from .load import RunResult
 from .tables import (
     base_method,
     label_order,
@@ -123,7 +126,7 @@ def _epoch_panels(frame: pd.DataFrame, ylabel: str) -> tuple[Figure, list[tuple[
 
 
 # --------------------------------------------------------------------------- family figures
-def learning_curves_figure(results: list[dict[str, Any]]) -> Figure:
+def learning_curves_figure(results: Sequence[RunResult]) -> Figure:
     """Consensus test accuracy per epoch: rows = graphs, columns = alpha; mean line and ± std
     band over the completed seeds per method; unstable runs drawn alone (dotted, x at the
     flagged epochs)."""
@@ -149,14 +152,14 @@ def learning_curves_figure(results: list[dict[str, Any]]) -> Figure:
     return fig
 
 
-def _curves(results: list[dict[str, Any]]) -> pd.DataFrame:
+def _curves(results: Sequence[RunResult]) -> pd.DataFrame:
     """Completed runs with evaluations: their axes, label and consensus-accuracy curve."""
     from .tables import runs_frame
 
     if not results:
         return pd.DataFrame()
     runs = runs_frame(results)
-    runs["unstable_epochs"] = [unstable_epochs(r) for r in results]
+    runs["unstable_epochs"] = [unstable_epochs(r.metrics) for r in results]
     return runs[runs["curve"].map(len) > 0].reset_index(drop=True)
 
 
@@ -206,17 +209,17 @@ def ablation_figure(summary: pd.DataFrame) -> Figure:
     return fig
 
 
-def heterogeneity_figure(results: list[dict[str, Any]]) -> Figure:
+def heterogeneity_figure(results: Sequence[RunResult]) -> Figure:
     """Mean ``L_mv`` per epoch (log scale): rows = graphs, columns = alpha, one line per method
     that logged it (baselines with ``log_cross_features: true``)."""
     rows = []
-    for r in results:
-        if r.get("status") != "completed":
+    for result in results:
+        metrics = result.metrics
+        if not metrics.completed:
             continue
-        for rec in r["history"]:
-            if isinstance(rec.get("l_mv"), int | float) and math.isfinite(rec["l_mv"]):
-                rows.append({**_axes(r), "epoch": rec["epoch"],
-                             "l_mv": rec["l_mv"]})
+        for rec in metrics.history:
+            if rec.l_mv is not None and math.isfinite(rec.l_mv):
+                rows.append({**_axes(metrics), "epoch": rec.epoch, "l_mv": rec.l_mv})
     if not rows:
         return placeholder("Heterogeneity (L_mv)", "no run logged L_mv: set "
                            "log_cross_features: true in the family's run: section to fill it "
@@ -232,13 +235,11 @@ def heterogeneity_figure(results: list[dict[str, Any]]) -> Figure:
     return fig
 
 
-def _axes(result: dict[str, Any]) -> dict[str, Any]:
-    cfg, topo = result["config"], result.get("topology") or {}
-    return {"dataset": cfg["dataset"], "model": cfg["model"],
-            "topology": topo.get("name", cfg["topology"]),
-            "n_agents": int(topo.get("n_agents", cfg["n_agents"])), "alpha": float(cfg["alpha"]),
-            "method": result["method"], "protocol": result.get("protocol") or "fixed",
-            "seed": cfg["seed"]}
+def _axes(metrics: RunMetrics) -> dict[str, Any]:
+    cfg, topo = metrics.config, metrics.topology
+    return {"dataset": cfg.dataset, "model": cfg.model, "topology": topo.name,
+            "n_agents": topo.n_agents, "alpha": cfg.alpha, "method": metrics.method,
+            "protocol": metrics.protocol, "seed": cfg.seed}
 
 
 def _accuracy_lines(ax, sub: pd.DataFrame, x: str) -> None:
@@ -333,7 +334,7 @@ def overhead_figure(overhead: pd.DataFrame) -> Figure:
     return fig
 
 
-def family_figures(results: list[dict[str, Any]], summary: pd.DataFrame,
+def family_figures(results: Sequence[RunResult], summary: pd.DataFrame,
                    overhead: pd.DataFrame) -> dict[str, Figure]:
     return {
         "learning_curves": learning_curves_figure(results),
@@ -361,19 +362,24 @@ def partition_figure(histogram: list[list[int]]) -> Figure:
     return fig
 
 
-def run_curves_figure(history: list[dict[str, Any]]) -> Figure:
+_Value = Callable[[EpochRecord], float | None]
+_ACCURACIES: tuple[tuple[_Value, str], ...] = (
+    (lambda r: r.consensus_acc, "consensus model"),
+    (lambda r: r.local_acc_mean, "local models (mean)"))
+_LOSSES: tuple[tuple[_Value, str], ...] = (
+    (lambda r: r.train_ce, "train_ce"), (lambda r: r.l_mv, "l_mv"), (lambda r: r.l_dv, "l_dv"))
+
+
+def run_curves_figure(history: Sequence[EpochRecord]) -> Figure:
     """One run's learning curves: accuracies (left) and training losses (right) per epoch."""
     fig = Figure(figsize=(10, 3.6), layout="constrained")
     acc, loss = fig.subplots(1, 2)
-    for key, label in (("consensus_acc", "consensus model"),
-                       ("local_acc_mean", "local models (mean)")):
-        pts = [(r["epoch"], r[key]) for r in history if key in r]
-        if pts:
-            acc.plot(*zip(*pts, strict=True), marker=".", label=label)
-    for key in ("train_ce", "l_mv", "l_dv"):
-        pts = [(r["epoch"], r[key]) for r in history if key in r and math.isfinite(r[key])]
-        if pts:
-            loss.plot(*zip(*pts, strict=True), marker=".", label=key)
+    for ax, curves in ((acc, _ACCURACIES), (loss, _LOSSES)):
+        for value, label in curves:
+            pts = [(r.epoch, v) for r in history
+                   if (v := value(r)) is not None and math.isfinite(v)]
+            if pts:
+                ax.plot(*zip(*pts, strict=True), marker=".", label=label)
     acc.set(xlabel="epoch", ylabel="test accuracy (%)", title="accuracy")
     loss.set(xlabel="epoch", ylabel="loss", title="training losses", yscale="log")
     for ax in (acc, loss):

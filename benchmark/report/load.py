@@ -13,8 +13,8 @@ import glob
 import json
 import sys
 from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from ..config import result_fields
 from ..errors import ConfigError, UserError
@@ -60,6 +60,14 @@ def find_metrics(paths: Iterable[str | Path], command: str = "report") -> list[P
     return sorted(found)
 
 
+@dataclass(frozen=True)
+class RunResult:
+    """One run of a report: its typed metrics and the file they came from."""
+
+    path: str
+    metrics: RunMetrics
+
+
 def _result_key(metrics: RunMetrics) -> str:
     """The run's identity: every config field that changes its numbers (seed included) and the
     protocol it was run under."""
@@ -68,12 +76,12 @@ def _result_key(metrics: RunMetrics) -> str:
 
 
 def load_results(paths: Iterable[str | Path], skip_invalid: bool = False,
-                 command: str = "report") -> list[dict[str, Any]]:
+                 command: str = "report") -> list[RunResult]:
     """Every run's metrics under ``paths``; a file that is not one, or a second copy of the same
-    run (same config and seed), is an error naming the file(s), or with ``skip_invalid`` a
-    warning on stderr and the file is left out."""
+    run (same config and seed, options it does not use aside), is an error naming the file(s),
+    or with ``skip_invalid`` a warning on stderr and the file is left out."""
     paths = list(paths)
-    results: list[dict[str, Any]] = []
+    results: list[RunResult] = []
     seen: dict[str, str] = {}
     for file in find_metrics(paths, command):
         try:
@@ -100,15 +108,13 @@ def load_results(paths: Iterable[str | Path], skip_invalid: bool = False,
                              f"rerun elsewhere; remove one of them")
                 else:
                     seen[key] = str(file)
-                    data = metrics.to_dict()  # the typed file, every section present
         if issue is not None:
             if not skip_invalid:
                 raise UserError(f"{command}: {file} {issue} (or pass --skip-invalid to leave it "
                                 "out)")
             print(f"warning: {command}: skipping {file}: it {issue}", file=sys.stderr)
             continue
-        data["_path"] = str(file)
-        results.append(data)
+        results.append(RunResult(str(file), metrics))
     if not results:
         raise UserError(f"{command}: no valid metrics.json under {', '.join(map(str, paths))}")
     return results

@@ -13,12 +13,14 @@ from __future__ import annotations
 
 import html
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import pandas as pd
 
 from ..methods import METHODS
+from ..metrics import RunMetrics
+from .load import RunResult
 from .stats import PLATEAU_TOLERANCE, PLATEAU_WINDOW, paired_difference, plateau
 
 SETTING = ["dataset", "model", "topology", "n_agents", "alpha"]
@@ -70,72 +72,67 @@ def label_order(frame: pd.DataFrame) -> list[str]:
 
 
 # --------------------------------------------------------------------------- one row per run
-def _iteration_time(result: dict[str, Any]) -> float:
+def _iteration_time(metrics: RunMetrics) -> float:
     """Seconds per iteration. Uses per-phase timings when present: training phases only, i.e.
     without evaluation, and for a method without CCL without the cross-feature passes it only
     logs (``log_cross_features``); otherwise the epoch time, which includes the evaluation."""
-    history = result.get("history") or []
-    method = METHODS.get(result.get("method", ""))
-    skip = ("eval",) if method is None or method.ccl_terms else ("eval", "cross_feature")
-    iters = (result.get("iterations_per_epoch") or 0) * len(history)
+    history = metrics.history
+    skip = ("eval",) if METHODS[metrics.method].ccl_terms else ("eval", "cross_feature")
+    iters = metrics.iterations_per_epoch * len(history)
     if not iters:
         return math.nan
     total = 0.0
     for record in history:
-        phases = record.get("phases")
-        if isinstance(phases, dict) and phases:
-            total += sum(float(v) for k, v in phases.items()
-                         if isinstance(v, int | float) and not any(x in k for x in skip))
+        if record.phases:
+            total += sum(v for k, v in record.phases.items() if not any(x in k for x in skip))
         else:
-            total += float(record.get("time_s", math.nan))
+            total += record.time_s if record.time_s is not None else math.nan
     return total / iters
 
 
-def _curve(result: dict[str, Any]) -> pd.Series:
+def _curve(metrics: RunMetrics) -> pd.Series:
     """Consensus accuracy per evaluated epoch (empty for a run that did not complete)."""
-    if result.get("status") != "completed":
+    if not metrics.completed:
         return pd.Series(dtype=float)
-    points = {r["epoch"]: float(r["consensus_acc"]) for r in result["history"]
-              if isinstance(r, dict) and "epoch" in r and "consensus_acc" in r}
-    return pd.Series(points, dtype=float)
+    return pd.Series({r.epoch: r.consensus_acc for r in metrics.history
+                      if r.consensus_acc is not None}, dtype=float)
 
 
-def unstable_epochs(result: dict[str, Any]) -> list[int]:
+def unstable_epochs(metrics: RunMetrics) -> list[int]:
     """Epochs the run's ``instability`` block flags (training loss above a multiple of its
     running minimum); empty when there is none."""
-    block = result.get("instability") or {}
-    return [int(e) for e in block.get("epochs") or []] if isinstance(block, dict) else []
+    return list(metrics.instability.epochs) if metrics.instability is not None else []
 
 
-def runs_frame(results: list[dict[str, Any]]) -> pd.DataFrame:
+def runs_frame(results: Sequence[RunResult]) -> pd.DataFrame:
     """One row per run with its axes, status and final figures."""
     rows = []
-    for r in results:
-        cfg, final = r.get("config", {}), r.get("final") or {}
-        topo = r.get("topology") or {}
-        completed = r.get("status") == "completed"
-        bytes_it = (r.get("communication") or {}).get("bytes_per_agent_per_iteration") or {}
+    for result in results:
+        m, cfg, topo = result.metrics, result.metrics.config, result.metrics.topology
+        final = m.final if m.completed else None
+        bytes_it = m.communication.bytes_per_agent_per_iteration
         rows.append({
-            "family": cfg.get("family"),
-            "dataset": cfg.get("dataset"), "model": cfg.get("model"),
-            "topology": topo.get("name", cfg.get("topology")),
-            "n_agents": int(topo.get("n_agents", cfg.get("n_agents", 0))),
-            "alpha": float(cfg.get("alpha", math.nan)),
-            "method": r.get("method", cfg.get("method")),
-            "protocol": r.get("protocol") or "fixed",
+            "family": cfg.family,
+            "dataset": cfg.dataset, "model": cfg.model,
+            "topology": topo.name,
+            "n_agents": topo.n_agents,
+            "alpha": cfg.alpha,
+            "method": m.method,
+            "protocol": m.protocol,
             # the validation split of the study a tuned run took its values from
-            "val_samples": (r.get("tuned") or {}).get("val_samples") or math.nan,
-            "seed": cfg.get("seed"),
-            "status": r.get("status", "unknown"),
-            "unstable": bool(unstable_epochs(r)),
-            "consensus_acc": final.get("consensus_acc", math.nan) if completed else math.nan,
-            "local_acc": final.get("local_acc_mean", math.nan) if completed else math.nan,
-            "spectral_gap": topo.get("spectral_gap", math.nan),
-            "time_per_iteration_s": _iteration_time(r),
+            "val_samples": (m.tuned.val_samples if m.tuned is not None
+                            and m.tuned.val_samples is not None else math.nan),
+            "seed": cfg.seed,
+            "status": m.status,
+            "unstable": bool(unstable_epochs(m)),
+            "consensus_acc": final.consensus_acc if final is not None else math.nan,
+            "local_acc": final.local_acc_mean if final is not None else math.nan,
+            "spectral_gap": topo.spectral_gap,
+            "time_per_iteration_s": _iteration_time(m),
             "bytes_per_iteration": float(sum(bytes_it.values())) if bytes_it else math.nan,
-            "epochs": int(cfg.get("epochs") or len(r.get("history") or [])),
-            "curve": _curve(r),
-            "path": r.get("_path"),
+            "epochs": cfg.epochs,
+            "curve": _curve(m),
+            "path": result.path,
         })
     return with_labels(pd.DataFrame(rows))
 
@@ -206,8 +203,8 @@ def _cell(row: pd.Series, acc: str) -> str:
 
 
 def not_plateaued(row: pd.Series) -> bool:
-    flag = row.get("plateau")
-    return flag is not None and not pd.isna(flag) and not flag
+    flag = row["plateau"]
+    return not pd.isna(flag) and not flag
 
 
 def layout(summary: pd.DataFrame, acc: str) -> tuple[list[str], list[tuple[list[str], list]]]:

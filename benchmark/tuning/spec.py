@@ -18,7 +18,14 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from ..config import MACHINE, RunConfig, build_config, parse_overrides, read_run_file
+from ..config import (
+    MACHINE,
+    RunConfig,
+    build_config,
+    numeric_options,
+    parse_overrides,
+    read_run_file,
+)
 from ..errors import ConfigError, no_bool_for_numbers, validation_error
 from ..methods import METHODS
 
@@ -91,11 +98,9 @@ class Tuning(BaseModel):
     @field_validator("space")
     @classmethod
     def _ranges(cls, space: dict[str, Range]) -> dict[str, Range]:
+        numeric = numeric_options()  # the registered algorithms' numeric options included
         for name, rng in space.items():
-            field = RunConfig.model_fields.get(name)
-            if field is None or field.annotation not in (float, int):
-                numeric = [k for k, f in RunConfig.model_fields.items()
-                           if f.annotation in (float, int)]
+            if name not in numeric:
                 raise ConfigError(f"tuning.space.{name}", "(not a numeric run option)", numeric)
             finite = math.isfinite(rng.low) and math.isfinite(rng.high)
             if not finite or not rng.low < rng.high or rng.low < 0 or (rng.log and rng.low <= 0):

@@ -31,7 +31,7 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from ..config import RunConfig, graph_label, graph_of, result_fields
+from ..config import RunConfig, graph_label, graph_of, option_defaults, result_fields
 from ..errors import ConfigError, UserError
 from ..io import try_lock
 from .objective import Objective, TrialInterrupted
@@ -157,10 +157,12 @@ def open_study(journal: str | Path, config: RunConfig, spec: Tuning) -> optuna.S
         study.set_user_attr("fingerprint", fingerprint)
         return study
     old = _results_only(old)
-    # an option added to the schema since the study began counts as its default value,
-    # so a new option does not orphan every existing study (as for run checkpoints)
-    defaults = _fingerprint(RunConfig.model_construct(), Tuning.model_construct())
-    for key in sorted({*old, *fingerprint}):
+    # an option added to the schema (or by an algorithm registered) since the study began counts
+    # as its default value, so a new option does not orphan every existing study, and an option
+    # the method does not use is no difference (as for run checkpoints)
+    defaults = {**_json_safe(option_defaults()),
+                **_fingerprint(RunConfig.model_construct(), Tuning.model_construct())}
+    for key in sorted({*old, *fingerprint} - config.unused_options()):
         before, now = old.get(key, defaults.get(key)), fingerprint.get(key, defaults.get(key))
         if before != now:
             raise UserError(
