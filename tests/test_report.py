@@ -312,9 +312,9 @@ def test_tuned_cells_hold_only_values_tuned_on_their_graph(tmp_path: Path) -> No
                            rf"from its own graph's study \({re.escape(why)}\)"):
             load_results([tmp_path / "own", path])
     results = load_results([tmp_path], skip_invalid=True)
-    assert sorted(r["_path"] for r in results) == sorted(
+    assert sorted(r.path for r in results) == sorted(
         str(tmp_path / "own" / f"seed{s}" / "metrics.json") for s in range(2))
-    table = _table(results)
+    table = summary_table(runs_frame(results))
     assert table["val_samples"].tolist() == [144]
     md = markdown_table(table, "hand")
     assert "| **70.50 ± 0.71** |" in md and "‡" not in md

@@ -61,14 +61,14 @@ def test_every_epoch_records_its_phases(tmp_path):
     ])
     history = run(config, tmp_path).history
     for record in history:
-        phases = record["phases"]
+        phases = record.phases
         assert set(phases) == set(PHASES)
         assert all(v >= 0 for v in phases.values())
         for busy in ("data", "forward_backward", "cross_features", "communication", "update"):
             assert phases[busy] > 0, busy
-        assert sum(phases.values()) <= record["time_s"]  # exclusive: nothing counted twice
-    assert history[0]["phases"]["evaluation"] == 0  # eval_every=2: no evaluation in epoch 1
-    assert history[1]["phases"]["evaluation"] > 0
+        assert sum(phases.values()) <= record.time_s  # exclusive: nothing counted twice
+    assert history[0].phases["evaluation"] == 0  # eval_every=2: no evaluation in epoch 1
+    assert history[1].phases["evaluation"] > 0
 
 
 class _Event:
