@@ -317,7 +317,7 @@ def load_family(path: str | Path, protocol: str | None = None) -> Family:
     try:
         return _load_family(path, protocol)
     except UserError as err:
-        if str(err).startswith(f"{path}: "):
+        if str(path) in str(err):  # it names the file already (e.g. the YAML reader's)
             raise
         # same type and fields (a ConfigError stays one), the file named in the message
         located = type(err).__new__(type(err))

@@ -1,11 +1,14 @@
-"""Atomic file writes: a crash never leaves a half-written result that looks complete; and the
-one file lock of the suite (run folders, study journals, GPU slots)."""
+"""Files in and out: atomic writes (a crash never leaves a half-written result that looks
+complete), bounded reads of the small text files users hand us, the check that an output can be
+written before any work, and the one file lock of the suite (run folders, study journals, GPU
+slots)."""
 
 from __future__ import annotations
 
 import fcntl
 import json
 import os
+import stat
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -98,3 +101,50 @@ def atomic_write_text(path: str | Path, text: str) -> None:
 
 def atomic_write_json(path: str | Path, data: Any) -> None:
     atomic_write_text(path, json.dumps(data, indent=2, allow_nan=True) + "\n")
+
+
+# A config file is a few KiB: anything larger is a mistake (a data file, /dev/zero...), refused
+# before it is read into memory.
+MAX_TEXT_BYTES = 1 << 20
+_NOT_FILES = ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO (named pipe)"),
+              (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+              (stat.S_ISSOCK, "a socket"))
+
+
+def read_text(path: str | Path, what: str, limit: int = MAX_TEXT_BYTES) -> str:
+    """The UTF-8 text of a small regular file, or one :class:`UserError` line (``what: ...``)
+    saying what ``path`` is instead: missing, a directory, a FIFO or a device (never opened for
+    a blocking read: a FIFO would wait for a writer, /dev/zero never ends), larger than
+    ``limit``, binary, or in another encoding (with the line of the first bad byte)."""
+    path = Path(path)
+    try:
+        mode = os.stat(path).st_mode
+        kind = next((name for test, name in _NOT_FILES if test(mode)), None)
+        if kind is not None:
+            raise UserError(f"{what}: {path} is {kind}, not a file")
+        # O_NONBLOCK: should a FIFO replace the file after the check, reading it cannot hang
+        with os.fdopen(os.open(path, os.O_RDONLY | os.O_NONBLOCK), "rb") as fh:
+            data = fh.read(limit + 1)
+    except FileNotFoundError:
+        raise UserError(f"{what}: file not found: {path}") from None
+    except OSError as err:
+        raise UserError(f"{what}: cannot read {path}: {err.strerror or err}") from None
+    if len(data) > limit:
+        raise UserError(f"{what}: {path} is larger than {limit >> 10} KiB: not a config file")
+    nul = data.find(b"\0")
+    if nul >= 0:
+        raise UserError(f"{what}: {path} is a binary file, not text (a NUL byte at "
+                        f"{_where(data, nul)})")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise UserError(f"{what}: {path} is not UTF-8 text (byte 0x{data[err.start]:02x} at "
+                        f"{_where(data, err.start)}: another encoding, e.g. Latin-1?); save it "
+                        "as UTF-8") from None
+
+
+def _where(data: bytes, offset: int) -> str:
+    """``line L, column C`` of a byte offset (columns in bytes)."""
+    newline = b"\n"
+    line = data.count(newline, 0, offset) + 1
+    return f"line {line}, column {offset - data.rfind(newline, 0, offset)}"

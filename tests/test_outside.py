@@ -1,0 +1,127 @@
+"""Issue 23, points 5-7: bounded input, the outside world failing fast in one line, and
+interrupts that leave consistent records.
+
+One test per class, each with several cases. A refused case asserts exit code 2, exactly one
+line on stderr with the expected message, and that nothing was written. The CLI runs
+in-process (``benchmark.cli.main`` returns the exit code) unless the case needs a process of
+its own (signals, a server).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from benchmark.cli import main
+
+# 128 training images over 4 agents: 32 per agent, 4 iterations of 8 per epoch
+SYNTH = ["dataset=synthetic", "synthetic={train_size: 128, test_size: 64, image_size: 8}",
+         "model=mlp", "n_agents=4", "batch_size=8", "tracking=false", "threads=1", "device=cpu"]
+
+
+def _refused(capsys, argv: list[str], *parts: str, cwd: Path | None = None) -> str:
+    """``main(argv)`` exits 2 with one stderr line holding every part, and writes nothing
+    under ``cwd``; returns the line."""
+    before = sorted(cwd.rglob("*")) if cwd else None
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("error: "), err
+    for part in parts:
+        assert part in err, f"{part!r} not in {err!r}"
+    if cwd is not None:
+        assert sorted(cwd.rglob("*")) == before, "a refused command must write nothing"
+    return err.strip()
+
+
+# ------------------------------------------------------------------ point 5: bounded input
+def _alias_bomb(indent: str, levels: int = 9) -> str:
+    """``levels`` anchored lists of 9, each repeating the one before: 9**levels values."""
+    lines = [f"{indent}l0: &l0 [x, x, x, x, x, x, x, x, x]\n"]
+    lines += [f"{indent}l{k}: &l{k} [{', '.join([f'*l{k - 1}'] * 9)}]\n"
+              for k in range(1, levels)]
+    return "".join(lines)
+
+
+DEEP = "[" * 3000 + "]" * 3000
+FAMILY_HEAD = ("grid: {alpha: [0.1], topologies: [{topology: ring, n_agents: 4}], "
+               "methods: [dsgdm-n], seeds: [0]}\n")
+
+
+@pytest.mark.parametrize(("case", "message"), [
+    # an alias bomb where a dict of anything is accepted (synthetic:), in a run file,
+    # a family file read by `plan` (as the workflow reads it) and an override
+    ("bomb in run:", "config: {file}: more than 100,000 values once its aliases are expanded "
+                     "(line 9, column 19); write the values out, or repeat fewer"),
+    ("bomb in a family", "config: {file}: more than 100,000 values once its aliases"),
+    ("bomb override", "override 'synthetic={l0: &l0 [x, x, x, x, x, x, x, x, x], l1: &l1 [*l0, "
+                      "*l0, *l0, *l0, ...': more than 100,000 values once its aliases are "
+                      "expanded (line 1, column 273)"),
+    ("deep list", "config: {file}: nested deeper than 64 levels (line 1, column 79)"),
+    ("deep override", f"override 'lr_milestones={'[' * 63}...': nested deeper than 64 levels "
+                      "(line 1, column 65)"),
+    ("recursive alias", "config: {file}: alias *a (line 2, column 19) is inside the node it "
+                        "names"),
+    ("Latin-1", "config: {file} is not UTF-8 text (byte 0xe9 at line 2, column 12: another "
+                "encoding, e.g. Latin-1?); save it as UTF-8"),
+    ("binary", "config: {file} is a binary file, not text (a NUL byte at line 1, column 4)"),
+    ("directory", "config: {file} is a directory, not a file"),
+    ("FIFO", "config: {file} is a FIFO (named pipe), not a file"),
+    ("/dev/zero", "config: /dev/zero is a character device, not a file"),
+    ("2 MB", "config: {file} is larger than 1024 KiB: not a config file"),
+])
+def test_class5_config_input_is_bounded_and_read_as_text(capsys, tmp_path, case, message):
+    """Every way a config can be too big, too deep or not text is one line at once: never a
+    RecursionError, a traceback, a blocked read of a FIFO or an endless one of /dev/zero."""
+    folder = tmp_path / "in"
+    folder.mkdir()
+    file = folder / "run.yaml"
+    overrides = []
+    if case == "bomb in run:":
+        file.write_text("run:\n  dataset: digits\n  synthetic:\n" + _alias_bomb("    "))
+    elif case == "bomb in a family":
+        file = folder / "fam.yaml"
+        file.write_text(FAMILY_HEAD + "run:\n  synthetic:\n" + _alias_bomb("    "))
+    elif case == "bomb override":
+        bomb = ", ".join(line.strip() for line in _alias_bomb("").splitlines())
+        overrides = [f"synthetic={{{bomb}}}"]
+        file = None
+    elif case == "deep list":
+        file.write_text(f"lr_milestones: {DEEP}\n")
+    elif case == "deep override":
+        overrides, file = [f"lr_milestones={DEEP}"], None
+    elif case == "recursive alias":
+        file.write_text("dataset: synthetic\nsynthetic: &a {x: *a}\n")
+    elif case == "Latin-1":
+        file.write_bytes("lr: 0.1\nfamily: caf\u00e9\n".encode("latin-1"))
+    elif case == "binary":
+        file.write_bytes(b"lr:\x00\x01\x02\xff")
+    elif case == "directory":
+        file.mkdir()
+    elif case == "FIFO":
+        os.mkfifo(file)
+    elif case == "/dev/zero":
+        file = Path("/dev/zero")
+    elif case == "2 MB":
+        file.write_text("# padding\n" * 200_000)
+    if case == "bomb in a family":
+        argv = ["plan", "fam", "--config-dir", str(folder)]
+    else:
+        argv = ["train", "--out", str(tmp_path / "run"), *SYNTH, *overrides,
+                *(["--config", str(file)] if file else [])]
+    line = _refused(capsys, argv, cwd=tmp_path)
+    assert line.startswith("error: " + message.replace("{file}", str(file))), line
+
+
+def test_class5_anchors_within_the_bounds_still_work(tmp_path):
+    """Bounded, not banned: a merge key and an alias give the config written out in full."""
+    from benchmark.config import load_config
+
+    shared = tmp_path / "shared.yaml"
+    shared.write_text("base: &base {lr: 0.2, momentum: 0.5}\nrun:\n  <<: *base\n  momentum: 0.8\n"
+                      "  lr_milestones: &m [0.25, 0.5]\ngrid: null\n")
+    plain = tmp_path / "plain.yaml"
+    plain.write_text("run: {lr: 0.2, momentum: 0.8, lr_milestones: [0.25, 0.5]}\ngrid: null\n")
+    assert load_config(shared, ["family=f"]) == load_config(plain, ["family=f"])
+    assert load_config(shared, ["family=f"]).lr == 0.2
