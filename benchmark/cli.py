@@ -8,13 +8,10 @@ from __future__ import annotations
 
 import argparse
 import os
-import signal
 import sys
-import threading
 
 from .errors import EXIT_USER_ERROR, UserError
-
-EXIT_INTERRUPTED = 130  # the shell's code for a process stopped by SIGINT
+from .interrupts import EXIT_INTERRUPTED, stop_on_signals
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -248,18 +245,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if threading.current_thread() is threading.main_thread():
-        # Snakemake and schedulers stop jobs with SIGTERM: unwind like Ctrl-C, so context
-        # managers run (MLflow marks the run KILLED, the lock is released).
-        signal.signal(signal.SIGTERM, _interrupt)
-    try:
-        return args.func(args)
-    except UserError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return EXIT_USER_ERROR
-    except KeyboardInterrupt:
-        print(f"interrupted: {_after_interrupt(args)}", file=sys.stderr)
-        return EXIT_INTERRUPTED
+    # Snakemake and schedulers stop jobs with SIGTERM: unwind like Ctrl-C, so context managers
+    # run (MLflow marks the run KILLED, the lock is released), within a second (interrupts.py)
+    with stop_on_signals(lambda: _after_interrupt(args)):
+        try:
+            return args.func(args)
+        except UserError as err:
+            print(f"error: {err}", file=sys.stderr)
+            return EXIT_USER_ERROR
+        except KeyboardInterrupt:
+            print(f"interrupted: {_after_interrupt(args)}", file=sys.stderr)
+            return EXIT_INTERRUPTED
 
 
 def _after_interrupt(args: argparse.Namespace) -> str:
@@ -275,10 +271,6 @@ def _after_interrupt(args: argparse.Namespace) -> str:
     if args.command == "tune":
         return "run the same command again to resume the study"
     return "nothing to resume"
-
-
-def _interrupt(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt
 
 
 if __name__ == "__main__":

@@ -20,8 +20,8 @@ PACKAGE = Path(__file__).resolve().parents[1] / "benchmark"
 # registries and refuses unstable gossip settings (stability.py); no algorithm reads a
 # RunConfig: train turns the config into their typed options.
 LAYERS: list[tuple[str, set[str]]] = [
-    ("foundations", {"benchmark", "errors", "io", "strict_yaml", "methods", "timing",
-                     "distributed", "gpu_slots", "device", "opcount"}),
+    ("foundations", {"benchmark", "errors", "io", "strict_yaml", "interrupts", "methods",
+                     "timing", "distributed", "gpu_slots", "device", "opcount"}),
     ("data, topology, models", {"data", "topology", "models"}),
     ("swarm state", {"swarm_state"}),
     ("algorithms", {"algorithms", "stability"}),

@@ -9,7 +9,11 @@ its own (signals, a server).
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -125,3 +129,43 @@ def test_class5_anchors_within_the_bounds_still_work(tmp_path):
     plain.write_text("run: {lr: 0.2, momentum: 0.8, lr_milestones: [0.25, 0.5]}\ngrid: null\n")
     assert load_config(shared, ["family=f"]) == load_config(plain, ["family=f"])
     assert load_config(shared, ["family=f"]).lr == 0.2
+
+
+STOPPED_WHILE = """
+import os, sys, time
+import benchmark.train
+def busy(*args, **kwargs):
+    print("inside", flush=True)
+    {work}
+benchmark.train.load_dataset = busy
+from benchmark.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+@pytest.mark.parametrize(("work", "first_words"), [
+    # glibc's system() waits through signals: one 60-second C call (the GIL released); `exec`
+    # and the redirections leave no process holding this test's pipes
+    ("os.system('exec sleep 60 < /dev/null > /dev/null 2>&1')",
+     "interrupted (inside a long computation): "),
+    ("while True: pass", "interrupted: "),  # Python bytecode: the handler raises at once
+    ("time.sleep(60)", "interrupted: "),  # a system call: interrupted, then the handler
+])
+def test_class5_sigterm_is_honoured_within_a_second_whatever_runs(tmp_path, work, first_words):
+    """SIGTERM while data are being made: the process is gone long before the work would end
+    (60 s and more), exit code 130, one line saying nothing was saved."""
+    proc = subprocess.Popen([sys.executable, "-c", STOPPED_WHILE.format(work=work), "train",
+                             "--out", str(tmp_path / "run"), *SYNTH],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)  # its own group: `sleep` is killed below
+    try:
+        assert proc.stdout.readline() == "inside\n"
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=30)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 130
+    assert err == (f"{first_words}no epoch was saved; run the same command again to start "
+                   "over\n")
+    assert not (tmp_path / "run").exists()
