@@ -10,7 +10,10 @@ import argparse
 import os
 import sys
 
-from .errors import EXIT_USER_ERROR, UserError
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError, field_validator
+
+from .config import DEVICE, MAX_THREADS
+from .errors import EXIT_USER_ERROR, ConfigError, UserError, validation_error
 from .interrupts import EXIT_INTERRUPTED, stop_on_signals
 
 
@@ -37,10 +40,14 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _tune(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from .io import check_writable_dir
     from .tuning.spec import load_tuning
     from .tuning.study import study_dir, tune
 
     study_dir(args.study)  # a bad --study path is refused before anything is built
+    check_writable_dir(Path(args.study).parent, "--study")
     config, spec = load_tuning(args.config, args.overrides)
     if config.tracking:  # a dead server: one line now, before the journal exists
         from .tracking import check_store
@@ -115,9 +122,54 @@ def _families(args: argparse.Namespace) -> list:
     return [families[name] for name in args.family] if args.family else list(families.values())
 
 
+class _Flags(BaseModel):
+    """A command's numeric flags, validated as run options are: ``--gpus: invalid value -2;
+    allowed: greater than or equal to 1``, before any work."""
+
+    model_config = ConfigDict(allow_inf_nan=False,
+                              alias_generator=lambda name: "--" + name.replace("_", "-"))
+
+    @classmethod
+    def check(cls, args: argparse.Namespace) -> None:
+        flags = {cls.model_fields[k].alias: v for k, v in vars(args).items()
+                 if k in cls.model_fields}
+        try:
+            cls.model_validate(flags)
+        except ValidationError as err:
+            raise validation_error(err, cls) from None
+
+
+class _PlanFlags(_Flags):
+    gpus: int = Field(ge=1)
+    slots: list[PositiveInt] | None
+
+
+class _CalibrateFlags(_Flags):
+    iterations: int = Field(ge=1)
+    warmup: int = Field(ge=0)
+    agents: list[PositiveInt] | None
+    device: str | None
+    threads: int | None = Field(ge=1, le=MAX_THREADS)
+    concurrency: list[PositiveInt] | None
+    concurrency_seconds: float = Field(gt=0)
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, device: str | None) -> str | None:
+        if device is not None and not DEVICE.fullmatch(device):
+            raise ConfigError("--device", device, "auto, cpu, cuda, cuda:N (N a GPU index) or mps")
+        return device
+
+
 def _calibrate(args: argparse.Namespace) -> int:
     from .calibrate import calibrate
+    from .config import check_device
+    from .io import check_writable_file
 
+    _CalibrateFlags.check(args)
+    if args.device:
+        check_device(args.device)
+    check_writable_file(args.out, "--out")  # before timing anything
     cal = calibrate(_families(args), args.out, iterations=args.iterations, warmup=args.warmup,
                     agents=set(args.agents) if args.agents else None, device=args.device,
                     threads=args.threads,
@@ -133,6 +185,7 @@ def _plan(args: argparse.Namespace) -> int:
 
     from .plan import Calibration, describe, plan_family, wall_hours
 
+    _PlanFlags.check(args)
     family = _families(args)[0]
     calibration = Calibration.load(args.calibration) if Path(args.calibration).exists() else None
     plan = plan_family(family, calibration)

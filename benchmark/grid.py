@@ -45,6 +45,7 @@ from pydantic import (
 
 from .config import RunConfig, build_config, read_yaml
 from .errors import ConfigError, UserError, no_bool_for_numbers, validation_error
+from .io import read_text
 from .methods import METHODS
 from .topology import TOPOLOGIES, build_topology
 from .tuning.spec import PROTOCOLS, Tuning, build_spec
@@ -289,12 +290,12 @@ def tuned_from(best_json: str | Path, config: RunConfig) -> dict[str, Any]:
     family, method or alpha (a learning rate tuned for alpha 1 says nothing about alpha 0.01)."""
     path = Path(best_json)
     try:
-        best = json.loads(path.read_text())
+        best = json.loads(read_text(path, "--tuned"))
         values = {k: float(v) for k, v in best["values"].items()}
         found = (best["family"], best["method"], float(best["alpha"]))
         study = str(best["study"])
         graph = best.get("graph")  # absent in studies written before it was recorded
-    except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:
+    except (ValueError, KeyError, TypeError, AttributeError) as err:
         raise UserError(f"--tuned {path}: not a readable tuning result "
                         f"({type(err).__name__}: {err}); run `python -m benchmark tune` first"
                         ) from None

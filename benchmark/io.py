@@ -15,7 +15,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any, BinaryIO
 
-from .errors import UserError
+from .errors import ConfigError, UserError
 
 _UMASK = os.umask(0)  # the only portable way to read the umask is to set it (at import time)
 os.umask(_UMASK)
@@ -118,8 +118,7 @@ def read_text(path: str | Path, what: str, limit: int = MAX_TEXT_BYTES) -> str:
     ``limit``, binary, or in another encoding (with the line of the first bad byte)."""
     path = Path(path)
     try:
-        mode = os.stat(path).st_mode
-        kind = next((name for test, name in _NOT_FILES if test(mode)), None)
+        kind = _kind(path)
         if kind is not None:
             raise UserError(f"{what}: {path} is {kind}, not a file")
         # O_NONBLOCK: should a FIFO replace the file after the check, reading it cannot hang
@@ -130,7 +129,8 @@ def read_text(path: str | Path, what: str, limit: int = MAX_TEXT_BYTES) -> str:
     except OSError as err:
         raise UserError(f"{what}: cannot read {path}: {err.strerror or err}") from None
     if len(data) > limit:
-        raise UserError(f"{what}: {path} is larger than {limit >> 10} KiB: not a config file")
+        raise UserError(f"{what}: {path} is larger than {limit >> 10} KiB, more than such a file "
+                        "ever holds: is it the right file?")
     nul = data.find(b"\0")
     if nul >= 0:
         raise UserError(f"{what}: {path} is a binary file, not text (a NUL byte at "
@@ -148,3 +148,52 @@ def _where(data: bytes, offset: int) -> str:
     newline = b"\n"
     line = data.count(newline, 0, offset) + 1
     return f"line {line}, column {offset - data.rfind(newline, 0, offset)}"
+
+
+def _kind(path: Path) -> str | None:
+    """What ``path`` is when it is not a regular file ("a directory", "a FIFO"...); None for a
+    file. Raises OSError when it cannot be looked at (a name too long...)."""
+    mode = os.stat(path).st_mode
+    return next((name for test, name in _NOT_FILES if test(mode)), None)
+
+
+def check_writable_dir(path: str | Path, field: str) -> Path:
+    """Fail before any work, as ``field: invalid value ...``, when ``path`` cannot become a
+    folder we can write into; create nothing.
+
+    Probes the deepest existing ancestor with a temporary file: ``os.access`` says yes to root
+    even on a read-only mount, and a read-only folder would otherwise be found by the first
+    write, after the work (a training, a calibration, a study's trials).
+    """
+    if str(path).strip() == "":  # Path("") is the current folder
+        raise ConfigError(field, str(path), "a folder path (not empty)")
+    path = Path(path)
+    try:
+        probe = next(p for p in (path, *path.parents) if p.exists() or p.parent == p)
+        kind = _kind(probe) if not probe.is_dir() else None
+    except OSError as err:  # e.g. a name longer than the file system allows
+        raise ConfigError(field, str(path), "a writable directory", err.strerror) from None
+    if not probe.is_dir():
+        raise ConfigError(field, str(path), "a writable directory",
+                          f"{probe} is {kind or 'a file'}, not a directory")
+    try:
+        with tempfile.TemporaryFile(dir=probe):
+            pass
+    except OSError as err:
+        raise ConfigError(field, str(path), "a writable directory",
+                          f"cannot write in {probe}: {err.strerror or err}") from None
+    return path
+
+
+def check_writable_file(path: str | Path, field: str) -> Path:
+    """Like :func:`check_writable_dir` for a file that will be (re)written: its folder must be
+    writable, and what is there already a regular file."""
+    path = Path(path)
+    try:
+        kind = _kind(path) if path.exists() else None
+    except OSError as err:
+        raise ConfigError(field, str(path), "a writable file", err.strerror or str(err)) from None
+    if kind is not None:
+        raise ConfigError(field, str(path), "a writable file", f"{path} is {kind}")
+    check_writable_dir(path.parent, field)
+    return path

@@ -117,7 +117,7 @@ def test_unwritable_output_directory(capsys, tmp_path):
     a_file.write_text("not a folder")
     line = _fail(capsys, a_file / "run", *SYNTH)
     _assert_parts(line, "out: invalid value", str(a_file / "run"), "a writable directory",
-                  f"{a_file} is not a directory")
+                  f"{a_file} is a file, not a directory")
     if Path("/proc/self").is_dir():  # a folder nobody can create files in, even root
         line = _fail(capsys, Path("/proc/benchmark-test-run"), *SYNTH)
         _assert_parts(line, "out: invalid value '/proc/benchmark-test-run'",

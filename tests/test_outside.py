@@ -14,6 +14,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -73,7 +74,7 @@ FAMILY_HEAD = ("grid: {alpha: [0.1], topologies: [{topology: ring, n_agents: 4}]
     ("directory", "config: {file} is a directory, not a file"),
     ("FIFO", "config: {file} is a FIFO (named pipe), not a file"),
     ("/dev/zero", "config: /dev/zero is a character device, not a file"),
-    ("2 MB", "config: {file} is larger than 1024 KiB: not a config file"),
+    ("2 MB", "config: {file} is larger than 1024 KiB, more than such a file ever holds"),
 ])
 def test_class5_config_input_is_bounded_and_read_as_text(capsys, tmp_path, case, message):
     """Every way a config can be too big, too deep or not text is one line at once: never a
@@ -169,3 +170,133 @@ def test_class5_sigterm_is_honoured_within_a_second_whatever_runs(tmp_path, work
     assert err == (f"{first_words}no epoch was saved; run the same command again to start "
                    "over\n")
     assert not (tmp_path / "run").exists()
+
+
+# ------------------------------------ point 6: the outside world fails fast, in one line
+def _refuses_writes(folder: Path) -> bool:
+    try:
+        tempfile.TemporaryFile(dir=folder).close()
+    except OSError:
+        return True
+    return False
+
+
+@pytest.fixture
+def read_only(tmp_path) -> Path:
+    """A folder that refuses new files: mode 0555 for a user; for root, whom modes do not stop,
+    /sys (which refuses new files to everyone)."""
+    folder = tmp_path / "read-only"
+    folder.mkdir()
+    folder.chmod(0o555)
+    if _refuses_writes(folder):
+        yield folder
+        folder.chmod(0o755)
+        return
+    folder.chmod(0o755)
+    if not _refuses_writes(Path("/sys")):
+        pytest.skip("no folder here refuses writes")
+    yield Path("/sys")
+
+
+FAMILY = ("run: {family: fam, dataset: synthetic, model: mlp, n_agents: 4, epochs: 1, "
+          "synthetic: {train_size: 128, test_size: 64, image_size: 8}, tracking: false}\n"
+          + FAMILY_HEAD)
+
+
+@pytest.mark.parametrize(("command", "field", "where"), [
+    ("train", "out", "{ro}/run"),
+    ("report", "out", "{ro}/reports"),
+    ("tune", "--study", "{ro}/studies"),
+    ("calibrate", "--out", "{ro}"),
+    ("tune-table", "out", "{ro}/tables"),
+])
+def test_class6_an_output_that_cannot_be_written_is_refused_before_any_work(
+        capsys, tmp_path, monkeypatch, read_only, command, field, where):
+    """Nothing is trained, read, timed or tuned first: the refusal names the flag, the path and
+    the folder that refuses writes."""
+    import benchmark.calibrate
+    import benchmark.train
+
+    def no_work(*args, **kwargs):
+        raise AssertionError("work started before the output was checked")
+
+    monkeypatch.setattr(benchmark.train, "build_experiment", no_work)
+    monkeypatch.setattr(benchmark.calibrate, "time_workload", no_work)
+    (tmp_path / "fam.yaml").write_text(FAMILY)
+    (tmp_path / "best.json").write_text("{}")
+    argv = {
+        "train": ["train", "--out", f"{read_only}/run", *SYNTH],
+        "report": ["report", str(tmp_path), "--out", f"{read_only}/reports"],
+        "tune": ["tune", "--study", f"{read_only}/studies/alpha0.1.journal", *SYNTH,
+                 "method=qgm"],
+        "calibrate": ["calibrate", "--config-dir", str(tmp_path), "--out",
+                      f"{read_only}/calibration.json"],
+        "tune-table": ["tune-table", str(tmp_path / "best.json"), "--out",
+                       f"{read_only}/tables/tuning_fam"],
+    }[command]
+    _refused(capsys, argv, f"error: {field}: invalid value '{where.format(ro=read_only)}'; "
+             f"allowed: a writable directory (cannot write in {read_only}: ", cwd=tmp_path)
+
+
+@pytest.mark.parametrize(("argv", "first_line"), [
+    # what is already there is checked too: a run's own files, the calibration file
+    (["train", "--out", "{tmp}/run", *SYNTH], "out: invalid value '{tmp}/run/metrics.json'; "
+     "allowed: a writable file ({tmp}/run/metrics.json is a directory)"),
+    (["calibrate", "--config-dir", "{tmp}", "--out", "{tmp}/run"],
+     "--out: invalid value '{tmp}/run'; allowed: a writable file ({tmp}/run is a directory)"),
+    (["calibrate", "--config-dir", "{tmp}", "--out", "{tmp}/fam.yaml/c.json"],
+     "--out: invalid value '{tmp}/fam.yaml'; allowed: a writable directory ({tmp}/fam.yaml is "
+     "a file, not a directory)"),
+    (["train", "--out", "{tmp}/fifo/run", *SYNTH], "out: invalid value '{tmp}/fifo/run'; "
+     "allowed: a writable directory ({tmp}/fifo is a FIFO (named pipe), not a directory)"),
+    (["train", "--out", "{tmp}/" + "x" * 300 + "/run", *SYNTH],
+     "out: invalid value '{tmp}/xxxx"),  # the rest: "...; allowed: ... (File name too long)"
+])
+def test_class6_what_is_in_the_way_of_an_output_is_named(capsys, tmp_path, monkeypatch, argv,
+                                                        first_line):
+    import benchmark.calibrate
+
+    monkeypatch.setattr(benchmark.calibrate, "time_workload", None)  # never reached
+    (tmp_path / "fam.yaml").write_text(FAMILY)
+    (tmp_path / "run" / "metrics.json").mkdir(parents=True)
+    os.mkfifo(tmp_path / "fifo")
+    line = _refused(capsys, [a.replace("{tmp}", str(tmp_path)) for a in argv], cwd=tmp_path)
+    assert line.startswith("error: " + first_line.replace("{tmp}", str(tmp_path))), line
+    if "x" * 300 in argv[2]:
+        assert line.endswith("allowed: a writable directory (File name too long)")
+
+
+@pytest.mark.parametrize(("argv", "first_line"), [
+    (["plan", "fam", "--gpus", "0"], "--gpus: invalid value 0; allowed: greater than or equal "
+                                     "to 1"),
+    (["plan", "fam", "--gpus", "-2", "--slots", "-1"], "--gpus: invalid value -2"),
+    (["plan", "fam", "--slots", "-1"], "--slots[0]: invalid value -1; allowed: greater than 0"),
+    (["plan", "fam", "--slots", "1,0"], "--slots[1]: invalid value 0; allowed: greater than 0"),
+    (["plan", "fam", "--calibration", "/dev/zero"],
+     "calibration: /dev/zero is a character device, not a file"),
+    (["calibrate", "--iterations", "0"], "--iterations: invalid value 0; allowed: greater than "
+                                         "or equal to 1"),
+    (["calibrate", "--warmup", "-1"], "--warmup: invalid value -1; allowed: greater than or "
+                                      "equal to 0"),
+    (["calibrate", "--device", "tpu"], "--device: invalid value 'tpu'; allowed: auto, cpu, "
+                                       "cuda, cuda:N (N a GPU index) or mps"),
+    (["calibrate", "--concurrency", "0"], "--concurrency[0]: invalid value 0; allowed: greater "
+                                          "than 0"),
+    (["calibrate", "--concurrency", "2,-4"], "--concurrency[1]: invalid value -4"),
+    (["calibrate", "--concurrency-seconds", "-1"], "--concurrency-seconds: invalid value -1.0; "
+                                                   "allowed: greater than 0"),
+    (["calibrate", "--concurrency-seconds", "inf"], "--concurrency-seconds: invalid value inf; "
+                                                    "allowed: a finite number"),
+    (["calibrate", "--threads", "0"], "--threads: invalid value 0; allowed: greater than or "
+                                      "equal to 1"),
+    (["calibrate", "--agents", "16,0"], "--agents[1]: invalid value 0; allowed: greater than 0"),
+])
+def test_class6_every_plan_and_calibrate_number_is_checked(capsys, tmp_path, monkeypatch, argv,
+                                                           first_line):
+    import benchmark.calibrate
+
+    monkeypatch.setattr(benchmark.calibrate, "time_workload", None)  # never reached
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "fam.yaml").write_text(FAMILY)
+    line = _refused(capsys, [*argv, "--config-dir", str(tmp_path)], cwd=tmp_path)
+    assert line.startswith("error: " + first_line), line

@@ -16,19 +16,15 @@ from pathlib import Path
 from typing import Any
 
 from ..config import result_fields
-from ..errors import ConfigError, UserError
+from ..errors import UserError
+from ..io import check_writable_dir
 from ..metrics import NotRunMetrics, RunMetrics
 
 
 def check_out_dir(out: str | Path, what: str = "out") -> Path:
-    """An output folder that exists or can be created (not a file, not under a file)."""
-    out = Path(out)
-    if str(out) == "":
-        raise ConfigError(what, "", "a folder path")
-    for parent in (out, *out.parents):
-        if parent.exists() and not parent.is_dir():
-            raise ConfigError(what, str(out), "a writable directory", f"{parent} is a file")
-    return out
+    """An output folder that exists or can be created and written (not a file, not under a
+    file, not read-only), checked before any result is read."""
+    return check_writable_dir(out, what)
 
 
 def expand(paths: Iterable[str | Path], command: str) -> list[Path]:
