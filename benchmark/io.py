@@ -157,32 +157,40 @@ def _kind(path: Path) -> str | None:
     return next((name for test, name in _NOT_FILES if test(mode)), None)
 
 
-def check_writable_dir(path: str | Path, field: str) -> Path:
-    """Fail before any work, as ``field: invalid value ...``, when ``path`` cannot become a
-    folder we can write into; create nothing.
+def unwritable(path: str | Path) -> str | None:
+    """Why ``path`` cannot become a folder we write into (``cannot write in /x: Permission
+    denied``, ``/x is a file, not a directory``, ``File name too long``), or None; creates
+    nothing.
 
     Probes the deepest existing ancestor with a temporary file: ``os.access`` says yes to root
     even on a read-only mount, and a read-only folder would otherwise be found by the first
     write, after the work (a training, a calibration, a study's trials).
     """
-    if str(path).strip() == "":  # Path("") is the current folder
-        raise ConfigError(field, str(path), "a folder path (not empty)")
     path = Path(path)
     try:
         probe = next(p for p in (path, *path.parents) if p.exists() or p.parent == p)
         kind = _kind(probe) if not probe.is_dir() else None
     except OSError as err:  # e.g. a name longer than the file system allows
-        raise ConfigError(field, str(path), "a writable directory", err.strerror) from None
+        return err.strerror or str(err)
     if not probe.is_dir():
-        raise ConfigError(field, str(path), "a writable directory",
-                          f"{probe} is {kind or 'a file'}, not a directory")
+        return f"{probe} is {kind or 'a file'}, not a directory"
     try:
         with tempfile.TemporaryFile(dir=probe):
             pass
     except OSError as err:
-        raise ConfigError(field, str(path), "a writable directory",
-                          f"cannot write in {probe}: {err.strerror or err}") from None
-    return path
+        return f"cannot write in {probe}: {err.strerror or err}"
+    return None
+
+
+def check_writable_dir(path: str | Path, field: str) -> Path:
+    """``path`` as a folder we can write into (:func:`unwritable`), checked before any work;
+    else ``field: invalid value ...; allowed: a writable directory (why)``."""
+    if str(path).strip() == "":  # Path("") is the current folder
+        raise ConfigError(field, str(path), "a folder path (not empty)")
+    why = unwritable(path)
+    if why is not None:
+        raise ConfigError(field, str(path), "a writable directory", why)
+    return Path(path)
 
 
 def check_writable_file(path: str | Path, field: str) -> Path:

@@ -300,3 +300,57 @@ def test_class6_every_plan_and_calibrate_number_is_checked(capsys, tmp_path, mon
     (tmp_path / "fam.yaml").write_text(FAMILY)
     line = _refused(capsys, [*argv, "--config-dir", str(tmp_path)], cwd=tmp_path)
     assert line.startswith("error: " + first_line), line
+
+
+@pytest.fixture(scope="module")
+def web_server():
+    """A web server that is not MLflow (it answers /health and every path with a 404 page)."""
+    proc = subprocess.Popen([sys.executable, "-u", "-m", "http.server", "0", "--bind",
+                             "127.0.0.1"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                            text=True)
+    try:
+        port = proc.stdout.readline().split(" port ")[1].split()[0]
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+@pytest.mark.parametrize(("store", "reason", "fix"), [
+    ("sqlite:///{ro}/m.db", "cannot write in {ro}: ", "local"),
+    ("sqlite:///{tmp}/garbage.db", "{tmp}/garbage.db is not an SQLite database", "local"),
+    ("sqlite:///{tmp}/torn.db", "{tmp}/torn.db is not a readable SQLite database (file is not "
+                                "a database)", "local"),
+    ("sqlite:///{tmp}/other.db", "{tmp}/other.db is an SQLite database of another program (no "
+                                 "MLflow tables)", "local"),
+    ("sqlite:///{tmp}/a-folder", "{tmp}/a-folder is not a file", "local"),
+    ("file://{ro}/mlruns", "cannot write in {ro}: ", "local"),
+    ("{web}", "it answers HTTP 404 but is not an MLflow server", "server"),
+    ("{web}/", "it answers HTTP 404 but is not an MLflow server", "server"),
+    ("http://127.0.0.1:9", "it does not answer: ", "server"),
+    ("mlflow://127.0.0.1:5000", "", "server"),
+])
+def test_class6_a_tracking_store_that_cannot_be_used_is_one_line_before_any_work(
+        capsys, tmp_path, monkeypatch, read_only, web_server, store, reason, fix):
+    """Within seconds (MLflow itself retried a read-only sqlite folder for 108 s, then a
+    traceback), before the run folder or the store exist, naming the URI and the fix."""
+    import sqlite3
+    import time
+
+    (tmp_path / "garbage.db").write_bytes(bytes(range(256)) * 8)
+    (tmp_path / "torn.db").write_bytes(b"SQLite format 3\x00" + b"\x01" * 100)
+    with contextlib.closing(sqlite3.connect(tmp_path / "other.db")) as con:
+        con.execute("CREATE TABLE notes (text)")
+        con.commit()
+    (tmp_path / "a-folder").mkdir()
+    uri = store.format(ro=read_only, tmp=tmp_path, web=web_server)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    started = time.monotonic()
+    line = _refused(capsys, ["train", "--out", str(tmp_path / "run"), *SYNTH, "tracking=true"],
+                    cwd=tmp_path)
+    assert time.monotonic() - started < 60  # seconds, not MLflow's minutes of retries
+    todo = {"local": "point MLFLOW_TRACKING_URI at a writable place, or set tracking=false",
+            "server": "start the MLflow server, fix MLFLOW_TRACKING_URI, or set tracking=false"}
+    assert line.startswith(f"error: tracking: cannot use the MLflow store {uri} ("
+                           + reason.format(ro=read_only, tmp=tmp_path)), line
+    assert line.endswith(f"); {todo[fix]}"), line

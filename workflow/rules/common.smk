@@ -146,7 +146,10 @@ def prepare_tracking():
         return
     from benchmark.tracking import prepare_store
 
-    uri = prepare_store(names)
+    try:
+        uri = prepare_store(names)
+    except UserError as err:
+        raise WorkflowError(f"error: {err}") from None
     print(f"MLflow: {uri} (experiments: {', '.join(names)})", file=sys.stderr)
 
 
