@@ -17,6 +17,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from benchmark.cli import main
@@ -354,3 +355,56 @@ def test_class6_a_tracking_store_that_cannot_be_used_is_one_line_before_any_work
     assert line.startswith(f"error: tracking: cannot use the MLflow store {uri} ("
                            + reason.format(ro=read_only, tmp=tmp_path)), line
     assert line.endswith(f"); {todo[fix]}"), line
+
+
+def _fake_dataset(root: Path, name: str, monkeypatch) -> None:
+    """Tiny files in torchvision's layout; for CIFAR the class's MD5 list is set to the fake
+    files' own, so torchvision's integrity check runs as it does on the real files."""
+    import hashlib
+
+    import torchvision.datasets as tvd
+    from test_loaders import _idx, _pattern, _write_cifar
+
+    if name == "fmnist":
+        raw = root / "FashionMNIST" / "raw"
+        raw.mkdir(parents=True)
+        for prefix, n in (("train", 32), ("t10k", 8)):
+            _idx(raw / f"{prefix}-images-idx3-ubyte", _pattern(n, 1, 28)[:, 0])
+            _idx(raw / f"{prefix}-labels-idx1-ubyte", np.arange(n) % 10)
+        return
+    cls = tvd.CIFAR10 if name == "cifar10" else tvd.CIFAR100
+    _write_cifar(root, name, 32, 8)
+    folder = root / cls.base_folder
+
+    def md5(file: str) -> list[str]:
+        return [file, hashlib.md5((folder / file).read_bytes()).hexdigest()]
+
+    monkeypatch.setattr(cls, "train_list", [md5(f) for f, _ in cls.train_list])
+    monkeypatch.setattr(cls, "test_list", [md5(f) for f, _ in cls.test_list])
+    monkeypatch.setattr(cls, "meta", {**cls.meta, "md5": md5(cls.meta["filename"])[1]})
+
+
+@pytest.mark.parametrize(("name", "file", "keep"), [
+    ("fmnist", "FashionMNIST/raw/train-images-idx3-ubyte", 1000),  # was: "files not found"
+    ("fmnist", "FashionMNIST/raw/train-images-idx3-ubyte", 10),  # was: a ValueError traceback
+    ("fmnist", "FashionMNIST/raw/t10k-labels-idx1-ubyte", 12),
+    ("cifar10", "cifar-10-batches-py/data_batch_3", 500),
+    ("cifar10", "cifar-10-batches-py/batches.meta", 0),
+    ("cifar100", "cifar-100-python/test", 4000),
+])
+def test_class6_a_damaged_dataset_file_is_named_with_the_fetch_command(
+        capsys, tmp_path, monkeypatch, name, file, keep):
+    data = tmp_path / "data"
+    _fake_dataset(data, name, monkeypatch)
+    assert main(["train", "--out", str(tmp_path / "intact"), f"dataset={name}",
+                 f"data_dir={data}", "model=mlp", "n_agents=4", "batch_size=4", "epochs=1",
+                 "tracking=false", "device=cpu", "save_models=none"]) == 0
+    capsys.readouterr()
+    damaged = data / file
+    damaged.write_bytes(damaged.read_bytes()[:keep])
+    top = data / file.split("/")[0]
+    _refused(capsys, ["train", "--out", str(tmp_path / "run"), f"dataset={name}",
+                      f"data_dir={data}", "model=mlp", "n_agents=4", "batch_size=4",
+                      "tracking=false", "device=cpu"],
+             f"error: dataset {name}: {damaged} is truncated or corrupted; delete {top} and "
+             f"run `python -m benchmark fetch {name} --data-dir {data}`\n", cwd=tmp_path)
