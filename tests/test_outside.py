@@ -408,3 +408,30 @@ def test_class6_a_damaged_dataset_file_is_named_with_the_fetch_command(
                       "tracking=false", "device=cpu"],
              f"error: dataset {name}: {damaged} is truncated or corrupted; delete {top} and "
              f"run `python -m benchmark fetch {name} --data-dir {data}`\n", cwd=tmp_path)
+
+
+@pytest.mark.parametrize("depth", [0, 60, 200])
+def test_class6_a_long_tmpdir_does_not_stop_the_preload_server(tmp_path, monkeypatch, depth):
+    """A Unix socket's path has at most ~107 bytes: under a deep TMPDIR the server's socket
+    goes to a private folder under /tmp instead (every workflow failed with "preload server
+    did not start"); the folder is mode 0700 and gone once the server stops."""
+    import socket
+    import stat
+
+    from benchmark.preload import SOCKET_PATH_MAX, start_server, stop_server
+
+    base = tmp_path / ("d" * depth) if depth else tmp_path
+    base.mkdir(exist_ok=True)
+    monkeypatch.setattr(tempfile, "tempdir", str(base))
+    fits = len(os.fsencode(f"{base}/benchmark-preload-12345678/socket")) <= SOCKET_PATH_MAX
+    proc, path = start_server()
+    folder = Path(path).parent
+    try:
+        assert folder.parent == (base if fits else Path("/tmp"))
+        assert stat.S_IMODE(folder.stat().st_mode) == 0o700
+        with contextlib.closing(socket.socket(socket.AF_UNIX)) as client:
+            client.connect(path)  # it listens
+    finally:
+        stop_server(proc)
+    assert proc.returncode == 0 and not folder.exists()
+    assert fits or depth > 0  # pytest's own folder is short enough; 200 more bytes are not

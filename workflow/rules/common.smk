@@ -167,6 +167,11 @@ def start_preload():
 
     log = Path(".snakemake") / "preload.log"
     log.parent.mkdir(exist_ok=True)
-    proc, socket = start_server(log)
+    try:
+        proc, socket = start_server(log)
+    except (OSError, RuntimeError) as err:  # an optimisation, never a requirement
+        print(f"warning: no preload server ({err}; see {log}): every job imports the suite "
+              "itself, slower, same results", file=sys.stderr)
+        return
     os.environ[ENV] = socket
     atexit.register(stop_server, proc)
