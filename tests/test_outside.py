@@ -435,3 +435,44 @@ def test_class6_a_long_tmpdir_does_not_stop_the_preload_server(tmp_path, monkeyp
         stop_server(proc)
     assert proc.returncode == 0 and not folder.exists()
     assert fits or depth > 0  # pytest's own folder is short enough; 200 more bytes are not
+
+
+@pytest.mark.parametrize(("space", "first_line"), [
+    ("{momentum: [0.5, 1.5]}", "tuning.space.momentum: invalid value [0.5, 1.5]; allowed: a "
+                               "range within momentum's own limits (>= 0 and < 1)"),
+    ("{momentum: [1.0, 1.5]}", "tuning.space.momentum: invalid value [1.0, 1.5]; allowed: a "
+                               "range within momentum's own limits (>= 0 and < 1)"),
+    ("{gamma: [0.5, 2]}", "tuning.space.gamma: invalid value [0.5, 2.0]; allowed: a range "
+                          "within gamma's own limits (> 0 and <= 1)"),
+    ("{lr_decay: {low: 0, high: 0.5, log: false}}", "tuning.space.lr_decay: invalid value "
+     "[0.0, 0.5]; allowed: a range within lr_decay's own limits (> 0 and <= 1)"),
+    ("{val_fraction: [0.1, 0.9]}", "tuning.space.val_fraction: invalid value [0.1, 0.9]; "
+                                   "allowed: a range within val_fraction's own limits"),
+    ("{epochs: [1.5, 10]}", "tuning.space.epochs: invalid value [1.5, 10.0]; allowed: "
+                            "whole-number bounds (epochs is an integer option)"),
+    ("{batch_size: {low: 0, high: 64, log: false}}", "tuning.space.batch_size: invalid value "
+     "[0.0, 64.0]; allowed: a range within batch_size's own limits (>= 1)"),
+])
+@pytest.mark.parametrize("command", ["tune", "plan"])
+def test_class6_a_search_range_outside_the_option_s_own_limits(capsys, tmp_path, space,
+                                                               first_line, command):
+    """Refused before a study exists (``[1.0, 1.5]`` made the study, then an Optuna
+    traceback), by `tune` and when a family file is read (plan, the workflow)."""
+    name = space[1:].split(":")[0]
+    (tmp_path / "fam.yaml").write_text(
+        FAMILY + f"tuning: {{protocol: tuned, space: {space}, baseline: [{name}]}}\n")
+    journal = tmp_path / "studies" / "fam" / "dsgdm-n" / "alpha0.1.journal"
+    argv = (["tune", "--config", str(tmp_path / "fam.yaml"), "--study", str(journal),
+             "method=dsgdm-n", "alpha=0.1"] if command == "tune"
+            else ["plan", "fam", "--config-dir", str(tmp_path)])
+    prefix = "" if command == "tune" else f"{tmp_path / 'fam.yaml'}: "
+    _refused(capsys, argv, f"error: {prefix}{first_line}", cwd=tmp_path)
+
+
+def test_class6_a_range_inside_the_limits_is_kept():
+    from benchmark.tuning.spec import build_spec
+
+    spec = build_spec({"space": {"momentum": [0.5, 0.99], "epochs": [1, 10]},
+                       "baseline": ["momentum", "epochs"]})
+    assert (spec.space["momentum"].low, spec.space["momentum"].high) == (0.5, 0.99)
+    assert (spec.space["epochs"].low, spec.space["epochs"].high) == (1, 10)
