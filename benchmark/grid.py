@@ -30,7 +30,7 @@ import shlex
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import (
     BaseModel,
@@ -383,6 +383,34 @@ def _studies(grid: Grid) -> list[tuple[str, float]]:
     """(method, alpha) of every study the grid's products call for, in grid order."""
     pairs = {(m, a): None for _, g in grid.products() for m in g.methods for a in g.alpha}
     return list(pairs)
+
+
+class WorkflowOptions(BaseModel):
+    """The workflow's own options, ``snakemake <targets> --config key=value`` (or a profile's
+    ``config:``): every key the Snakefile and ``workflow/rules/*.smk`` read, and only those, so
+    a typo (``protcol=both``) is one line naming the closest key, not silently ignored."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    family_dir: str = Field("config", min_length=1)  # the family files (*.yaml)
+    protocol: Literal[PROTOCOLS] | None = None  # overrides every family's tuning.protocol
+    gpu_slots_per_device: int | None = Field(None, ge=1)  # runs sharing one GPU
+    gpu_threads: int = Field(2, ge=1)  # CPU threads of a GPU job
+    cluster: Literal["slurm"] | None = None  # profiles/slurm: jobs run on the cluster's nodes
+    preload: bool = True  # the fork server that imports the suite once (benchmark/preload.py)
+
+    _numbers = field_validator("*", mode="before")(no_bool_for_numbers)
+
+
+def workflow_options(config: dict[str, Any]) -> WorkflowOptions:
+    """Snakemake's ``config`` dict validated: a mistake is one ``--config key: ...`` line."""
+    if "lambdas" in config:
+        raise UserError("--config lambdas: renamed; use --config protocol=fixed|tuned|both "
+                        "(tuned: every method tuned with the same budget)")
+    try:
+        return WorkflowOptions(**config)
+    except ValidationError as err:
+        raise validation_error(err, WorkflowOptions, prefix="--config ") from None
 
 
 def load_families(config_dir: str | Path = "config", protocol: str | None = None

@@ -476,3 +476,53 @@ def test_class6_a_range_inside_the_limits_is_kept():
                        "baseline": ["momentum", "epochs"]})
     assert (spec.space["momentum"].low, spec.space["momentum"].high) == (0.5, 0.99)
     assert (spec.space["epochs"].low, spec.space["epochs"].high) == (1, 10)
+
+
+@pytest.mark.parametrize(("config", "first_line"), [
+    ({"protcol": "both"}, "--config protcol: invalid value '(unknown key)'; allowed: a known "
+                          "key (family_dir, protocol, gpu_slots_per_device, gpu_threads, "
+                          "cluster, preload) (did you mean 'protocol'?)"),
+    ({"gpu_thread": 4}, "--config gpu_thread: invalid value '(unknown key)'; allowed: a known "
+                        "key (family_dir, protocol, gpu_slots_per_device, gpu_threads, cluster, "
+                        "preload) (did you mean 'gpu_threads'?)"),
+    ({"protocol": "tunned"}, "--config protocol: invalid value 'tunned'; allowed: one of fixed, "
+                             "tuned, both (did you mean 'tuned'?)"),
+    ({"gpu_threads": 0}, "--config gpu_threads: invalid value 0; allowed: greater than or "
+                         "equal to 1"),
+    ({"gpu_slots_per_device": True}, "--config gpu_slots_per_device: invalid value True; "
+                                     "allowed: a number, not a boolean"),
+    ({"preload": "maybe"}, "--config preload: invalid value 'maybe'; allowed: a valid boolean"),
+    ({"cluster": "slurn"}, "--config cluster: invalid value 'slurn'; allowed: one of slurm "
+                           "(did you mean 'slurm'?)"),
+    ({"family_dir": ""}, "--config family_dir: invalid value ''"),
+])
+def test_class6_workflow_config_keys_and_values_are_checked(config, first_line):
+    """Every key the Snakefile and workflow/rules/*.smk read is listed once
+    (benchmark.grid.WorkflowOptions); an unknown key or a bad value is one line."""
+    from benchmark.errors import UserError
+    from benchmark.grid import workflow_options
+
+    with pytest.raises(UserError) as refused:
+        workflow_options(config)
+    assert str(refused.value).startswith(first_line), refused.value
+    options = workflow_options({"protocol": "both", "gpu_threads": "4", "preload": "false",
+                                "cluster": "slurm", "gpu_slots_per_device": 2})
+    assert (options.protocol, options.gpu_threads, options.preload, options.cluster,
+            options.gpu_slots_per_device, options.family_dir) == ("both", 4, False, "slurm", 2,
+                                                                  "config")
+
+
+def test_class6_snakemake_stops_on_a_mistyped_config_key(tmp_path):
+    """`--config protcol=both` exited 0 with "Nothing to be done"; now nothing is planned."""
+    (tmp_path / "config").mkdir()
+    (tmp_path / "config" / "fam.yaml").write_text(FAMILY)
+    repo = Path(__file__).resolve().parents[1]
+    proc = subprocess.run([str(Path(sys.executable).parent / "snakemake"), "-s",
+                           str(repo / "Snakefile"), "-d", str(tmp_path), "-n", "--cores", "1",
+                           "reports/table_fam.csv", "--config", "protcol=both"],
+                          capture_output=True, text=True, timeout=300)
+    output = proc.stdout + proc.stderr
+    assert proc.returncode != 0
+    assert ("\nerror: --config protcol: invalid value '(unknown key)'; allowed: a known key "
+            in output) and "(did you mean 'protocol'?)\n" in output
+    assert "Nothing to be done" not in output
