@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import re
 import shlex
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -366,7 +367,7 @@ def _load_family(path: str | Path, protocol: str | None = None) -> Family:
                         "alpha": alpha, "method": method, "seed": seed,
                     }
                     ctx = f"{prefix}.datasets[{d_idx}] / {where}" if data else where
-                    config = _run_config({**run, **overrides}, ctx, path)
+                    config = _run_config(run, overrides, ctx, path)
                     tuned = best_path(name, method, alpha) if protocol == "tuned" else None
                     spec_ = RunSpec(name, str(path), overrides, config, tuned)
                     if spec_.run_dir in seen:
@@ -444,11 +445,17 @@ def _check_graph(topo: TopologyEntry, run: dict[str, Any], where: str) -> None:
         raise ConfigError(f"{where}.{err.field}", err.value, err.allowed) from None
 
 
-def _run_config(data: dict[str, Any], ctx: str, path: Path) -> RunConfig:
+def _run_config(run: dict[str, Any], overrides: dict[str, Any], ctx: str,
+                path: Path) -> RunConfig:
+    """One run's config; a mistake in a key the family's ``run:`` section sets (and the axes do
+    not) is named where it is written, ``run.<key>``, any other after the axis entry ``ctx``
+    that makes the run (a typo under ``run:`` read as ``grid.topologies[0]: ...``)."""
     try:
-        return build_config(data)
+        return build_config({**run, **overrides})
     except ConfigError as err:
-        raise UserError(f"{path}: {ctx}: {err}") from None
+        key = re.split(r"[.\[]", err.field, maxsplit=1)[0]
+        where = "run." if key in run and key not in overrides else f"{ctx}: "
+        raise UserError(f"{path}: {where}{err}") from None
 
 
 def _yaml_scalar(value: Any) -> str:

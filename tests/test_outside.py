@@ -526,3 +526,25 @@ def test_class6_snakemake_stops_on_a_mistyped_config_key(tmp_path):
     assert ("\nerror: --config protcol: invalid value '(unknown key)'; allowed: a known key "
             in output) and "(did you mean 'protocol'?)\n" in output
     assert "Nothing to be done" not in output
+
+
+@pytest.mark.parametrize(("run", "topology", "first_line"), [
+    ("lrr: 0.1", "", "run.lrr: invalid value '(unknown key)'; allowed: a known key (see README "
+                     "for the options) (did you mean 'lr'?)"),
+    ("momentum: 1.5", "", "run.momentum: invalid value 1.5; allowed: less than 1"),
+    ("synthetic: {train_size: -5}", "", "run.synthetic.train_size: invalid value -5"),
+    ("lr_milestones: [0.5, 2]", "", "run.lr_milestones: invalid value [0.5, 2.0]"),
+    # what an axis entry sets is still named after the entry
+    ("", ", gama: 0.9", "grid.topologies[0]: gama: invalid value '(unknown key)'"),
+    ("gamma: 0.5", ", gamma: 2", "grid.topologies[0]: gamma: invalid value 2"),
+])
+def test_class6_a_mistake_under_run_is_named_run_key(capsys, tmp_path, run, topology,
+                                                     first_line):
+    family = tmp_path / "fam.yaml"
+    family.write_text(
+        "run: {family: fam, dataset: synthetic, model: mlp, epochs: 1"
+        + (f", {run}" if run else "") + "}\n"
+        "grid: {alpha: [0.1], methods: [dsgdm-n], seeds: [0], "
+        f"topologies: [{{topology: ring, n_agents: 4{topology}}}]}}\n")
+    _refused(capsys, ["plan", "fam", "--config-dir", str(tmp_path)],
+             f"error: {family}: {first_line}", cwd=tmp_path)
