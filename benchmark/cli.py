@@ -28,6 +28,7 @@ def _train(args: argparse.Namespace) -> int:
 
         tuned = tuned_from(args.tuned, config)
         config = build_config({**config.model_dump(), **tuned["values"], "tuned": tuned})
+    args.run_config = config  # what an interrupt left depends on it (_after_interrupt)
     metrics = run(config, args.out, restart=args.restart)
     final = metrics.final
     summary = f"{metrics.status}: wall {metrics.wall_time_s:.1f}s"
@@ -316,8 +317,17 @@ def _after_interrupt(args: argparse.Namespace) -> str:
     if args.command == "train":
         from pathlib import Path
 
-        from .checkpoint import CHECKPOINT
+        from .checkpoint import CHECKPOINT, METRICS, RunDir
 
+        config = getattr(args, "run_config", None)
+        try:
+            done = RunDir(args.out, config).finished() if config is not None else None
+        except UserError:  # not a finished run of this config
+            done = None
+        if done is not None:  # interrupted after metrics.json was written, or while logging
+            record = ("; run the same command again to complete its MLflow record"
+                      if config.tracking else "")
+            return f"the run had finished: {Path(args.out) / METRICS} is complete{record}"
         if args.out and (Path(args.out) / CHECKPOINT).is_file():
             return "run the same command again to resume from the last completed epoch"
         return "no epoch was saved; run the same command again to start over"

@@ -578,6 +578,36 @@ def track_run(config, out_dir: str | Path | None) -> Iterator[NullTracker | Mlfl
         supersede(store, exp_id, tags["results_dir"], tracker.run_id)
 
 
+def complete_record(config, out_dir: str | Path, metrics: RunMetrics) -> str | None:
+    """Complete the MLflow record of a finished run (``metrics.json`` complete) that an
+    interrupt cut short: when no FINISHED run of ``out_dir`` exists, its latest run (KILLED,
+    FAILED, or RUNNING after a hard kill) gets what it lacks (the epochs not logged, the final
+    figures, the artifacts) and status FINISHED. Returns that run's id, None when there was
+    nothing to complete (or no record at all: nothing is created)."""
+    check_store()
+    store = client()
+    results_dir = str(Path(out_dir).resolve())
+    experiments = [e.experiment_id
+                   for e in retry(lambda: store.search_experiments(), "search_experiments")]
+    runs = retry(lambda: store.search_runs(
+        experiments, f"tags.results_dir = '{results_dir}'",
+        order_by=["attributes.start_time DESC"]), "search_runs")
+    if not runs or any(run.info.status == "FINISHED" for run in runs):
+        return None
+    cut_short = runs[0]
+    run_id = cut_short.info.run_id
+    tracker = MlflowTracker(store, run_id, config, out_dir)
+    logged = retry(lambda: store.get_metric_history(run_id, metric_name("time_s")),
+                   "get_metric_history")
+    tracker.logged = {point.step for point in logged}  # every epoch logs its time
+    tracker.log_result(metrics)
+    if "error" in cut_short.data.tags:  # "interrupted": no longer true of the record
+        retry(lambda: store.delete_tag(run_id, "error"), "delete_tag")
+    tracker.log_batch(tags=[("completed_after", cut_short.info.status)])
+    tracker.end("FINISHED")
+    return run_id
+
+
 def supersede(store, experiment: str, results_dir: str, run_id: str) -> None:
     """Tag the earlier FINISHED runs of one results folder ``superseded`` (by ``run_id``).
 

@@ -10,6 +10,7 @@ its own (signals, a server).
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import subprocess
@@ -548,3 +549,73 @@ def test_class6_a_mistake_under_run_is_named_run_key(capsys, tmp_path, run, topo
         f"topologies: [{{topology: ring, n_agents: 4{topology}}}]}}\n")
     _refused(capsys, ["plan", "fam", "--config-dir", str(tmp_path)],
              f"error: {family}: {first_line}", cwd=tmp_path)
+
+
+# --------------------------------------- point 7: interrupts leave consistent records
+def _signal_before(monkeypatch, owner, name: str, sig: int) -> None:
+    """``owner.name`` sends ``sig`` to this process, then does its work."""
+    original = getattr(owner, name)
+
+    def interrupted(*args, **kwargs):
+        os.kill(os.getpid(), sig)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(owner, name, interrupted)
+
+
+@pytest.mark.parametrize(("moment", "sig"), [
+    ("saving the models", signal.SIGINT),
+    ("saving the models", signal.SIGTERM),
+    ("writing metrics.json", signal.SIGINT),
+    ("logging the MLflow result", signal.SIGTERM),
+])
+def test_class7_an_interrupt_after_the_last_epoch_leaves_a_complete_run(
+        capsys, tmp_path, monkeypatch, moment, sig):
+    """The last writes (models, then metrics.json) finish before the interrupt is honoured;
+    the line says the run is complete ("no epoch was saved" before); the MLflow run, KILLED,
+    is completed and marked FINISHED by the next run of the same command, once."""
+    from mlflow.tracking import MlflowClient
+
+    import benchmark.checkpoint
+    import benchmark.tracking
+    import benchmark.train
+    from benchmark.checkpoint import CHECKPOINT, METRICS
+    from benchmark.saved import CONSENSUS_FILE
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.delenv("MLFLOW_EXPERIMENT_NAME", raising=False)
+    out = tmp_path / "run"
+    argv = ["train", "--out", str(out), *SYNTH, "tracking=true", "epochs=2", "eval_every=1"]
+    owner, name = {"saving the models": (benchmark.train, "save_models"),
+                   "writing metrics.json": (benchmark.checkpoint.RunDir, "finish"),
+                   "logging the MLflow result": (benchmark.tracking.MlflowTracker,
+                                                 "log_result")}[moment]
+    with monkeypatch.context() as patch:
+        _signal_before(patch, owner, name, sig)
+        assert main(argv) == 130
+    err = capsys.readouterr().err  # after MLflow's own lines on creating the store
+    assert err.endswith(f"\ninterrupted: the run had finished: {out / METRICS} is complete; run "
+                        "the same command again to complete its MLflow record\n")
+    result = json.loads((out / METRICS).read_text())
+    assert result["status"] == "completed" and result["final"]["consensus_acc"] > 0
+    assert (out / CONSENSUS_FILE).is_file() and not (out / CHECKPOINT).exists()
+    store = MlflowClient(tracking_uri=uri)
+    (record,) = store.search_runs([e.experiment_id for e in store.search_experiments()])
+    assert record.info.status == "KILLED"
+
+    assert main(argv) == 0
+    out_text = capsys.readouterr().out
+    assert "nothing to do" in out_text
+    assert f"MLflow run {record.info.run_id}: the result logged, marked FINISHED" in out_text
+    (repaired,) = store.search_runs([e.experiment_id for e in store.search_experiments()])
+    assert repaired.info.run_id == record.info.run_id and repaired.info.status == "FINISHED"
+    assert repaired.data.metrics["final/consensus_acc"] == result["final"]["consensus_acc"]
+    assert repaired.data.tags["completed_after"] == "KILLED" and "error" not in repaired.data.tags
+    steps = [m.step for m in store.get_metric_history(record.info.run_id, "acc/consensus")]
+    assert sorted(steps) == [1, 2]  # each epoch once: none logged twice by the repair
+    artifacts = {f.path for f in store.list_artifacts(record.info.run_id)}
+    assert {"metrics.json", "config.yaml", "models"} <= artifacts
+
+    assert main(argv) == 0  # complete now: nothing more to repair
+    assert "MLflow run" not in capsys.readouterr().out
