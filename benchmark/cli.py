@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from typing import NoReturn
 
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError, field_validator
 
@@ -41,14 +42,14 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _tune(args: argparse.Namespace) -> int:
-    from pathlib import Path
 
     from .io import check_writable_dir
     from .tuning.spec import load_tuning
     from .tuning.study import study_dir, tune
 
-    study_dir(args.study)  # a bad --study path is refused before anything is built
-    check_writable_dir(Path(args.study).parent, "--study")
+    # a bad --study path is refused before anything is built: the journal's folder and the
+    # outputs' folder beside it (best.json...) can be written
+    check_writable_dir(study_dir(args.study), "--study")
     config, spec = load_tuning(args.config, args.overrides)
     if config.tracking:  # a dead server: one line now, before the journal exists
         from .tracking import check_store
@@ -215,8 +216,15 @@ def _ints(text: str) -> list[int]:
                                          ) from None
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with its complaints as one line, like every other user error (exit code 2)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USER_ERROR, f"error: {self.prog}: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="benchmark", description=__doc__.splitlines()[0])
+    parser = _Parser(prog="benchmark", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     train = sub.add_parser("train", help="train one run and write metrics.json")
     train.add_argument("--config", help="YAML file of run options (see config/)")

@@ -296,7 +296,7 @@ def tuned_from(best_json: str | Path, config: RunConfig) -> dict[str, Any]:
         found = (best["family"], best["method"], float(best["alpha"]))
         study = str(best["study"])
         graph = best.get("graph")  # absent in studies written before it was recorded
-    except (ValueError, KeyError, TypeError, AttributeError) as err:
+    except (ValueError, KeyError, TypeError, AttributeError, RecursionError) as err:
         raise UserError(f"--tuned {path}: not a readable tuning result "
                         f"({type(err).__name__}: {err}); run `python -m benchmark tune` first"
                         ) from None

@@ -97,7 +97,7 @@ class Calibration:
         try:  # bounded: a FIFO or /dev/zero given as the file is named, never read forever
             data = json.loads(read_text(path, "calibration", limit=64 << 20))
             return cls(**data)
-        except (ValueError, TypeError) as err:
+        except (ValueError, TypeError, RecursionError) as err:  # (JSON nested too deep)
             raise UserError(f"calibration {path}: not readable ({type(err).__name__}: {err}); "
                             f"run `python -m benchmark calibrate` again") from None
 

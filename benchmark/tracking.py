@@ -109,6 +109,9 @@ def client(uri: str | None = None):
     from mlflow.tracking import MlflowClient
 
     uri = uri or tracking_uri()
+    db = _sqlite_path(uri)
+    if db is not None:  # SQLite creates the file, not its folder (MLflow would retry 100 s)
+        db.parent.mkdir(parents=True, exist_ok=True)
     return retry(lambda: MlflowClient(tracking_uri=uri), "open the store")
 
 
@@ -164,8 +167,11 @@ def _sqlite_problem(db: Path, timeout_s: float) -> str | None:
         return None  # created by the run itself
     if not db.is_file():
         return f"{db} is not a file"
-    with open(db, "rb") as fh:
-        header = fh.read(len(SQLITE_HEADER))
+    try:
+        with open(db, "rb") as fh:
+            header = fh.read(len(SQLITE_HEADER))
+    except OSError as err:
+        return f"cannot read {db}: {err.strerror}"
     if not header:
         return None  # an empty file is an empty database to SQLite
     if header != SQLITE_HEADER:

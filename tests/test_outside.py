@@ -32,7 +32,11 @@ def _refused(capsys, argv: list[str], *parts: str, cwd: Path | None = None) -> s
     """``main(argv)`` exits 2 with one stderr line holding every part, and writes nothing
     under ``cwd``; returns the line."""
     before = sorted(cwd.rglob("*")) if cwd else None
-    assert main(argv) == 2
+    try:
+        code = main(argv)
+    except SystemExit as exit_:  # argparse's own complaints
+        code = exit_.code
+    assert code == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith("error: "), err
     for part in parts:
@@ -208,9 +212,10 @@ FAMILY = ("run: {family: fam, dataset: synthetic, model: mlp, n_agents: 4, epoch
 @pytest.mark.parametrize(("command", "field", "where"), [
     ("train", "out", "{ro}/run"),
     ("report", "out", "{ro}/reports"),
-    ("tune", "--study", "{ro}/studies"),
+    ("tune", "--study", "{ro}/studies/alpha0.1"),
     ("calibrate", "--out", "{ro}"),
     ("tune-table", "out", "{ro}/tables"),
+    ("fetch", "--data-dir", "{ro}/data"),
 ])
 def test_class6_an_output_that_cannot_be_written_is_refused_before_any_work(
         capsys, tmp_path, monkeypatch, read_only, command, field, where):
@@ -231,31 +236,36 @@ def test_class6_an_output_that_cannot_be_written_is_refused_before_any_work(
         "report": ["report", str(tmp_path), "--out", f"{read_only}/reports"],
         "tune": ["tune", "--study", f"{read_only}/studies/alpha0.1.journal", *SYNTH,
                  "method=qgm"],
+        "fetch": ["fetch", "cifar10", "--data-dir", f"{read_only}/data"],  # before downloading
         "calibrate": ["calibrate", "--config-dir", str(tmp_path), "--out",
                       f"{read_only}/calibration.json"],
         "tune-table": ["tune-table", str(tmp_path / "best.json"), "--out",
                        f"{read_only}/tables/tuning_fam"],
     }[command]
-    _refused(capsys, argv, f"error: {field}: invalid value '{where.format(ro=read_only)}'; "
-             f"allowed: a writable directory (cannot write in {read_only}: ", cwd=tmp_path)
+    line = _refused(capsys, argv, f"; allowed: a writable directory (cannot write in "
+                                  f"{read_only}: ", cwd=tmp_path)
+    shown = repr(where.format(ro=read_only))
+    shown = shown if len(shown) <= 80 else shown[:77] + "..."  # (ConfigError's own cut)
+    assert line.startswith(f"error: {field}: invalid value {shown}; "), line
 
 
-@pytest.mark.parametrize(("argv", "first_line"), [
+@pytest.mark.parametrize(("argv", "field", "why"), [
     # what is already there is checked too: a run's own files, the calibration file
-    (["train", "--out", "{tmp}/run", *SYNTH], "out: invalid value '{tmp}/run/metrics.json'; "
-     "allowed: a writable file ({tmp}/run/metrics.json is a directory)"),
-    (["calibrate", "--config-dir", "{tmp}", "--out", "{tmp}/run"],
-     "--out: invalid value '{tmp}/run'; allowed: a writable file ({tmp}/run is a directory)"),
-    (["calibrate", "--config-dir", "{tmp}", "--out", "{tmp}/fam.yaml/c.json"],
-     "--out: invalid value '{tmp}/fam.yaml'; allowed: a writable directory ({tmp}/fam.yaml is "
-     "a file, not a directory)"),
-    (["train", "--out", "{tmp}/fifo/run", *SYNTH], "out: invalid value '{tmp}/fifo/run'; "
-     "allowed: a writable directory ({tmp}/fifo is a FIFO (named pipe), not a directory)"),
-    (["train", "--out", "{tmp}/" + "x" * 300 + "/run", *SYNTH],
-     "out: invalid value '{tmp}/xxxx"),  # the rest: "...; allowed: ... (File name too long)"
+    (["train", "--out", "{tmp}/run", *SYNTH], "out",
+     "a writable file ({tmp}/run/metrics.json is a directory)"),
+    (["calibrate", "--config-dir", "{tmp}", "--out", "{tmp}/run"], "--out",
+     "a writable file ({tmp}/run is a directory)"),
+    (["calibrate", "--config-dir", "{tmp}", "--out", "{tmp}/fam.yaml/c.json"], "--out",
+     "a writable directory ({tmp}/fam.yaml is a file, not a directory)"),
+    (["tune", "--study", "{tmp}/fam.yaml.journal", *SYNTH, "method=qgm"],  # its outputs' folder
+     "--study", "a writable directory ({tmp}/fam.yaml is a file, not a directory)"),
+    (["train", "--out", "{tmp}/fifo/run", *SYNTH], "out",
+     "a writable directory ({tmp}/fifo is a FIFO (named pipe), not a directory)"),
+    (["train", "--out", "{tmp}/" + "x" * 300 + "/run", *SYNTH], "out",
+     "a writable directory (File name too long)"),
 ])
 def test_class6_what_is_in_the_way_of_an_output_is_named(capsys, tmp_path, monkeypatch, argv,
-                                                        first_line):
+                                                        field, why):
     import benchmark.calibrate
 
     monkeypatch.setattr(benchmark.calibrate, "time_workload", None)  # never reached
@@ -263,9 +273,8 @@ def test_class6_what_is_in_the_way_of_an_output_is_named(capsys, tmp_path, monke
     (tmp_path / "run" / "metrics.json").mkdir(parents=True)
     os.mkfifo(tmp_path / "fifo")
     line = _refused(capsys, [a.replace("{tmp}", str(tmp_path)) for a in argv], cwd=tmp_path)
-    assert line.startswith("error: " + first_line.replace("{tmp}", str(tmp_path))), line
-    if "x" * 300 in argv[2]:
-        assert line.endswith("allowed: a writable directory (File name too long)")
+    assert line.startswith(f"error: {field}: invalid value '"), line
+    assert line.endswith("; allowed: " + why.replace("{tmp}", str(tmp_path))), line
 
 
 @pytest.mark.parametrize(("argv", "first_line"), [
@@ -292,6 +301,11 @@ def test_class6_what_is_in_the_way_of_an_output_is_named(capsys, tmp_path, monke
     (["calibrate", "--threads", "0"], "--threads: invalid value 0; allowed: greater than or "
                                       "equal to 1"),
     (["calibrate", "--agents", "16,0"], "--agents[1]: invalid value 0; allowed: greater than 0"),
+    # what argparse refuses is one line too
+    (["plan", "fam", "--gpus", "1.5"], "benchmark plan: argument --gpus: invalid int value: "
+                                       "'1.5' (see benchmark plan --help)"),
+    (["calibrate", "--concurrency", "2,x"], "benchmark calibrate: argument --concurrency: "
+                                            "'2,x': expected integers separated by commas"),
 ])
 def test_class6_every_plan_and_calibrate_number_is_checked(capsys, tmp_path, monkeypatch, argv,
                                                            first_line):
@@ -366,6 +380,15 @@ def _fake_dataset(root: Path, name: str, monkeypatch) -> None:
     import torchvision.datasets as tvd
     from test_loaders import _idx, _pattern, _write_cifar
 
+    if name == "imagenette":  # only its cache of resized images: the JPEGs are not read then
+        import torch
+
+        cache = root / "imagenette_cache"
+        cache.mkdir(parents=True)
+        for split, n in (("train", 32), ("val", 8)):
+            torch.save({"x": torch.from_numpy(_pattern(n, 3, 32)), "y": torch.arange(n) % 10},
+                       cache / f"{split}_32px_from160px.pt")
+        return
     if name == "fmnist":
         raw = root / "FashionMNIST" / "raw"
         raw.mkdir(parents=True)
@@ -385,30 +408,44 @@ def _fake_dataset(root: Path, name: str, monkeypatch) -> None:
     monkeypatch.setattr(cls, "meta", {**cls.meta, "md5": md5(cls.meta["filename"])[1]})
 
 
-@pytest.mark.parametrize(("name", "file", "keep"), [
-    ("fmnist", "FashionMNIST/raw/train-images-idx3-ubyte", 1000),  # was: "files not found"
-    ("fmnist", "FashionMNIST/raw/train-images-idx3-ubyte", 10),  # was: a ValueError traceback
-    ("fmnist", "FashionMNIST/raw/t10k-labels-idx1-ubyte", 12),
-    ("cifar10", "cifar-10-batches-py/data_batch_3", 500),
-    ("cifar10", "cifar-10-batches-py/batches.meta", 0),
-    ("cifar100", "cifar-100-python/test", 4000),
+FETCH = "delete {top} and run `python -m benchmark fetch {name} --data-dir {data}`"
+
+
+@pytest.mark.parametrize(("name", "file", "keep", "message"), [
+    # was: "files not found (or corrupted)", not naming the file
+    ("fmnist", "FashionMNIST/raw/train-images-idx3-ubyte", 1000, "truncated or corrupted; "
+     + FETCH),
+    # was: a ValueError traceback (an AssertionError with other lengths)
+    ("fmnist", "FashionMNIST/raw/train-images-idx3-ubyte", 10, "truncated or corrupted; "
+     + FETCH),
+    ("fmnist", "FashionMNIST/raw/t10k-labels-idx1-ubyte", 12, "truncated or corrupted; "
+     + FETCH),
+    ("fmnist", "FashionMNIST/raw/t10k-images-idx3-ubyte", None, "missing; " + FETCH),
+    ("cifar10", "cifar-10-batches-py/data_batch_3", 500, "truncated or corrupted; " + FETCH),
+    ("cifar10", "cifar-10-batches-py/batches.meta", 0, "truncated or corrupted; " + FETCH),
+    ("cifar100", "cifar-100-python/test", 4000, "truncated or corrupted; " + FETCH),
+    ("imagenette", "imagenette_cache/train_32px_from160px.pt", 300, "truncated or corrupted; "
+     "delete it (it is rebuilt from the images)"),
 ])
 def test_class6_a_damaged_dataset_file_is_named_with_the_fetch_command(
-        capsys, tmp_path, monkeypatch, name, file, keep):
+        capsys, tmp_path, monkeypatch, name, file, keep, message):
     data = tmp_path / "data"
     _fake_dataset(data, name, monkeypatch)
-    assert main(["train", "--out", str(tmp_path / "intact"), f"dataset={name}",
-                 f"data_dir={data}", "model=mlp", "n_agents=4", "batch_size=4", "epochs=1",
-                 "tracking=false", "device=cpu", "save_models=none"]) == 0
+    args = [f"dataset={name}", f"data_dir={data}", "model=mlp", "n_agents=4", "batch_size=4",
+            "tracking=false", "device=cpu"]
+    assert main(["train", "--out", str(tmp_path / "intact"), *args, "epochs=1",
+                 "save_models=none"]) == 0
     capsys.readouterr()
     damaged = data / file
-    damaged.write_bytes(damaged.read_bytes()[:keep])
+    if keep is None:
+        damaged.unlink()
+    else:
+        damaged.write_bytes(damaged.read_bytes()[:keep])
+    subject = f"the cache {damaged}" if name == "imagenette" else str(damaged)
     top = data / file.split("/")[0]
-    _refused(capsys, ["train", "--out", str(tmp_path / "run"), f"dataset={name}",
-                      f"data_dir={data}", "model=mlp", "n_agents=4", "batch_size=4",
-                      "tracking=false", "device=cpu"],
-             f"error: dataset {name}: {damaged} is truncated or corrupted; delete {top} and "
-             f"run `python -m benchmark fetch {name} --data-dir {data}`\n", cwd=tmp_path)
+    _refused(capsys, ["train", "--out", str(tmp_path / "run"), *args],
+             f"error: dataset {name}: {subject} is "
+             + message.format(top=top, name=name, data=data) + "\n", cwd=tmp_path)
 
 
 @pytest.mark.parametrize("depth", [0, 60, 200])

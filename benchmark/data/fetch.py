@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from benchmark.errors import DataMissingError
+from benchmark.io import check_writable_dir
 
 
 @dataclass(frozen=True)
@@ -99,6 +100,7 @@ def fetch(item: str, data_dir: str | Path) -> str:
     if target.exists():  # never overwrite what someone put there
         raise DataMissingError(f"dataset {item}: {target} exists but is incomplete or corrupted; "
                                f"remove it to fetch again, or {where}")
+    check_writable_dir(root, "--data-dir")  # before the download, not after it
     root.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".fetch-{item}-", dir=root))
     try:

@@ -246,12 +246,13 @@ def _torchvision_small(name: str, class_name: str, folder: str, native: int):
             except Exception as err:  # noqa: BLE001 - torchvision: RuntimeError, ValueError,
                 # AssertionError, UnpicklingError... for missing or damaged files, naming none
                 damaged = _damaged_file(dataset_class, request.root)
-                if damaged is None or not damaged.exists():
+                if damaged is None or not damaged.parent.is_dir():  # nothing there: fetch it
                     raise _missing(name, request.root / folder, _DOWNLOAD_HINT) from err
+                what = "truncated or corrupted" if damaged.exists() else "missing"
                 top = request.root / Path(folder).parts[0]
                 raise DataMissingError(
-                    f"dataset {name}: {damaged} is truncated or corrupted; delete {top} and run "
-                    f"`python -m benchmark fetch {name} --data-dir {request.root}`") from None
+                    f"dataset {name}: {damaged} is {what}; delete {top} and run `python -m "
+                    f"benchmark fetch {name} --data-dir {request.root}`") from None
             x = torch.as_tensor(np.asarray(ds.data))
             x = x.unsqueeze(1) if x.ndim == 3 else x.permute(0, 3, 1, 2)  # -> [N, C, H, W]
             y = torch.as_tensor(np.asarray(ds.targets), dtype=torch.long)
@@ -329,8 +330,13 @@ def _load_imagenette(request: Request) -> Loaded:
     for split in ("train", "val"):
         cache = cache_dir / f"{split}_{image_size}px_from{source}.pt"
         if cache.exists():
-            data = torch.load(cache, weights_only=True)
-            splits.append(Split(data["x"], data["y"]))
+            try:
+                data = torch.load(cache, weights_only=True)
+                splits.append(Split(data["x"], data["y"]))
+            except Exception:  # noqa: BLE001 - torch's errors for a damaged file vary
+                raise DataMissingError(f"dataset imagenette: the cache {cache} is truncated or "
+                                       "corrupted; delete it (it is rebuilt from the images)"
+                                       ) from None
             continue
         try:
             ds = tvd.Imagenette(
