@@ -29,7 +29,9 @@ class ConfigError(UserError):
         if not isinstance(allowed, str):
             choices = [str(a) for a in allowed]
             allowed = "one of " + ", ".join(choices)
-            close = difflib.get_close_matches(str(value), choices, n=1)
+            # a scalar only: str() of a huge nested value (YAML aliases) would never end
+            scalar = isinstance(value, str | int | float)
+            close = difflib.get_close_matches(str(value), choices, n=1) if scalar else []
             if close and not hint:
                 hint = f"did you mean '{close[0]}'?"
         shown = _SHORT.repr(value)

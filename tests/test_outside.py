@@ -516,6 +516,11 @@ def test_class6_a_range_inside_the_limits_is_kept():
     assert (spec.space["epochs"].low, spec.space["epochs"].high) == (1, 10)
 
 
+BOMB: list = ["x"] * 9
+for _ in range(8):
+    BOMB = [BOMB] * 9
+
+
 @pytest.mark.parametrize(("config", "first_line"), [
     ({"protcol": "both"}, "--config protcol: invalid value '(unknown key)'; allowed: a known "
                           "key (family_dir, protocol, gpu_slots_per_device, gpu_threads, "
@@ -533,6 +538,11 @@ def test_class6_a_range_inside_the_limits_is_kept():
     ({"cluster": "slurn"}, "--config cluster: invalid value 'slurn'; allowed: one of slurm "
                            "(did you mean 'slurm'?)"),
     ({"family_dir": ""}, "--config family_dir: invalid value ''"),
+    # Snakemake reads --config values as YAML with aliases: 9**9 values sharing 9 lists
+    ({"protocol": BOMB}, "--config protocol: invalid value [[[[[...], [...], [...], [...], "
+                         "[...], [...], [...], [...], [...]], [[...], [...; allowed: one of "
+                         "fixed, tuned, both"),
+    ({"gpu_threads": BOMB}, "--config gpu_threads: invalid value [[[[[...], [...], "),
 ])
 def test_class6_workflow_config_keys_and_values_are_checked(config, first_line):
     """Every key the Snakefile and workflow/rules/*.smk read is listed once
