@@ -111,36 +111,45 @@ _NOT_FILES = ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO (named pipe
               (stat.S_ISSOCK, "a socket"))
 
 
+class Unreadable(UserError):
+    """Not the small text file expected: ``what: <path> <problem>``, one line; ``problem`` for
+    a caller that words its own line (a report skipping a file)."""
+
+    def __init__(self, what: str, path: Path, problem: str) -> None:
+        super().__init__(f"{what}: {path} {problem}")
+        self.problem = problem
+
+
 def read_text(path: str | Path, what: str, limit: int = MAX_TEXT_BYTES) -> str:
-    """The UTF-8 text of a small regular file, or one :class:`UserError` line (``what: ...``)
-    saying what ``path`` is instead: missing, a directory, a FIFO or a device (never opened for
-    a blocking read: a FIFO would wait for a writer, /dev/zero never ends), larger than
-    ``limit``, binary, or in another encoding (with the line of the first bad byte)."""
+    """The UTF-8 text of a small regular file, or one :class:`Unreadable` line saying what
+    ``path`` is instead: missing, a directory, a FIFO or a device (never opened for a blocking
+    read: a FIFO would wait for a writer, /dev/zero never ends), larger than ``limit``, binary,
+    or in another encoding (with the line of the first bad byte)."""
     path = Path(path)
     try:
         kind = _kind(path)
         if kind is not None:
-            raise UserError(f"{what}: {path} is {kind}, not a file")
+            raise Unreadable(what, path, f"is {kind}, not a file")
         # O_NONBLOCK: should a FIFO replace the file after the check, reading it cannot hang
         with os.fdopen(os.open(path, os.O_RDONLY | os.O_NONBLOCK), "rb") as fh:
             data = fh.read(limit + 1)
     except FileNotFoundError:
-        raise UserError(f"{what}: file not found: {path}") from None
+        raise Unreadable(what, path, "does not exist") from None
     except OSError as err:
-        raise UserError(f"{what}: cannot read {path}: {err.strerror or err}") from None
+        raise Unreadable(what, path, f"cannot be read: {err.strerror or err}") from None
     if len(data) > limit:
-        raise UserError(f"{what}: {path} is larger than {limit >> 10} KiB, more than such a file "
-                        "ever holds: is it the right file?")
+        raise Unreadable(what, path, f"is larger than {limit >> 10} KiB, more than such a file "
+                         "ever holds: is it the right file?")
     nul = data.find(b"\0")
     if nul >= 0:
-        raise UserError(f"{what}: {path} is a binary file, not text (a NUL byte at "
-                        f"{_where(data, nul)})")
+        raise Unreadable(what, path, f"is a binary file, not text (a NUL byte at "
+                         f"{_where(data, nul)})")
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as err:
-        raise UserError(f"{what}: {path} is not UTF-8 text (byte 0x{data[err.start]:02x} at "
-                        f"{_where(data, err.start)}: another encoding, e.g. Latin-1?); save it "
-                        "as UTF-8") from None
+        raise Unreadable(what, path, f"is not UTF-8 text (byte 0x{data[err.start]:02x} at "
+                         f"{_where(data, err.start)}: another encoding, e.g. Latin-1?); save it "
+                         "as UTF-8") from None
 
 
 def _where(data: bytes, offset: int) -> str:

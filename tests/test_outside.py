@@ -16,6 +16,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -167,6 +168,11 @@ def test_class5_sigterm_is_honoured_within_a_second_whatever_runs(tmp_path, work
                             start_new_session=True)  # its own group: `sleep` is killed below
     try:
         assert proc.stdout.readline() == "inside\n"
+        if "os.system" in work:  # signal once inside the C call: when `sleep` has started
+            children = Path(f"/proc/{proc.pid}/task/{proc.pid}/children")
+            deadline = time.monotonic() + 60
+            while not children.read_text().strip() and time.monotonic() < deadline:
+                time.sleep(0.05)
         proc.send_signal(signal.SIGTERM)
         _, err = proc.communicate(timeout=30)
     finally:
@@ -351,7 +357,6 @@ def test_class6_a_tracking_store_that_cannot_be_used_is_one_line_before_any_work
     """Within seconds (MLflow itself retried a read-only sqlite folder for 108 s, then a
     traceback), before the run folder or the store exist, naming the URI and the fix."""
     import sqlite3
-    import time
 
     (tmp_path / "garbage.db").write_bytes(bytes(range(256)) * 8)
     (tmp_path / "torn.db").write_bytes(b"SQLite format 3\x00" + b"\x01" * 100)
@@ -666,3 +671,34 @@ def test_class7_an_interrupt_after_the_last_epoch_leaves_a_complete_run(
 
     assert main(argv) == 0  # complete now: nothing more to repair
     assert "MLflow run" not in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(("command", "what"), [
+    (command, what) for command in ("train --tuned", "plan --calibration", "tune-table", "report")
+    for what in ("FIFO", "/dev/zero", "directory")
+    if (command, what) != ("report", "directory")  # a report searches a folder for results
+])
+def test_class5_every_input_file_is_read_bounded(capsys, tmp_path, monkeypatch, command, what):
+    """Not only configs: a study's best.json, a calibration, metrics.json files given to a
+    report are never opened for a blocking read either; each is named with what it is."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "fam.yaml").write_text(FAMILY)
+    folder = tmp_path / "results" / "run"
+    folder.mkdir(parents=True)
+    given = {"FIFO": folder / "metrics.json", "/dev/zero": Path("/dev/zero"),
+             "directory": tmp_path / "results" / "a-folder.json"}[what]
+    if what == "FIFO":
+        os.mkfifo(given)
+    elif what == "directory":
+        given.mkdir()
+    kind = {"FIFO": "a FIFO (named pipe)", "/dev/zero": "a character device",
+            "directory": "a directory"}[what]
+    argv = {"train --tuned": ["train", "--out", "run", *SYNTH, "--tuned", str(given)],
+            "plan --calibration": ["plan", "fam", "--config-dir", str(tmp_path),
+                                   "--calibration", str(given)],
+            "tune-table": ["tune-table", str(given), "--out", "tables/t"],
+            "report": ["report", str(given), "--out", "reports"]}[command]
+    what_reads = {"train --tuned": "--tuned", "plan --calibration": "calibration",
+                  "tune-table": "tune-table", "report": "report"}[command]
+    _refused(capsys, argv, f"error: {what_reads}: {given} is {kind}, not a file",
+             cwd=tmp_path / "results")

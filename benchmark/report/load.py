@@ -17,8 +17,10 @@ from typing import Any
 
 from ..config import result_fields
 from ..errors import UserError
-from ..io import check_writable_dir
+from ..io import Unreadable, check_writable_dir, read_text
 from ..metrics import NotRunMetrics, RunMetrics
+
+METRICS_BYTES = 256 << 20  # a long run's history with every phase is a few MB
 
 
 def check_out_dir(out: str | Path, what: str = "out") -> Path:
@@ -72,11 +74,13 @@ def load_results(paths: Iterable[str | Path], skip_invalid: bool = False,
     seen: dict[str, str] = {}
     for file in find_metrics(paths, command):
         try:
-            data = json.loads(file.read_text())
+            data = json.loads(read_text(file, command, limit=METRICS_BYTES))
         except json.JSONDecodeError as exc:
             issue = f"is not valid JSON ({exc.msg}, line {exc.lineno})"
-        except (OSError, UnicodeDecodeError) as exc:
-            issue = f"cannot be read ({type(exc).__name__}: {exc})"
+        except Unreadable as exc:  # a FIFO or a device is never read (it would never end)
+            issue = exc.problem
+        except RecursionError:
+            issue = "is not valid JSON (nested too deep)"
         else:
             issue = None
             try:
