@@ -42,7 +42,6 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _tune(args: argparse.Namespace) -> int:
-
     from .io import check_writable_dir
     from .tuning.spec import load_tuning
     from .tuning.study import study_dir, tune
@@ -321,7 +320,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _after_interrupt(args: argparse.Namespace) -> str:
-    """What an interrupted command left: a resume hint only when something was saved."""
+    """What an interrupted command left: a finished run, a resume hint when an epoch was saved,
+    or nothing."""
     if args.command == "train":
         from pathlib import Path
 
