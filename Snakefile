@@ -22,16 +22,15 @@ from pathlib import Path
 from snakemake.exceptions import WorkflowError
 
 from benchmark.errors import UserError
-from benchmark.grid import RESULTS_ROOT, RUN_PATH, load_families
+from benchmark.grid import RESULTS_ROOT, RUN_PATH, load_families, workflow_options
 
 
-FAMILY_DIR = config.get("family_dir", "config")
 try:
-    if "lambdas" in config:
-        raise UserError("--config lambdas: renamed; use --config protocol=fixed|tuned|both "
-                        "(tuned: every method tuned with the same budget)")
+    # every `--config key=value` this workflow reads, validated (benchmark.grid.WorkflowOptions)
+    OPTIONS = workflow_options(config)
+    FAMILY_DIR = OPTIONS.family_dir
     # `--config protocol=fixed|tuned|both` overrides every family's tuning.protocol
-    FAMILIES = load_families(FAMILY_DIR, protocol=config.get("protocol"))
+    FAMILIES = load_families(FAMILY_DIR, protocol=OPTIONS.protocol)
 except UserError as err:
     raise WorkflowError(f"error: {err}") from None
 

@@ -29,6 +29,10 @@ from .config import RunConfig, build_config
 from .data.registry import dataset_row
 from .plan import Calibration, Workload, family_studies, study_config
 
+# how long concurrent workers wait for each other to be ready (building a workload on a busy
+# machine takes seconds): a worker that died must not leave the others waiting for ever
+BARRIER_S = 600
+
 
 def workloads(families, agents: set[int] | None = None) -> list[RunConfig]:
     """One config per distinct workload of the families' runs and studies (first seen)."""
@@ -108,7 +112,13 @@ def concurrency(config: RunConfig, ks: list[int], seconds: float, **machine) -> 
             workers = [subprocess.Popen(
                 [sys.executable, "-m", "benchmark.calibrate", spec, barrier, str(k), str(i),
                  str(seconds)], stdout=subprocess.PIPE, text=True) for i in range(k)]
-            outs = [w.communicate(timeout=600 + 10 * seconds)[0] for w in workers]
+            try:
+                outs = [w.communicate(timeout=BARRIER_S + 10 * seconds)[0] for w in workers]
+            finally:  # interrupted (or one worker hung): no worker outlives the calibration
+                for worker in workers:
+                    if worker.poll() is None:
+                        worker.kill()
+                        worker.wait()
         if any(w.returncode for w in workers):
             raise RuntimeError(f"a calibration worker failed (k={k})")
         totals[k] = sum(float(out.split()[-1]) for out in outs)
@@ -126,7 +136,10 @@ def _worker(spec: str, barrier: str, k: int, index: int, seconds: float) -> None
         next(steps)
     _sync(exp.swarm.device)
     Path(barrier, f"ready{index}").touch()
+    deadline = time.monotonic() + BARRIER_S
     while len(list(Path(barrier).glob("ready*"))) < k:
+        if time.monotonic() > deadline:  # a sibling died before it got ready
+            sys.exit(f"calibration worker {index}: the other {k - 1} never got ready")
         time.sleep(0.01)
     count, start = 0, time.perf_counter()
     while time.perf_counter() - start < seconds:

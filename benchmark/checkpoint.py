@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import json
 import random
-import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -40,7 +39,7 @@ import torch
 
 from .config import RunConfig, option_defaults, result_fields
 from .errors import CheckpointError, ConfigError, UserError
-from .io import WriteError, atomic_open, try_lock
+from .io import WriteError, atomic_open, check_writable_dir, check_writable_file, try_lock
 from .metrics import RunMetrics
 
 CHECKPOINT = "checkpoint.pt"
@@ -124,13 +123,12 @@ class RunDir:
     """
 
     def __init__(self, out: str | Path, config: RunConfig) -> None:
-        if str(out).strip() == "":  # Path("") is the current folder
-            raise ConfigError("out", str(out), "a folder path (not empty)")
-        self.path = Path(out)
+        self.path = check_writable_dir(out, "out")
         self.config = config
         self.checkpoint = self.path / CHECKPOINT
         self.metrics = self.path / METRICS
-        _check_writable(self.path)
+        for name in (CHECKPOINT, METRICS, LOCK):  # what is there must be what a run writes
+            check_writable_file(self.path / name, "out")
 
     # -- reading (before any work) --------------------------------------------------------------
     def finished(self) -> RunMetrics | None:
@@ -279,25 +277,3 @@ def _relevant(config: dict[str, Any]) -> dict[str, Any]:
     it shows up as a difference)."""
     machine = RunConfig.model_fields.keys() - result_fields()
     return {k: v for k, v in config.items() if k not in machine}
-
-
-def _check_writable(path: Path) -> None:
-    """Fail before any work when ``path`` cannot become a folder we can write into.
-
-    Probes the deepest existing ancestor with a temporary file (``os.access`` says yes to root
-    even on a read-only mount), so nothing is created where the run is going to fail anyway.
-    """
-    probe = path
-    while not probe.exists():
-        if probe.parent == probe:
-            break
-        probe = probe.parent
-    if not probe.is_dir():
-        raise ConfigError("out", str(path), "a writable directory", f"{probe} is not a directory")
-    try:
-        with tempfile.TemporaryFile(dir=probe):
-            pass
-    except OSError as err:
-        raise ConfigError(
-            "out", str(path), "a writable directory", f"cannot write in {probe}: {err.strerror}"
-        ) from None

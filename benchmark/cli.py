@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import argparse
 import os
-import signal
 import sys
-import threading
+from typing import NoReturn
 
-from .errors import EXIT_USER_ERROR, UserError
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError, field_validator
 
-EXIT_INTERRUPTED = 130  # the shell's code for a process stopped by SIGINT
+from .config import DEVICE, MAX_THREADS
+from .errors import EXIT_USER_ERROR, ConfigError, UserError, validation_error
+from .interrupts import EXIT_INTERRUPTED, stop_on_signals
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -28,6 +29,7 @@ def _train(args: argparse.Namespace) -> int:
 
         tuned = tuned_from(args.tuned, config)
         config = build_config({**config.model_dump(), **tuned["values"], "tuned": tuned})
+    args.run_config = config  # what an interrupt left depends on it (_after_interrupt)
     metrics = run(config, args.out, restart=args.restart)
     final = metrics.final
     summary = f"{metrics.status}: wall {metrics.wall_time_s:.1f}s"
@@ -40,10 +42,13 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _tune(args: argparse.Namespace) -> int:
+    from .io import check_writable_dir
     from .tuning.spec import load_tuning
     from .tuning.study import study_dir, tune
 
-    study_dir(args.study)  # a bad --study path is refused before anything is built
+    # a bad --study path is refused before anything is built: the journal's folder and the
+    # outputs' folder beside it (best.json...) can be written
+    check_writable_dir(study_dir(args.study), "--study")
     config, spec = load_tuning(args.config, args.overrides)
     if config.tracking:  # a dead server: one line now, before the journal exists
         from .tracking import check_store
@@ -117,9 +122,54 @@ def _families(args: argparse.Namespace) -> list:
     return [families[name] for name in args.family] if args.family else list(families.values())
 
 
+class _Flags(BaseModel):
+    """A command's numeric flags, validated as run options are: ``--gpus: invalid value -2;
+    allowed: greater than or equal to 1``, before any work."""
+
+    model_config = ConfigDict(allow_inf_nan=False,
+                              alias_generator=lambda name: "--" + name.replace("_", "-"))
+
+    @classmethod
+    def check(cls, args: argparse.Namespace) -> None:
+        flags = {cls.model_fields[k].alias: v for k, v in vars(args).items()
+                 if k in cls.model_fields}
+        try:
+            cls.model_validate(flags)
+        except ValidationError as err:
+            raise validation_error(err, cls) from None
+
+
+class _PlanFlags(_Flags):
+    gpus: int = Field(ge=1)
+    slots: list[PositiveInt] | None
+
+
+class _CalibrateFlags(_Flags):
+    iterations: int = Field(ge=1)
+    warmup: int = Field(ge=0)
+    agents: list[PositiveInt] | None
+    device: str | None
+    threads: int | None = Field(ge=1, le=MAX_THREADS)
+    concurrency: list[PositiveInt] | None
+    concurrency_seconds: float = Field(gt=0)
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, device: str | None) -> str | None:
+        if device is not None and not DEVICE.fullmatch(device):
+            raise ConfigError("--device", device, "auto, cpu, cuda, cuda:N (N a GPU index) or mps")
+        return device
+
+
 def _calibrate(args: argparse.Namespace) -> int:
     from .calibrate import calibrate
+    from .config import check_device
+    from .io import check_writable_file
 
+    _CalibrateFlags.check(args)
+    if args.device:
+        check_device(args.device)
+    check_writable_file(args.out, "--out")  # before timing anything
     cal = calibrate(_families(args), args.out, iterations=args.iterations, warmup=args.warmup,
                     agents=set(args.agents) if args.agents else None, device=args.device,
                     threads=args.threads,
@@ -135,6 +185,7 @@ def _plan(args: argparse.Namespace) -> int:
 
     from .plan import Calibration, describe, plan_family, wall_hours
 
+    _PlanFlags.check(args)
     family = _families(args)[0]
     calibration = Calibration.load(args.calibration) if Path(args.calibration).exists() else None
     plan = plan_family(family, calibration)
@@ -164,12 +215,16 @@ def _ints(text: str) -> list[int]:
 
 
 class _Parser(argparse.ArgumentParser):
-    """A parser whose epilog may be written when its help is shown (``epilog_from``): the
+    """argparse with its complaints as one line, like every other user error (exit code 2),
+    and an epilog that may be written when its help is shown (``epilog_from``): the
     registry's methods and options, whose reading imports any plugin module."""
 
     def __init__(self, *args, epilog_from=None, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.epilog_from = epilog_from
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USER_ERROR, f"error: {self.prog}: {message} (see {self.prog} --help)\n")
 
     def format_help(self) -> str:
         if self.epilog_from is not None:
@@ -200,7 +255,7 @@ def _registry_help() -> str:
 
 def build_parsers() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:
     """The top-level parser and each subcommand's own parser, by name."""
-    parser = argparse.ArgumentParser(prog="benchmark", description=__doc__.splitlines()[0])
+    parser = _Parser(prog="benchmark", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     train = sub.add_parser("train", help="train one run and write metrics.json",
                            formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -302,37 +357,42 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    if threading.current_thread() is threading.main_thread():
-        # Snakemake and schedulers stop jobs with SIGTERM: unwind like Ctrl-C, so context
-        # managers run (MLflow marks the run KILLED, the lock is released).
-        signal.signal(signal.SIGTERM, _interrupt)
-    try:
-        return args.func(args)
-    except UserError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return EXIT_USER_ERROR
-    except KeyboardInterrupt:
-        print(f"interrupted: {_after_interrupt(args)}", file=sys.stderr)
-        return EXIT_INTERRUPTED
+    # Snakemake and schedulers stop jobs with SIGTERM: unwind like Ctrl-C, so context managers
+    # run (MLflow marks the run KILLED, the lock is released), within a second (interrupts.py)
+    with stop_on_signals(lambda: _after_interrupt(args)):
+        try:
+            return args.func(args)
+        except UserError as err:
+            print(f"error: {err}", file=sys.stderr)
+            return EXIT_USER_ERROR
+        except KeyboardInterrupt:
+            print(f"interrupted: {_after_interrupt(args)}", file=sys.stderr)
+            return EXIT_INTERRUPTED
 
 
 def _after_interrupt(args: argparse.Namespace) -> str:
-    """What an interrupted command left: a resume hint only when something was saved."""
+    """What an interrupted command left: a finished run, a resume hint when an epoch was saved,
+    or nothing."""
     if args.command == "train":
         from pathlib import Path
 
-        from .checkpoint import CHECKPOINT
+        from .checkpoint import CHECKPOINT, METRICS, RunDir
 
+        config = getattr(args, "run_config", None)
+        try:
+            done = RunDir(args.out, config).finished() if config is not None else None
+        except UserError:  # not a finished run of this config
+            done = None
+        if done is not None:  # interrupted after metrics.json was written, or while logging
+            record = ("; run the same command again to complete its MLflow record"
+                      if config.tracking else "")
+            return f"the run had finished: {Path(args.out) / METRICS} is complete{record}"
         if args.out and (Path(args.out) / CHECKPOINT).is_file():
             return "run the same command again to resume from the last completed epoch"
         return "no epoch was saved; run the same command again to start over"
     if args.command == "tune":
         return "run the same command again to resume the study"
     return "nothing to resume"
-
-
-def _interrupt(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt
 
 
 if __name__ == "__main__":

@@ -41,6 +41,7 @@ from .methods import METHODS, resolve_method, zeroed_lambdas
 from .models.norms import EVONORM_STYLES, NORMS
 from .schema import MACHINE, changes_results
 from .schema import result_fields as _model_result_fields
+from .strict_yaml import Refused, load_yaml, read_yaml
 from .topology import GRAPH_OPTIONS, MIXING_RULES, Topology, build_topology
 
 if TYPE_CHECKING:
@@ -460,75 +461,21 @@ def _choice(field: str, value: str, allowed) -> str:
     return value
 
 
-class _DuplicateKey(yaml.YAMLError):
-    def __init__(self, key: object, first: int, second: int) -> None:
-        super().__init__(f"key {key!r} appears twice, at lines {first} and {second}; keep one")
-
-
-class StrictLoader(yaml.SafeLoader):
-    """YAML's safe loader, refusing a key given twice in one mapping (PyYAML silently keeps the
-    last one, so a forgotten earlier ``lr:`` would quietly decide the run)."""
-
-    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
-        seen: dict[object, int] = {}
-        for key_node, _ in node.value:
-            if key_node.tag == "tag:yaml.org,2002:merge":
-                continue  # ``<<: *base`` may be overridden by explicit keys on purpose
-            key = self.construct_object(key_node, deep=True)
-            if not isinstance(key, str | int | float | bool):
-                continue  # an unhashable key: the base class says so
-            line = key_node.start_mark.line + 1
-            if key in seen:
-                raise _DuplicateKey(key, seen[key], line)
-            seen[key] = line
-        return super().construct_mapping(node, deep=deep)
-
-
-def load_yaml(text: str) -> Any:
-    return yaml.load(text, Loader=StrictLoader)  # noqa: S506 - a SafeLoader subclass
-
-
 def parse_overrides(pairs: list[str]) -> dict[str, Any]:
     """``key=value`` strings -> dict; values are read as YAML (numbers, booleans, lists)."""
     out: dict[str, Any] = {}
     for pair in pairs:
         key, sep, raw = pair.partition("=")
+        shown = repr(pair if len(pair) <= 80 else pair[:77] + "...")
         if not sep or not key:
-            raise UserError(f"override {pair!r}: expected key=value")
+            raise UserError(f"override {shown}: expected key=value")
         try:
             out[key.strip()] = load_yaml(raw) if raw != "" else None
-        except _DuplicateKey as err:
-            raise UserError(f"override {pair!r}: {err}") from None
+        except Refused as err:  # a key twice, an alias bomb: never taken for a plain string
+            raise UserError(f"override {shown}: {err}") from None
         except yaml.YAMLError:
             out[key.strip()] = raw
     return out
-
-
-def read_yaml(path: str | Path) -> dict[str, Any]:
-    """A YAML mapping from a file, with a one-line error for a missing or malformed file or a
-    key given twice."""
-    if str(path).strip() == "":  # Path("") is the current folder
-        raise ConfigError("--config", str(path), "a YAML file (leave --config out for the "
-                          "built-in defaults)")
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"config: file not found: {path}")
-    try:
-        data = load_yaml(path.read_text())
-    except _DuplicateKey as err:
-        raise UserError(f"config: {path}: {err}") from None
-    except yaml.YAMLError as exc:
-        where = getattr(exc, "problem_mark", None)
-        line = f" at line {where.line + 1}, column {where.column + 1}" if where else ""
-        problem = getattr(exc, "problem", exc)
-        raise UserError(f"config: malformed YAML in {path}{line}: {problem}") from None
-    if data is None:
-        return {}
-    if not isinstance(data, dict):
-        raise UserError(
-            f"config: {path} must hold a mapping of option: value, got {type(data).__name__}"
-        )
-    return data
 
 
 def build_config(data: dict[str, Any]) -> RunConfig:

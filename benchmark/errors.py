@@ -8,6 +8,8 @@ Anything else is a bug and keeps its traceback.
 from __future__ import annotations
 
 import difflib
+import itertools
+import reprlib
 from collections.abc import Iterable
 from typing import Literal, get_args, get_origin
 
@@ -27,10 +29,12 @@ class ConfigError(UserError):
         if not isinstance(allowed, str):
             choices = [str(a) for a in allowed]
             allowed = "one of " + ", ".join(choices)
-            close = difflib.get_close_matches(str(value), choices, n=1)
+            # a scalar only: str() of a huge nested value (YAML aliases) would never end
+            scalar = isinstance(value, str | int | float)
+            close = difflib.get_close_matches(str(value), choices, n=1) if scalar else []
             if close and not hint:
                 hint = f"did you mean '{close[0]}'?"
-        shown = repr(value)
+        shown = _SHORT.repr(value)
         if len(shown) > 80:  # a whole list or mapping: its start says enough
             shown = shown[:77] + "..."
         message = f"{field}: invalid value {shown}; allowed: {allowed}"
@@ -38,6 +42,30 @@ class ConfigError(UserError):
             message += f" ({hint})"
         super().__init__(message)
         self.field, self.value, self.allowed = field, value, allowed
+
+
+class _ShortRepr(reprlib.Repr):
+    """``repr`` of the first few items, levels and characters of a value only: a value may be
+    huge (a list repeated through YAML aliases) and the message shows 80 characters of it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.maxlevel = 4
+        self.maxlist = self.maxtuple = self.maxset = self.maxfrozenset = self.maxdict = 12
+        self.maxstring = self.maxlong = self.maxother = 200
+
+    def repr_dict(self, x: dict, level: int) -> str:
+        """In insertion order, as ``repr`` shows it (``reprlib`` sorts the keys)."""
+        if not x:
+            return "{}"
+        if level <= 0:
+            return "{...}"
+        items = [f"{self.repr1(k, level - 1)}: {self.repr1(v, level - 1)}"
+                 for k, v in itertools.islice(x.items(), self.maxdict)]
+        return "{" + ", ".join(items) + (", ..." if len(x) > self.maxdict else "") + "}"
+
+
+_SHORT = _ShortRepr()
 
 
 class DataMissingError(UserError):

@@ -26,11 +26,12 @@ from __future__ import annotations
 
 import itertools
 import json
+import re
 import shlex
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import (
     BaseModel,
@@ -45,6 +46,7 @@ from pydantic import (
 
 from .config import RunConfig, TunedFrom, build_config, graph_label, graph_of, read_yaml
 from .errors import ConfigError, UserError, no_bool_for_numbers, validation_error
+from .io import read_text
 from .methods import METHODS
 from .topology import GRAPH_OPTIONS, TOPOLOGIES, build_topology
 from .tuning.spec import PROTOCOLS, Tuning, build_spec
@@ -339,12 +341,12 @@ def tuned_from(best_json: str | Path, config: RunConfig) -> dict[str, Any]:
     0.01, one tuned on a ring of 16 nothing about an exponential graph)."""
     path = Path(best_json)
     try:
-        best = json.loads(path.read_text())
+        best = json.loads(read_text(path, "--tuned"))
         values = {k: float(v) for k, v in best["values"].items()}
         found = (best["family"], best["method"], float(best["alpha"]))
         tuned = TunedFrom(values=values, study=str(best["study"]), graph=best.get("graph"),
                           val_samples=best.get("val_samples"))
-    except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:
+    except (ValueError, KeyError, TypeError, AttributeError, RecursionError) as err:
         raise UserError(f"--tuned {path}: not a readable tuning result "
                         f"({type(err).__name__}: {err}); run `python -m benchmark tune` first"
                         ) from None
@@ -373,7 +375,7 @@ def load_family(path: str | Path, protocol: str | None = None) -> Family:
     try:
         return _load_family(path, protocol)
     except UserError as err:
-        if str(err).startswith(f"{path}: "):
+        if str(path) in str(err):  # it names the file already (e.g. the YAML reader's)
             raise
         # same type and fields (a ConfigError stays one), the file named in the message
         located = type(err).__new__(type(err))
@@ -421,7 +423,7 @@ def _load_family(path: str | Path, protocol: str | None = None) -> Family:
                         "alpha": alpha, "method": method, "seed": seed,
                     }
                     ctx = f"{prefix}.datasets[{d_idx}] / {where}" if data else where
-                    config = _run_config({**run, **overrides}, ctx, path)
+                    config = _run_config(run, overrides, ctx, path)
                     tuned = (study_path(name, method, topo.label, alpha, "/best.json")
                              if protocol == "tuned" else None)
                     spec_ = RunSpec(name, str(path), overrides, config, tuned)
@@ -452,6 +454,34 @@ def _studies(family: str, path: str, grid: Grid) -> list[StudySpec]:
                         f"({first[0].graph}), or another size or topology",
                         hint=f"{method} at alpha {alpha:g} has one study per graph")
     return [study for study, _ in found.values()]
+
+
+class WorkflowOptions(BaseModel):
+    """The workflow's own options, ``snakemake <targets> --config key=value`` (or a profile's
+    ``config:``): every key the Snakefile and ``workflow/rules/*.smk`` read, and only those, so
+    a typo (``protcol=both``) is one line naming the closest key, not silently ignored."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    family_dir: str = Field("config", min_length=1)  # the family files (*.yaml)
+    protocol: Literal[PROTOCOLS] | None = None  # overrides every family's tuning.protocol
+    gpu_slots_per_device: int | None = Field(None, ge=1)  # runs sharing one GPU
+    gpu_threads: int = Field(2, ge=1)  # CPU threads of a GPU job
+    cluster: Literal["slurm"] | None = None  # profiles/slurm: jobs run on the cluster's nodes
+    preload: bool = True  # the fork server that imports the suite once (benchmark/preload.py)
+
+    _numbers = field_validator("*", mode="before")(no_bool_for_numbers)
+
+
+def workflow_options(config: dict[str, Any]) -> WorkflowOptions:
+    """Snakemake's ``config`` dict validated: a mistake is one ``--config key: ...`` line."""
+    if "lambdas" in config:
+        raise UserError("--config lambdas: renamed; use --config protocol=fixed|tuned|both "
+                        "(tuned: every method tuned with the same budget)")
+    try:
+        return WorkflowOptions(**config)
+    except ValidationError as err:
+        raise validation_error(err, WorkflowOptions, prefix="--config ") from None
 
 
 def load_families(config_dir: str | Path = "config", protocol: str | None = None
@@ -487,11 +517,17 @@ def _check_graph(topo: TopologyEntry, run: dict[str, Any], where: str) -> None:
         raise ConfigError(f"{where}.{err.field}", err.value, err.allowed) from None
 
 
-def _run_config(data: dict[str, Any], ctx: str, path: Path) -> RunConfig:
+def _run_config(run: dict[str, Any], overrides: dict[str, Any], ctx: str,
+                path: Path) -> RunConfig:
+    """One run's config; a mistake in a key the family's ``run:`` section sets (and the axes do
+    not) is named where it is written, ``run.<key>``, any other after the axis entry ``ctx``
+    that makes the run (a typo under ``run:`` read as ``grid.topologies[0]: ...``)."""
     try:
-        return build_config(data)
+        return build_config({**run, **overrides})
     except ConfigError as err:
-        raise UserError(f"{path}: {ctx}: {err}") from None
+        key = re.split(r"[.\[]", err.field, maxsplit=1)[0]
+        where = "run." if key in run and key not in overrides else f"{ctx}: "
+        raise UserError(f"{path}: {where}{err}") from None
 
 
 def _yaml_scalar(value: Any) -> str:

@@ -83,10 +83,12 @@ class Calibration:
 
     @classmethod
     def load(cls, path: str | Path) -> Calibration:
-        try:
-            data = json.loads(Path(path).read_text())
+        from .io import read_text
+
+        try:  # bounded: a FIFO or /dev/zero given as the file is named, never read forever
+            data = json.loads(read_text(path, "calibration", limit=64 << 20))
             calibration = cls(**data)
-        except (OSError, ValueError, TypeError) as err:
+        except (ValueError, TypeError, RecursionError) as err:  # (JSON nested too deep)
             raise UserError(f"calibration {path}: not readable ({type(err).__name__}: {err}); "
                             f"run `python -m benchmark calibrate` again") from None
         if any("image_size" in e.get("workload", {}) for e in calibration.entries):

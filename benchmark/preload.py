@@ -18,6 +18,7 @@ started, gone, or not answering) the client runs the command itself.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import selectors
@@ -89,10 +90,28 @@ def _held_locks() -> list[int]:
 
 
 # -- server --------------------------------------------------------------------------------------
+# A Unix socket's path is at most 107 bytes on Linux and 103 on macOS (sun_path, with its NUL).
+SOCKET_PATH_MAX = 103
+
+
+def socket_path() -> str:
+    """A socket path in a new private folder (``mkdtemp``: mode 0700) under the temporary
+    folder, or under /tmp when that one's path is too long for a socket (a long ``TMPDIR``
+    once stopped every workflow with "preload server did not start")."""
+    for base in dict.fromkeys((tempfile.gettempdir(), "/tmp")):
+        folder = tempfile.mkdtemp(prefix="benchmark-preload-", dir=base)
+        path = os.path.join(folder, "socket")
+        if len(os.fsencode(path)) <= SOCKET_PATH_MAX:
+            return path
+        os.rmdir(folder)
+    raise RuntimeError(f"no socket path of at most {SOCKET_PATH_MAX} bytes: TMPDIR "
+                       f"({tempfile.gettempdir()}) and /tmp are too deep")
+
+
 def start_server(log: str | Path | None = None) -> tuple[subprocess.Popen, str]:
     """Start a server as a child of this process; returns it and its socket path once the socket
     accepts connections (they queue while it is still importing)."""
-    path = str(Path(tempfile.mkdtemp(prefix="benchmark-preload-")) / "socket")
+    path = socket_path()
     out = open(log, "ab") if log else subprocess.DEVNULL  # noqa: SIM115 (the child keeps it)
     proc = subprocess.Popen([sys.executable, "-m", "benchmark.preload", path],
                             stdin=subprocess.DEVNULL, stdout=out, stderr=out)
@@ -111,7 +130,10 @@ def stop_server(proc: subprocess.Popen) -> None:
     if proc.poll() is None:
         proc.terminate()
         proc.wait(timeout=60)
-    Path(proc.args[-1]).unlink(missing_ok=True)
+    socket_file = Path(proc.args[-1])
+    socket_file.unlink(missing_ok=True)
+    with contextlib.suppress(OSError):  # the private folder of socket_path()
+        socket_file.parent.rmdir()
 
 
 def serve(path: str) -> None:
@@ -123,8 +145,9 @@ def serve(path: str) -> None:
     listener.listen(128)
     parent = os.getppid()
     stopping = []
-    signal.signal(signal.SIGTERM, lambda signum, frame: stopping.append(signum))
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the children themselves
+    # while importing (seconds of torch...) there is no child to stop: SIGTERM ends it at once
+    signal.signal(signal.SIGTERM, _exit_at_once)
     import importlib
 
     for name in PRELOAD:
@@ -132,6 +155,7 @@ def serve(path: str) -> None:
             importlib.import_module(name)
         except ImportError:  # e.g. MLflow not installed: jobs import what they need themselves
             pass
+    signal.signal(signal.SIGTERM, lambda signum, frame: stopping.append(signum))
     children: dict[int, socket.socket] = {}
     selector = selectors.DefaultSelector()
     selector.register(listener, selectors.EVENT_READ)
@@ -151,6 +175,10 @@ def serve(path: str) -> None:
         _signal(pid, signal.SIGTERM)
     _reap(children, selector, block=True)
     listener.close()
+
+
+def _exit_at_once(signum: int, frame: object) -> None:
+    raise SystemExit(0)
 
 
 def _fork_job(conn: socket.socket, listener: socket.socket,

@@ -80,10 +80,13 @@ class RunOutput:
         if not self.interactive:
             self.say(f"epoch {epoch}/{self.config.epochs} | diverged (non-finite loss)")
 
-    def finish(self, metrics: RunMetrics) -> None:
-        """``metrics.json`` (which drops the checkpoint) and the MLflow result."""
+    def write_result(self, metrics: RunMetrics) -> None:
+        """``metrics.json``, which drops the checkpoint: from now on the run is complete."""
         if self.store is not None and self.speaks:
             self.store.finish(metrics)
+
+    def log_result(self, metrics: RunMetrics) -> None:
+        """The MLflow result (final figures, artifacts); cut short, a rerun completes it."""
         self.tracker.log_result(metrics)
 
 

@@ -30,9 +30,13 @@ import os
 import random
 import sqlite3
 import tempfile
+import threading
 import time
+import urllib.error
+import urllib.parse
+import urllib.request
 from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -40,6 +44,7 @@ import numpy as np
 import yaml
 
 from .errors import UserError
+from .io import unwritable
 
 if TYPE_CHECKING:
     from .metrics import RunMetrics
@@ -66,7 +71,10 @@ def tracking_uri() -> str:
 
 
 def _sqlite_path(uri: str) -> Path | None:
-    return Path(uri.removeprefix("sqlite:///")) if uri.startswith("sqlite:///") else None
+    """The database file of ``sqlite:///<path>[?options]``, else None."""
+    if not uri.startswith("sqlite:///"):
+        return None
+    return Path(uri.removeprefix("sqlite:///").split("?", 1)[0])
 
 
 def _is_lock_error(exc: BaseException) -> bool:
@@ -101,38 +109,130 @@ def client(uri: str | None = None):
     from mlflow.tracking import MlflowClient
 
     uri = uri or tracking_uri()
+    db = _sqlite_path(uri)
+    if db is not None:  # SQLite creates the file, not its folder (MLflow would retry 100 s)
+        db.parent.mkdir(parents=True, exist_ok=True)
     return retry(lambda: MlflowClient(tracking_uri=uri), "open the store")
 
 
-def check_store(uri: str | None = None, timeout_s: float = 3.0) -> None:
-    """Fail in seconds, in one line, when the tracking store cannot be used.
+SERVER_TODO = "start the MLflow server, fix MLFLOW_TRACKING_URI, or set tracking=false"
+LOCAL_TODO = "point MLFLOW_TRACKING_URI at a writable place, or set tracking=false"
+# A store is checked in at most about this long: MLflow itself retries an unusable one for
+# minutes (a read-only sqlite folder: 100 s), after the first epoch, and ends in a traceback.
+CHECK_S = 3.0
 
-    A run calls this before it creates its folder: MLflow itself would retry a server that does
-    not answer for minutes, after the first epoch, and end in a long traceback. An unknown URI
-    scheme is refused the same way.
+
+def check_store(uri: str | None = None, timeout_s: float = CHECK_S) -> None:
+    """Fail within seconds, in one line naming the URI and the fix, when the tracking store
+    cannot be used; create nothing (a run calls this before its folder exists).
+
+    A local store (``sqlite:///``, ``file:`` or a plain path) must be writable where it lives,
+    and an existing database must be SQLite and MLflow's; a server must answer MLflow's REST
+    API; any other URI must give MLflow a client (an unknown scheme does not).
     """
-    import urllib.error
-    import urllib.request
-
     uri = uri or tracking_uri()
-    if _sqlite_path(uri) is not None:
-        return  # a local file, created by the run itself (constructing a client would do it now)
-    todo = "start the MLflow server, fix MLFLOW_TRACKING_URI, or set tracking=false"
+    db, folder = _sqlite_path(uri), _local_folder(uri)
+    problem = (_sqlite_problem(db, timeout_s) if db is not None
+               else unwritable(folder) if folder is not None
+               else _server_problem(uri, timeout_s) if _scheme(uri) in ("http", "https")
+               else _client_problem(uri, timeout_s))
+    if problem is not None:
+        local = db is not None or folder is not None
+        raise UserError(f"tracking: cannot use the MLflow store {uri} ({problem}); "
+                        f"{LOCAL_TODO if local else SERVER_TODO}")
+
+
+def _scheme(uri: str) -> str:
+    return uri.split(":", 1)[0].lower() if "://" in uri or uri.startswith("file:") else ""
+
+
+def _local_folder(uri: str) -> Path | None:
+    """The folder of a file store (``file:///x/mlruns`` or a plain path), else None."""
+    if _scheme(uri) == "file":
+        return Path(urllib.parse.urlparse(uri).path)
+    plain = _scheme(uri) == "" and not uri.startswith("databricks")  # "databricks[-uc]": a host
+    return Path(uri) if plain else None
+
+
+SQLITE_HEADER = b"SQLite format 3\x00"
+
+
+def _sqlite_problem(db: Path, timeout_s: float) -> str | None:
+    """Why an SQLite store cannot be used: its folder (which also holds the journal files)
+    cannot be written, or the file is not a database, or one of another program."""
+    why = unwritable(db.parent)
+    if why is not None:
+        return why
+    if not db.exists():
+        return None  # created by the run itself
+    if not db.is_file():
+        return f"{db} is not a file"
     try:
-        client(uri)
-    except Exception as exc:  # noqa: BLE001 - MLflow's errors for a URI it cannot serve
-        reason = str(exc).strip().splitlines()[0].split(". ")[0] if str(exc).strip() else exc
-        raise UserError(f"tracking: cannot use the MLflow store {uri} ({reason}); {todo}"
-                        ) from None
-    if uri.split(":", 1)[0] in ("http", "https"):
+        with open(db, "rb") as fh:
+            header = fh.read(len(SQLITE_HEADER))
+    except OSError as err:
+        return f"cannot read {db}: {err.strerror}"
+    if not header:
+        return None  # an empty file is an empty database to SQLite
+    if header != SQLITE_HEADER:
+        return f"{db} is not an SQLite database"
+    try:
+        with closing(sqlite3.connect(f"{db.resolve().as_uri()}?mode=ro", uri=True,
+                                     timeout=timeout_s)) as con:
+            tables = {row[0] for row in con.execute(
+                "SELECT name FROM sqlite_master WHERE type = 'table'")}
+    except sqlite3.Error as err:
+        if _is_lock_error(err):
+            return None  # in use by a writer: a database, and retried like every write
+        return f"{db} is not a readable SQLite database ({err})"
+    if tables and "experiments" not in tables:
+        return f"{db} is an SQLite database of another program (no MLflow tables)"
+    return None
+
+
+def _server_problem(uri: str, timeout_s: float) -> str | None:
+    """Why the server at ``uri`` is not a usable MLflow server: no answer, or an answer that
+    is not MLflow's JSON (any web server answers ``/health``; only MLflow's REST API answers
+    this request with a JSON object, an error too)."""
+    probe = f"{uri.rstrip('/')}/api/2.0/mlflow/experiments/get-by-name?experiment_name=Default"
+    try:
+        with urllib.request.urlopen(probe, timeout=timeout_s) as response:
+            status, body = response.status, response.read(1 << 16)
+    except urllib.error.HTTPError as err:
+        if err.code in (401, 403):
+            return None  # it asks for credentials: MLflow's client sends them
+        status, body = err.code, err.read(1 << 16)
+    except (OSError, ValueError) as exc:
+        return f"it does not answer: {getattr(exc, 'reason', exc)}"
+    try:
+        answer = json.loads(body)
+    except ValueError:
+        answer = None
+    if isinstance(answer, dict) and ("experiment" in answer or "error_code" in answer):
+        return None
+    return f"it answers HTTP {status} but is not an MLflow server"
+
+
+def _client_problem(uri: str, timeout_s: float) -> str | None:
+    """Why MLflow cannot make a client of ``uri`` (an unknown scheme, a database server that
+    does not answer), found within ``timeout_s`` + a second: MLflow may retry for minutes, so
+    the attempt runs in a daemon thread that the process leaves behind."""
+    import mlflow.tracking  # noqa: F401 - imported here: its seconds are not the store's
+
+    found: list[str | None] = []
+
+    def attempt() -> None:
         try:
-            urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=timeout_s).close()
-        except urllib.error.HTTPError:
-            pass  # it answers (a proxy or an older server may lack /health)
-        except (OSError, ValueError) as exc:
-            reason = getattr(exc, "reason", exc)
-            raise UserError(f"tracking: the MLflow server {uri} does not answer ({reason}); "
-                            f"{todo}") from None
+            client(uri)
+            found.append(None)
+        except Exception as exc:  # noqa: BLE001 - MLflow's errors for a URI it cannot serve
+            text = str(exc).strip()
+            found.append(text.splitlines()[0].split(". ")[0] if text else type(exc).__name__)
+
+    worker = threading.Thread(target=attempt, daemon=True, name="benchmark-store-check")
+    worker.start()
+    worker.join(timeout_s + 1)
+    return found[0] if found else f"no answer within {timeout_s + 1:.0f} s"
 
 
 def _artifact_location(uri: str, name: str) -> str | None:
@@ -168,6 +268,7 @@ def prepare_store(families: Iterable[str], uri: str | None = None) -> str:
     migrate an empty database or to create the same experiment.
     """
     uri = uri or tracking_uri()
+    check_store(uri)  # one line now, not a traceback from MLflow's retries
     db = _sqlite_path(uri)
     if db is not None:
         db.parent.mkdir(parents=True, exist_ok=True)
@@ -487,6 +588,36 @@ def track_run(config, out_dir: str | Path | None) -> Iterator[NullTracker | Mlfl
     tracker.end("FINISHED")
     if out_dir is not None:
         supersede(store, exp_id, tags["results_dir"], tracker.run_id)
+
+
+def complete_record(config, out_dir: str | Path, metrics: RunMetrics) -> str | None:
+    """Complete the MLflow record of a finished run (``metrics.json`` complete) that an
+    interrupt cut short: when no FINISHED run of ``out_dir`` exists, its latest run (KILLED,
+    FAILED, or RUNNING after a hard kill) gets what it lacks (the epochs not logged, the final
+    figures, the artifacts) and status FINISHED. Returns that run's id, None when there was
+    nothing to complete (or no record at all: nothing is created)."""
+    check_store()
+    store = client()
+    results_dir = str(Path(out_dir).resolve())
+    experiments = [e.experiment_id
+                   for e in retry(lambda: store.search_experiments(), "search_experiments")]
+    runs = retry(lambda: store.search_runs(
+        experiments, f"tags.results_dir = '{results_dir}'",
+        order_by=["attributes.start_time DESC"]), "search_runs")
+    if not runs or any(run.info.status == "FINISHED" for run in runs):
+        return None
+    cut_short = runs[0]
+    run_id = cut_short.info.run_id
+    tracker = MlflowTracker(store, run_id, config, out_dir)
+    logged = retry(lambda: store.get_metric_history(run_id, metric_name("time_s")),
+                   "get_metric_history")
+    tracker.logged = {point.step for point in logged}  # every epoch logs its time
+    tracker.log_result(metrics)
+    if "error" in cut_short.data.tags:  # "interrupted": no longer true of the record
+        retry(lambda: store.delete_tag(run_id, "error"), "delete_tag")
+    tracker.log_batch(tags=[("completed_after", cut_short.info.status)])
+    tracker.end("FINISHED")
+    return run_id
 
 
 def supersede(store, experiment: str, results_dir: str, run_id: str) -> None:

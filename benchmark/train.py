@@ -8,6 +8,8 @@ a checkpoint only needs the swarm state, the epoch and the history to resume exa
 from __future__ import annotations
 
 import math
+import os
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,9 +30,10 @@ from .data import (
     load_dataset,
 )
 from .device import configure, environment, pick_device
-from .errors import ConfigError
+from .errors import ConfigError, UserError
 from .gpu_slots import claim_gpu
 from .instability import training_instability
+from .interrupts import deferred
 from .methods import zeroed_lambdas
 from .metrics import RunMetrics
 from .models import build_model
@@ -39,7 +42,7 @@ from .saved import model_spec, save_models
 from .swarm import Swarm
 from .timing import timed
 from .topology import Topology
-from .tracking import check_store
+from .tracking import check_store, complete_record
 
 # Training statistics stay on the device; the host reads them (one synchronisation) every this
 # many iterations to stop a diverged run, so divergence is noticed at most this many iterations
@@ -193,6 +196,8 @@ def run(
         done = store.finished()
         if done is not None:
             print(f"{store.metrics}: finished run ({done.status}), nothing to do", flush=True)
+            if config.tracking and os.environ.get("RANK", "0") == "0":  # torchrun: rank 0
+                _complete_record(store, done)
             return done
     check_device(config.device)  # cheap checks of the outside world before any data or file
     if config.tracking:
@@ -209,12 +214,31 @@ def run(
     with out.session(restart):
         out.tracker.log_dataset(exp.bundle, exp.parts)
         status = _train_loop(exp, eval_split, progress, out)
-        metrics = _metrics(exp, progress, status)
-        if store is not None and status == "completed":  # every rank: the consensus model is a
-            with store.writing():  # collective; before metrics.json: it names them
-                metrics.models = save_models(exp, store.path)
-        out.finish(metrics)
+        # the models and metrics.json (which names them) are written whole, or not at all: an
+        # interrupt now waits for them (local writes), so a run trained to the end is complete
+        with deferred():
+            metrics = _metrics(exp, progress, status)
+            if store is not None and status == "completed":  # every rank: the consensus model
+                with store.writing():  # is a collective
+                    metrics.models = save_models(exp, store.path)
+            out.write_result(metrics)
+        out.log_result(metrics)
     return metrics
+
+
+def _complete_record(store: RunDir, metrics: RunMetrics) -> None:
+    """A finished run's MLflow record, completed when an interrupt cut it short after
+    ``metrics.json`` was written (:func:`benchmark.tracking.complete_record`), under the
+    folder's lock, so never while the run's own process still writes it. A store that cannot
+    be used is a warning: the result is in ``metrics.json`` either way."""
+    try:
+        with store.session():
+            repaired = complete_record(store.config, store.path, metrics)
+    except UserError as err:
+        print(f"warning: its MLflow record was not checked: {err}", file=sys.stderr)
+        return
+    if repaired is not None:
+        print(f"MLflow run {repaired}: the result logged, marked FINISHED", flush=True)
 
 
 def _train_loop(exp: Experiment, eval_split: str, progress: Progress, out: RunOutput) -> str:

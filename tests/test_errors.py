@@ -117,7 +117,7 @@ def test_unwritable_output_directory(capsys, tmp_path):
     a_file.write_text("not a folder")
     line = _fail(capsys, a_file / "run", *SYNTH)
     _assert_parts(line, "out: invalid value", str(a_file / "run"), "a writable directory",
-                  f"{a_file} is not a directory")
+                  f"{a_file} is a file, not a directory")
     if Path("/proc/self").is_dir():  # a folder nobody can create files in, even root
         line = _fail(capsys, Path("/proc/benchmark-test-run"), *SYNTH)
         _assert_parts(line, "out: invalid value '/proc/benchmark-test-run'",
@@ -359,8 +359,10 @@ def test_class3_silent_wrong_configuration_is_refused(capsys, tmp_path, store, m
 
 
 @pytest.mark.parametrize(("uri", "first_line"), [
-    ("http://127.0.0.1:9", "tracking: the MLflow server http://127.0.0.1:9 does not answer"),
-    ("https://127.0.0.1:9/", "tracking: the MLflow server https://127.0.0.1:9/ does not answer"),
+    ("http://127.0.0.1:9", "tracking: cannot use the MLflow store http://127.0.0.1:9 (it does "
+                           "not answer"),
+    ("https://127.0.0.1:9/", "tracking: cannot use the MLflow store https://127.0.0.1:9/ (it "
+                             "does not answer"),
     ("htp://127.0.0.1:5000", "tracking: cannot use the MLflow store htp://127.0.0.1:5000"),
     ("sqlite3:///x.db", "tracking: cannot use the MLflow store sqlite3:///x.db"),
 ])
@@ -383,7 +385,8 @@ def test_class4_a_study_checks_the_tracking_store_before_its_journal(capsys, tmp
     journal = tmp_path / "studies" / "alpha1.0.journal"
     assert main(["tune", "--config", str(family), "--study", str(journal), "method=ccl"]) == 2
     err = capsys.readouterr().err
-    assert err.startswith("error: tracking: the MLflow server http://127.0.0.1:9 does not answer")
+    assert err.startswith("error: tracking: cannot use the MLflow store http://127.0.0.1:9 (it "
+                          "does not answer")
     assert err.count("\n") == 1 and os.listdir(tmp_path) == ["fam.yaml"]
 
 

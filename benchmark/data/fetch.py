@@ -22,6 +22,7 @@ from pathlib import Path
 from benchmark.data.registry import REGISTRY
 from benchmark.data.sources import BySize, Download, Generated, ItemRule, Offline, PlacedByHand
 from benchmark.errors import DataMissingError
+from benchmark.io import check_writable_dir
 
 
 def _items() -> dict[str, ItemRule]:
@@ -57,8 +58,8 @@ def present(item: str, data_dir: str | Path) -> bool:
         case Download():
             try:
                 rule.open(str(root), False)
-            except (OSError, RuntimeError):
-                return False
+            except Exception:  # noqa: BLE001 - torchvision's errors for damaged files vary (a
+                return False  # truncated IDX file: ValueError or AssertionError)
             return True
         case PlacedByHand():
             return all((root / rule.folder / split).is_dir() for split in ("train", "val"))
@@ -85,6 +86,7 @@ def fetch(item: str, data_dir: str | Path) -> str:
     if target.exists():  # never overwrite what someone put there
         raise DataMissingError(f"dataset {item}: {target} exists but is incomplete or corrupted; "
                                f"remove it to fetch again, or {where}")
+    check_writable_dir(root, "--data-dir")  # before the download, not after it
     root.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".fetch-{item}-", dir=root))
     try:

@@ -28,6 +28,7 @@ import hashlib
 import importlib.util
 import math
 import os
+import struct
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from importlib import resources
@@ -368,8 +369,16 @@ def _torchvision_small(name: str, source: Download):
         for train in (True, False):
             try:
                 ds = source.open(str(request.root), request.download, train=train)
-            except RuntimeError as err:
-                raise _missing(name, request.root / source.folder, _DOWNLOAD_HINT) from err
+            except Exception as err:  # noqa: BLE001 - torchvision: RuntimeError, ValueError,
+                # AssertionError, UnpicklingError... for missing or damaged files, naming none
+                damaged = _damaged_file(source.open.dataset_class, request.root)
+                if damaged is None or not damaged.parent.is_dir():  # nothing there: fetch it
+                    raise _missing(name, request.root / source.folder, _DOWNLOAD_HINT) from err
+                what = "truncated or corrupted" if damaged.exists() else "missing"
+                top = request.root / Path(source.folder).parts[0]
+                raise DataMissingError(
+                    f"dataset {name}: {damaged} is {what}; delete {top} and run `python -m "
+                    f"benchmark fetch {name} --data-dir {request.root}`") from None
             x = torch.as_tensor(np.asarray(ds.data))
             x = x.unsqueeze(1) if x.ndim == 3 else x.permute(0, 3, 1, 2)  # -> [N, C, H, W]
             y = torch.as_tensor(np.asarray(ds.targets), dtype=torch.long)
@@ -377,6 +386,38 @@ def _torchvision_small(name: str, source: Download):
         return Loaded(*splits)
 
     return load
+
+
+def _damaged_file(dataset_class, root: Path) -> Path | None:
+    """The first file of a small torchvision dataset that is missing, fails its MD5 (CIFAR's
+    pickles) or is shorter or longer than its header says (the MNIST family's IDX files)."""
+    from torchvision.datasets.utils import check_integrity
+
+    if hasattr(dataset_class, "train_list"):  # CIFAR
+        folder, meta = root / dataset_class.base_folder, dataset_class.meta
+        files = [*dataset_class.train_list, *dataset_class.test_list,
+                 [meta["filename"], meta["md5"]]]
+        return next((folder / name for name, md5 in files
+                     if not check_integrity(str(folder / name), md5)), None)
+    folder = root / dataset_class.__name__ / "raw"  # the MNIST family, decompressed
+    files = [folder / Path(url).stem for url, _ in dataset_class.resources]
+    return next((path for path in files if not _idx_complete(path)), None)
+
+
+IDX_ITEM_BYTES = {0x08: 1, 0x09: 1, 0x0B: 2, 0x0C: 4, 0x0D: 4, 0x0E: 8}  # by IDX type code
+
+
+def _idx_complete(path: Path) -> bool:
+    """An IDX file (zero, zero, type, dimensions; then each dimension as a big-endian uint32)
+    whose size is its header plus the data the dimensions describe."""
+    try:
+        with open(path, "rb") as fh:
+            _, _, kind, ndim = fh.read(4)
+            dims = struct.unpack(f">{ndim}I", fh.read(4 * ndim))
+        expected = 4 + 4 * ndim + math.prod(dims) * IDX_ITEM_BYTES[kind]
+        return path.stat().st_size == expected
+    except (OSError, ValueError, KeyError, struct.error):  # short header, unknown type
+        return False
 
 
 def _resize_transform(size: int, crop: int | None = None):
@@ -415,8 +456,13 @@ def _load_imagenette(request: Request) -> Loaded:
     for split in ("train", "val"):
         cache = cache_dir / f"{split}_{image_size}px_from{source}.pt"
         if cache.exists():
-            data = torch.load(cache, weights_only=True)
-            splits.append(Split(data["x"], data["y"]))
+            try:
+                data = torch.load(cache, weights_only=True)
+                splits.append(Split(data["x"], data["y"]))
+            except Exception:  # noqa: BLE001 - torch's errors for a damaged file vary
+                raise DataMissingError(f"dataset imagenette: the cache {cache} is truncated or "
+                                       "corrupted; delete it (it is rebuilt from the images)"
+                                       ) from None
             continue
         try:
             ds = tvd.Imagenette(

@@ -28,7 +28,7 @@ class Download:
 
     folder: str
     url: str
-    open: Callable[..., object]  # (root, download, **split options) -> dataset
+    open: Torchvision  # (root, download, **split options) -> dataset
 
 
 @dataclass(frozen=True)
@@ -61,13 +61,26 @@ ItemRule = Offline | Download | PlacedByHand | Generated  # what one fetchable i
 FetchRule = ItemRule | BySize
 
 
-def torchvision(class_name: str, **options) -> Callable[..., object]:
-    """The ``open`` of a :class:`Download`: torchvision's dataset ``class_name`` (``more``: the
-    split's options, e.g. ``train=False``)."""
+@dataclass(frozen=True)
+class Torchvision:
+    """The ``open`` of a :class:`Download`: torchvision's dataset ``class_name`` built with
+    ``options`` (and, per call, the split's options, e.g. ``train=False``). The class itself is
+    named too: when it fails it names no file, and the loader looks for the damaged one in the
+    class's own file list."""
 
-    def open_(root: str, download: bool, **more) -> object:
+    class_name: str
+    options: tuple[tuple[str, object], ...] = ()
+
+    @property
+    def dataset_class(self) -> type:
         import torchvision.datasets as tvd
 
-        return getattr(tvd, class_name)(root, download=download, **options, **more)
+        return getattr(tvd, self.class_name)
 
-    return open_
+    def __call__(self, root: str, download: bool, **more) -> object:
+        return self.dataset_class(root, download=download, **dict(self.options), **more)
+
+
+def torchvision(class_name: str, **options) -> Torchvision:
+    """The ``open`` of a :class:`Download` for torchvision's dataset ``class_name``."""
+    return Torchvision(class_name, tuple(options.items()))

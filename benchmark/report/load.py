@@ -17,19 +17,17 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..config import result_fields
-from ..errors import ConfigError, UserError
+from ..errors import UserError
+from ..io import Unreadable, check_writable_dir, read_text
 from ..metrics import NotRunMetrics, RunMetrics
+
+METRICS_BYTES = 256 << 20  # a long run's history with every phase is a few MB
 
 
 def check_out_dir(out: str | Path, what: str = "out") -> Path:
-    """An output folder that exists or can be created (not a file, not under a file)."""
-    out = Path(out)
-    if str(out) == "":
-        raise ConfigError(what, "", "a folder path")
-    for parent in (out, *out.parents):
-        if parent.exists() and not parent.is_dir():
-            raise ConfigError(what, str(out), "a writable directory", f"{parent} is a file")
-    return out
+    """An output folder that exists or can be created and written (not a file, not under a
+    file, not read-only), checked before any result is read."""
+    return check_writable_dir(out, what)
 
 
 def expand(paths: Iterable[str | Path], command: str) -> list[Path]:
@@ -85,11 +83,13 @@ def load_results(paths: Iterable[str | Path], skip_invalid: bool = False,
     seen: dict[str, str] = {}
     for file in find_metrics(paths, command):
         try:
-            data = json.loads(file.read_text())
+            data = json.loads(read_text(file, command, limit=METRICS_BYTES))
         except json.JSONDecodeError as exc:
             issue = f"is not valid JSON ({exc.msg}, line {exc.lineno})"
-        except (OSError, UnicodeDecodeError) as exc:
-            issue = f"cannot be read ({type(exc).__name__}: {exc})"
+        except Unreadable as exc:  # a FIFO or a device is never read (it would never end)
+            issue = exc.problem
+        except RecursionError:
+            issue = "is not valid JSON (nested too deep)"
         else:
             issue = None
             try:

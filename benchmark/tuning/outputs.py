@@ -16,7 +16,7 @@ from optuna.trial import FrozenTrial, TrialState
 from ..config import RunConfig, graph_label, graph_of
 from ..data.registry import validation_samples
 from ..errors import UserError
-from ..io import atomic_write_bytes, atomic_write_json, atomic_write_text
+from ..io import atomic_write_bytes, atomic_write_json, atomic_write_text, read_text
 from .spec import Tuning
 
 METRIC_LABEL = "validation consensus accuracy (%)"
@@ -194,12 +194,12 @@ def best_table(best_files: list[str | Path]) -> Any:
     rows = []
     for path in best_files:
         try:
-            best = json.loads(Path(path).read_text())
+            best = json.loads(read_text(path, "tune-table"))  # never a FIFO or /dev/zero
             values = best["values"]
             row = {**{k: best[k] for k in TABLE_COLUMNS if k not in OPTIONAL},
                    "graph": graph_label(best["graph"]) if best.get("graph") else None,
                    "val_samples": best.get("val_samples"), **values}
-        except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:
+        except (ValueError, KeyError, TypeError, AttributeError, RecursionError) as err:
             raise UserError(f"{path}: not a study's best.json ({type(err).__name__}: {err}); "
                             "pass studies/<family>/<method>/<graph>/alpha<a>/best.json files"
                             ) from None

@@ -14,9 +14,11 @@ from __future__ import annotations
 
 import hashlib
 import math
+import operator
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic.fields import FieldInfo
 
 from ..config import (
     MACHINE,
@@ -59,6 +61,26 @@ class Range(BaseModel):
 def _default_space() -> dict[str, Range]:
     return {"lr": Range(low=1e-3, high=1.0), "lambda_m": Range(low=1e-3, high=1.0),
             "lambda_d": Range(low=1e-3, high=1.0)}
+
+
+# The bounds a RunConfig field declares (pydantic keeps them as annotated_types metadata).
+_BOUNDS = (("ge", ">=", operator.ge), ("gt", ">", operator.gt), ("le", "<=", operator.le),
+           ("lt", "<", operator.lt))
+
+
+def _within_limits(name: str, rng: Range, field: FieldInfo) -> None:
+    """A range the option itself accepts end to end (``momentum: [0.5, 1.5]`` would reach
+    trials with momentum >= 1, refused only once the study exists), with whole-number bounds
+    for an integer option (its trials draw integers)."""
+    limits = [(symbol, getattr(meta, attr), test) for meta in field.metadata
+              for attr, symbol, test in _BOUNDS if hasattr(meta, attr)]
+    if not all(test(v, bound) for v in (rng.low, rng.high) for _, bound, test in limits):
+        own = " and ".join(f"{symbol} {bound}" for symbol, bound, _ in limits)
+        raise ConfigError(f"tuning.space.{name}", [rng.low, rng.high],
+                          f"a range within {name}'s own limits ({own})")
+    if field.annotation is int and not (rng.low.is_integer() and rng.high.is_integer()):
+        raise ConfigError(f"tuning.space.{name}", [rng.low, rng.high],
+                          f"whole-number bounds ({name} is an integer option)")
 
 
 class Tuning(BaseModel):
@@ -107,6 +129,7 @@ class Tuning(BaseModel):
                 allowed = ("finite [low, high] with 0 < low < high" if rng.log
                            else "finite [low, high] with 0 <= low < high")
                 raise ConfigError(f"tuning.space.{name}", [rng.low, rng.high], allowed)
+            _within_limits(name, rng, field)
         return space
 
     @model_validator(mode="after")

@@ -49,28 +49,20 @@ def visible_gpus():
     return [str(i) for i in range(torch.cuda.device_count())]
 
 
-def _positive_int(key, default):
-    value = config.get(key, default)
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise WorkflowError(f"error: --config {key}: invalid value {value!r}; allowed: an "
-                            f"integer >= 1")
-    return value
-
-
 def slots_per_device(run_config):
     """Runs sharing one GPU: `--config gpu_slots_per_device=k` (command line or profile), else
     the family's `gpu_slots_per_device` run option, else 1 (README "Several runs per GPU")."""
-    return _positive_int("gpu_slots_per_device", run_config.gpu_slots_per_device or 1)
+    return OPTIONS.gpu_slots_per_device or run_config.gpu_slots_per_device or 1
 
 
 # CPU threads of a GPU job (it mostly launches kernels): `--config gpu_threads=N`, default 2;
 # the family's `threads` is what its CPU jobs use
-GPU_THREADS = _positive_int("gpu_threads", 2)
+GPU_THREADS = OPTIONS.gpu_threads
 
 
 # Set by profiles/slurm (`config: cluster=slurm`): jobs run on compute nodes, so this host's GPUs
 # say nothing; a run on device auto/cuda asks the scheduler for one, which pins it there.
-CLUSTER = config.get("cluster")
+CLUSTER = OPTIONS.cluster
 
 
 def first_reading(check):
@@ -147,7 +139,10 @@ def prepare_tracking():
         return
     from benchmark.tracking import prepare_store
 
-    uri = prepare_store(names)
+    try:
+        uri = prepare_store(names)
+    except UserError as err:
+        raise WorkflowError(f"error: {err}") from None
     print(f"MLflow: {uri} (experiments: {', '.join(names)})", file=sys.stderr)
 
 
@@ -157,7 +152,7 @@ def start_preload():
     training). Jobs find it through BENCHMARK_PRELOAD; stopped (and its CPU time accounted to
     this process) when Snakemake exits. Local runs only: `--config preload=false` turns it off,
     and cluster jobs run on other hosts."""
-    if CLUSTER or str(config.get("preload", True)).lower() in ("false", "0", "no"):
+    if CLUSTER or not OPTIONS.preload:
         return
     import atexit
 
@@ -165,6 +160,11 @@ def start_preload():
 
     log = Path(".snakemake") / "preload.log"
     log.parent.mkdir(exist_ok=True)
-    proc, socket = start_server(log)
+    try:
+        proc, socket = start_server(log)
+    except (OSError, RuntimeError) as err:  # an optimisation, never a requirement
+        print(f"warning: no preload server ({err}; see {log}): every job imports the suite "
+              "itself, slower, same results", file=sys.stderr)
+        return
     os.environ[ENV] = socket
     atexit.register(stop_server, proc)
