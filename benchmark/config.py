@@ -24,6 +24,7 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+from pydantic.fields import FieldInfo
 
 from .algorithms import (
     PLUGINS,
@@ -66,12 +67,13 @@ def option_defaults() -> dict[str, Any]:
     return values
 
 
-def numeric_options() -> list[str]:
-    """The run options that hold a number (what a tuning space may search)."""
-    fields = [(name, f.annotation) for name, f in RunConfig.model_fields.items()]
-    fields += [(name, cls.options_type.model_fields[name].annotation)
-               for name, cls in option_owners().items()]
-    return [name for name, annotation in fields if annotation in (float, int)]
+def numeric_options() -> dict[str, FieldInfo]:
+    """The run options that hold a number (what a tuning space may search), by name, with the
+    field that declares each (its bounds limit a search range)."""
+    fields = dict(RunConfig.model_fields)
+    fields.update((name, cls.options_type.model_fields[name])
+                  for name, cls in option_owners().items())
+    return {name: f for name, f in fields.items() if f.annotation in (float, int)}
 
 
 # Validating a config that was already run (the ``config`` of a metrics.json) skips the checks

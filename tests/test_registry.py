@@ -166,3 +166,31 @@ def test_the_tuning_space_and_the_cli_help_read_the_registry(capsys):
     for name in [*registered(), "ccl-mv", "qgm_variant", "relay_tree", "relay_norm"]:
         assert f"\n  {name} " in text
     assert "relaysgd, default 'counts': counts: S / C" in text
+
+
+@pytest.mark.parametrize(("space", "message"), [
+    ({"step": {"low": 0.0, "high": 1.0, "log": False}}, "tuning.space.step: invalid value "
+     "[0.0, 1.0]; allowed: a range within step's own limits (> 0)"),
+    ({"rounds": [1.5, 4.0]}, "tuning.space.rounds: invalid value [1.5, 4.0]; allowed: "
+                             "whole-number bounds (rounds is an integer option)"),
+    ({"rounds": [1.0, 9.0]}, "tuning.space.rounds: invalid value [1.0, 9.0]; allowed: a "
+                             "range within rounds's own limits (>= 1 and <= 8)"),
+])
+def test_a_tuning_range_stays_within_a_registered_option_s_own_limits(monkeypatch, space,
+                                                                     message):
+    """The limits come from the field that declares the option, an algorithm's options too."""
+    import benchmark.algorithms.registry as registry
+    from benchmark.tuning.spec import build_spec
+
+    class Bounded(Options):
+        step: float = Field(1.0, gt=0, description="a number")
+        rounds: int = Field(2, ge=1, le=8, description="a count")
+
+    monkeypatch.setattr(registry, "_ALGORITHMS", dict(registry._ALGORITHMS))  # forgotten after
+    register(_algorithm(name="bounded", options_type=Bounded,
+                        stability=_stability(NoGossip("x"))))
+    name = next(iter(space))
+    assert build_spec({"space": {name: [1.0, 2.0]}, "baseline": [name]}).space[name].high == 2.0
+    with pytest.raises(ConfigError) as err:
+        build_spec({"space": space, "baseline": [name]})
+    assert str(err.value) == message

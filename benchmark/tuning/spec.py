@@ -123,13 +123,14 @@ class Tuning(BaseModel):
         numeric = numeric_options()  # the registered algorithms' numeric options included
         for name, rng in space.items():
             if name not in numeric:
-                raise ConfigError(f"tuning.space.{name}", "(not a numeric run option)", numeric)
+                raise ConfigError(f"tuning.space.{name}", "(not a numeric run option)",
+                                  list(numeric))
             finite = math.isfinite(rng.low) and math.isfinite(rng.high)
             if not finite or not rng.low < rng.high or rng.low < 0 or (rng.log and rng.low <= 0):
                 allowed = ("finite [low, high] with 0 < low < high" if rng.log
                            else "finite [low, high] with 0 <= low < high")
                 raise ConfigError(f"tuning.space.{name}", [rng.low, rng.high], allowed)
-            _within_limits(name, rng, field)
+            _within_limits(name, rng, numeric[name])
         return space
 
     @model_validator(mode="after")
