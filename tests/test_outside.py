@@ -255,6 +255,26 @@ def test_class6_an_output_that_cannot_be_written_is_refused_before_any_work(
     assert line.startswith(f"error: {field}: invalid value {shown}; "), line
 
 
+@pytest.mark.parametrize("command", ["fetch", "train"])
+def test_class6_mnist1d_without_a_cache_in_a_folder_that_cannot_be_written_is_named(
+        capsys, tmp_path, monkeypatch, read_only, command):
+    """MNIST-1D is generated into its data folder: one refused write is one line naming the
+    folder, before generating (was: a PermissionError traceback after it)."""
+    from benchmark.data import mnist1d_loader
+
+    def no_work():
+        raise AssertionError("generated before the folder was checked")
+
+    monkeypatch.setattr(mnist1d_loader, "_generate", no_work)
+    data = read_only / "data"
+    argv = {"fetch": ["fetch", "mnist1d", "--data-dir", str(data)],
+            "train": ["train", "--out", str(tmp_path / "run"), "dataset=mnist1d",
+                      f"data_dir={data}", "model=mlp", "n_agents=4", "tracking=false"]}[command]
+    _refused(capsys, argv, f"error: dataset mnist1d: no valid cache at {data / 'mnist1d.npz'}, "
+             f"and it cannot be generated there (cannot write in {read_only}: ",
+             "point data_dir (fetch: --data-dir) at a writable folder", cwd=tmp_path)
+
+
 @pytest.mark.parametrize(("argv", "field", "why"), [
     # what is already there is checked too: a run's own files, the calibration file
     (["train", "--out", "{tmp}/run", *SYNTH], "out",

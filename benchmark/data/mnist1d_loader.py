@@ -29,7 +29,7 @@ from types import SimpleNamespace
 import numpy as np
 
 from benchmark.errors import DataMissingError
-from benchmark.io import atomic_open
+from benchmark.io import atomic_open, unwritable
 
 CACHE = "mnist1d.npz"
 PACKAGE_VERSION = "0.0.2.post1"  # pinned in pyproject.toml and environment.yml
@@ -96,6 +96,12 @@ def _cached_or_generated(data_dir: str | Path) -> tuple[Path, dict[str, np.ndarr
     arrays = _read(path, meta)
     if arrays is not None:
         return path, arrays, False
+    why = unwritable(path.parent)  # before generating: a read-only data folder is named at once
+    if why is not None:
+        raise DataMissingError(
+            f"dataset mnist1d: no valid cache at {path}, and it cannot be generated there "
+            f"({why}); point data_dir (fetch: --data-dir) at a writable folder, or run `python "
+            f"-m benchmark fetch mnist1d --data-dir DIR` elsewhere and copy DIR/{CACHE} here")
     arrays = _generate()
     found = digest(arrays)
     if found != PUBLISHED_DIGEST:
