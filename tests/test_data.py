@@ -71,10 +71,11 @@ def test_raw_respects_min_size_and_keeps_unequal_sizes(digit_labels):
     assert sorted(flat.tolist()) == list(range(len(digit_labels)))  # every sample used once
 
 
-def test_raw_gives_up_with_a_clear_error(digit_labels):
+def test_raw_gives_up_with_a_clear_error(digit_labels, monkeypatch):
     # 16 agents, 10 classes, alpha 0.01: almost every class lands on one agent, so most agents
-    # stay empty and no draw can satisfy min_size.
-    with pytest.raises(UserError, match="min_size"):
+    # stay empty and no draw can satisfy min_size (200 draws say it as well as 100,000).
+    monkeypatch.setattr("benchmark.data.partition.MAX_ATTEMPTS", 200)
+    with pytest.raises(UserError, match="min_size=10 samples in 200 attempts"):
         dirichlet_partition(digit_labels, 16, 0.01, seed=0, scheme="raw", min_size=10)
 
 
