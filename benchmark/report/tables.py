@@ -227,7 +227,7 @@ def paired_layout(summary: pd.DataFrame) -> tuple[list[str], list[tuple[list[str
     """Per setting, one cell per (CCL preset - base) pair: mean difference [95% CI], wins."""
     paired = summary[summary["paired_base"].notna()]
     labels = label_order(paired) if len(paired) else []
-    columns = [f"{label} − {base_method(label.split(' (')[0])}" for label in labels]
+    columns = [paired_label(label) for label in labels]
     rows = []
     for key, grp in paired.groupby(SETTING, sort=False):
         by_label = {r["label"]: r for _, r in grp.iterrows()}
@@ -236,6 +236,12 @@ def paired_layout(summary: pd.DataFrame) -> tuple[list[str], list[tuple[list[str
         dataset, model, topo, n, alpha = key
         rows.append(([dataset, model, f"{topo}-{n}", f"{alpha:g}"], cells))
     return columns, rows
+
+
+def paired_label(label: str) -> str:
+    """The name of a CCL preset's paired difference, in tables and figures: ``ccl − qgm``
+    (``ccl (tuned) − qgm``: within the tuned protocol)."""
+    return f"{label} − {base_method(label.split(' (')[0])}"
 
 
 def _paired_cell(row: pd.Series) -> str:
