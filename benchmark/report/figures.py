@@ -81,7 +81,7 @@ def method_marker(method: str) -> str:
 
 
 def _style(label: str) -> dict[str, Any]:
-    tuned = label.endswith("(tuned)")
+    tuned = "(tuned)" in label
     return {"color": method_color(label), "linestyle": "--" if tuned else "-"}
 
 
@@ -98,7 +98,7 @@ def _curve_style(label: str, points: int, rank: int, count: int) -> dict[str, An
 
 
 def _bar_style(label: str) -> dict[str, Any]:
-    return {"color": method_color(label), "hatch": "//" if label.endswith("(tuned)") else None}
+    return {"color": method_color(label), "hatch": "//" if "(tuned)" in label else None}
 
 
 # --------------------------------------------------------------------------- layout helpers
@@ -286,7 +286,8 @@ def _grouped(ax, table: pd.DataFrame, x_key: str, bars: bool) -> None:
                    **_bar_style(label))
         else:
             ax.errorbar(pos, rows["y"], yerr=_errors(rows), label=label, capsize=3,
-                        linestyle="none", marker=method_marker(label), color=method_color(label))
+                        linestyle="none", marker=method_marker(label), color=method_color(label),
+                        markerfacecolor="none" if "(tuned)" in label else None)  # hollow: tuned
     ax.set_xticks(np.arange(len(xs)), [f"{x:g}" for x in xs])
 
 
