@@ -2,10 +2,10 @@
 
 Reading rules every figure follows: a method has one colour and one marker everywhere
 (:func:`method_color`, :func:`method_marker`, fixed by the preset table, not by which methods a
-figure happens to show); the tuned protocol is the same colour, dashed or hatched; one legend per
-figure, outside the panels; bands and whiskers say in the legend what they are; panels that are
-compared (a row) share their y-range; a figure the grid cannot fill says which axis of the family
-file would fill it.
+figure happens to show); the tuned protocol is the same colour, dashed, hatched or hollow; one
+legend per figure, outside the panels; bands and whiskers say in the legend what they are;
+panels that are compared (a row) share their y-range; a figure the grid cannot fill says which
+axis of the family file would fill it.
 
 Where the question is "does CCL help", the headline is the paired difference of each CCL preset
 from its base optimiser (the table's ``paired_*`` columns: mean over seeds, 95% Student-t
