@@ -2,7 +2,7 @@
 
     snakemake --cores 2 reports/table_digits.csv       # the embedded default, offline
     snakemake -n --cores 8 reports/table_cifar10.csv   # plan the paper's grid (reads no data)
-    snakemake --report reports/report.html             # tables + figures in one page
+    snakemake --report reports/report.html             # tables + figures, opens on the answer
     snakemake --cores 2 reports/table_digits.csv reports/tuning_digits.csv --config protocol=both
         # tune every method (same budget), then the fixed and the tuned grid side by side
     snakemake --unlock reports/table_digits.csv        # after a hard kill, then rerun as before

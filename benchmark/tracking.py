@@ -235,6 +235,20 @@ def _client_problem(uri: str, timeout_s: float) -> str | None:
     return found[0] if found else f"no answer within {timeout_s + 1:.0f} s"
 
 
+def existing_store(uri: str | None = None) -> str:
+    """The tracking URI (:func:`tracking_uri` or ``uri``) of a store that is there, for readers:
+    a SQLite file that does not exist is one line saying where it was looked for, and is not
+    created (MLflow would create an empty one and then find no run); a server must answer."""
+    uri = uri or tracking_uri()
+    db = _sqlite_path(uri)
+    if db is None:
+        check_store(uri)
+    elif not db.is_file():
+        raise UserError(f"tracking: no MLflow store at {uri} (looked for {db.resolve()}); run "
+                        "from the project that ran it, or set MLFLOW_TRACKING_URI to its store")
+    return uri
+
+
 def _artifact_location(uri: str, name: str) -> str | None:
     """Artifacts beside the database (``mlartifacts/<experiment>``), not under the cwd."""
     db = _sqlite_path(uri)

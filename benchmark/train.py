@@ -26,11 +26,11 @@ from .data import (
     DatasetBundle,
     class_histogram,
     dirichlet_partition,
-    eval_batches,
     load_dataset,
 )
 from .device import configure, environment, pick_device
 from .errors import ConfigError, UserError
+from .evaluation import accuracies
 from .gpu_slots import claim_gpu
 from .instability import training_instability
 from .interrupts import deferred
@@ -129,15 +129,9 @@ def evaluate(swarm: Swarm, bundle: DatasetBundle, split: str = "test") -> dict[s
     models = [*swarm.models, consensus]
     for m in models:
         m.eval()
-    correct = torch.zeros(len(models), device=swarm.device)
-    total = 0
-    for x, y in eval_batches(data, bundle.mean, bundle.std, device=swarm.device):
-        for k, m in enumerate(models):
-            correct[k] += (m(x)[1].argmax(dim=1) == y).sum()
-        total += len(y)
+    acc = accuracies(models, data, bundle.mean, bundle.std, swarm.device)
     for m in swarm.models:
         m.train()
-    acc = (correct / total * 100).tolist()
     # sharded run: every rank's agents in agent order (each rank scores the consensus model too)
     local = torch.tensor([a for part in swarm.comm.all_gather_objects(acc[:-1]) for a in part])
     return {

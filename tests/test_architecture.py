@@ -28,7 +28,7 @@ LAYERS: list[tuple[str, set[str]]] = [
     ("algorithms", {"algorithms", "methods", "stability"}),
     # tuning.spec: the family's tuning: section, part of the family schema grid validates
     ("config", {"config", "metrics", "checkpoint", "grid", "tuning.spec"}),
-    ("swarm", {"swarm", "forward_backward", "memory"}),
+    ("swarm", {"swarm", "forward_backward", "memory", "evaluation"}),
     ("outputs", {"report", "tracking", "instability", "saved"}),
     ("train", {"train", "run_output"}),
     ("entry points", {"tuning", "plan", "calibrate", "cli", "preload", "__main__"}),

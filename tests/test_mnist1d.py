@@ -250,7 +250,7 @@ def test_metrics_files_with_and_without_the_data_section_are_read():
 
 def test_evaluation_and_saved_model_on_signals(mnist1d_dir, tmp_path):
     from benchmark.data import eval_batches
-    from benchmark.saved import load_model
+    from benchmark.saved import evaluate, load_model
     from benchmark.train import run
 
     # 2 x 40 iterations of batch 25 at a constant lr 0.1: enough to leave chance (10%) behind
@@ -263,6 +263,8 @@ def test_evaluation_and_saved_model_on_signals(mnist1d_dir, tmp_path):
                   for x, y in eval_batches(test, model.input_mean, model.input_std))
     assert correct / 10 == pytest.approx(metrics.final.consensus_acc, abs=1e-4)  # float32 %
     assert correct > 250
+    # in one call: the file says the dataset and where its data are (the digest matches)
+    assert evaluate(tmp_path) == pytest.approx(metrics.final.consensus_acc, abs=1e-6)
 
 
 def test_memory_estimate_calibration_and_plan_use_the_signal_shape(mnist1d_dir):

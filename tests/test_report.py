@@ -473,3 +473,186 @@ def html_cells(text: str) -> list[list[str]]:
 
     Cells().feed(text)
     return rows
+
+
+# ---------------------------------------------------------------------------- issue 25: figures
+def _graph(run: dict, topology: str, n: int, gap: float) -> dict:
+    run["config"].update(topology=topology, n_agents=n)
+    run["topology"].update(name=topology, n_agents=n, spectral_gap=gap)
+    return run
+
+
+def test_learning_curves_fit_each_row_and_keep_overlapping_methods_apart() -> None:
+    """Two graphs (rows) x two alphas; qgm, ccl, ccl-mv and ccl-dv on one curve. A row's y range
+    is its curves over the second half of the epochs (5-10 of 10) plus 10% of their span: ring-8
+    ends in 80..87 -> (79.3, 87.7), ring-16 in 40..47 -> (39.3, 47.7); each method keeps its
+    own marker, and a line drawn earlier is wider than the next (its rim shows)."""
+    high = [10, 20, 40, 60, 80, 82, 84, 85, 86, 87]
+    low = [5, 10, 20, 30, 40, 42, 44, 45, 46, 47]
+    methods = ("qgm", "ccl", "ccl-mv", "ccl-dv")
+    runs = [_graph(_metrics(m, s, a, c[-1], 50.0, curve=c), "ring", n, 0.2)
+            for n, c in ((8, high), (16, low)) for a in (0.1, 1.0) for m in methods
+            for s in range(2)]
+    fig = learning_curves_figure(_loaded(runs))
+    panels = {ax.get_title(): ax for ax in fig.axes}
+    for graph, limits in (("ring-8", (79.3, 87.7)), ("ring-16", (39.3, 47.7))):
+        row = [ax for title, ax in panels.items() if f", {graph}, " in title]
+        assert len(row) == 2
+        for ax in row:
+            assert ax.get_ylim() == pytest.approx(limits)
+            lines = [line for line in ax.get_lines() if not line.get_label().startswith("_")]
+            assert [line.get_label() for line in lines] == ["qgm", "ccl", "ccl-mv", "ccl-dv"]
+            assert len({line.get_marker() for line in lines}) == 4
+            assert all(line.get_markerfacecolor() == "none" for line in lines)
+            widths = [line.get_linewidth() for line in lines]
+            assert widths == sorted(widths, reverse=True) and len(set(widths)) == 4
+    legend = [t.get_text() for t in fig.legends[0].get_texts()]
+    assert "y range of a row: its curves\nover the second half of the epochs" in legend
+
+
+def _whisker_ends(container) -> list[float]:
+    """Low and high end of each whisker of an errorbar container, in order, flat."""
+    return [float(y) for seg in container.lines[2][0].get_segments() for y in (seg[0][1],
+                                                                             seg[1][1])]
+
+
+def _intervals(rows: pd.DataFrame) -> list[float]:
+    """The table's 95% interval ends of the rows, flat (as :func:`_whisker_ends`)."""
+    return [float(y) for lo, hi in zip(rows["paired_ci_low"], rows["paired_ci_high"],
+                                       strict=True) for y in (lo, hi)]
+
+
+ABLATION_RUNS = [
+    # ring-8, alpha 0.1 and 1: qgm at 80 + seed; ccl +0.5, +1.0, +0.0 over seeds 0-2 (mean 0.5,
+    # sample std 0.5, 95% interval 0.5 ± 4.302653 * 0.5 / sqrt(3) = 0.5 ± 1.242069); ccl-mv
+    # +0.2 on every seed; ccl-dv -0.1 on every seed (zero-width intervals)
+    *[_metrics(m, s, a, 80.0 + s + d[s], 70.0)
+      for a in (0.1, 1.0) for s in range(3)
+      for m, d in (("qgm", (0, 0, 0)), ("ccl", (0.5, 1.0, 0.0)), ("ccl-mv", (0.2,) * 3),
+                   ("ccl-dv", (-0.1,) * 3))],
+    # ring-16: qgm and ccl only (two bars per group, centred like the four of ring-8)
+    *[_graph(_metrics(m, s, a, 60.0 + s + (0.3 if m == "ccl" else 0.0), 50.0), "ring", 16, 0.05)
+      for a in (0.1, 1.0) for s in range(3) for m in ("qgm", "ccl")],
+]
+
+
+def test_ablation_headline_is_the_paired_difference_with_its_interval() -> None:
+    from benchmark.report import ablation_figure
+
+    summary = _table(ABLATION_RUNS)
+    ccl = _row(summary[summary["n_agents"] == 8], "ccl", 0.1)
+    assert (ccl["paired_diff_mean"], ccl["paired_ci_low"], ccl["paired_ci_high"]) == \
+        pytest.approx((0.5, 0.5 - 1.242069, 0.5 + 1.242069), abs=1e-5)
+    fig = ablation_figure(summary)
+    difference = [ax for ax in fig.axes if ax.get_ylabel() == "preset − qgm (points)"]
+    accuracy = [ax for ax in fig.axes if ax.get_ylabel() == "consensus test accuracy (%)"]
+    assert len(difference) == len(accuracy) == 2
+    for ax in difference:
+        n = 8 if "ring-8" in ax.get_title() else 16
+        assert any(list(line.get_ydata()) == [0, 0] for line in ax.get_lines())  # zero line
+        rows = summary[(summary["n_agents"] == n) & summary["paired_base"].notna()]
+        bars = [c for c in ax.containers if hasattr(c, "patches")]
+        assert {c.get_label() for c in bars} == {f"{m} − qgm" for m in rows["method"]}
+        for container in bars:
+            mine = rows[rows["label"] == container.get_label().split(" − ")[0]].sort_values(
+                "alpha")
+            heights = [p.get_height() for p in container.patches]
+            assert heights == pytest.approx(list(mine["paired_diff_mean"]))
+            assert _whisker_ends(container.errorbar) == pytest.approx(_intervals(mine))
+    # every group of bars (difference) and of points (accuracy) is centred on its tick
+    for ax in fig.axes:
+        centres: dict[int, list[float]] = {}
+        for container in ax.containers:
+            if hasattr(container, "patches"):
+                xs = [p.get_x() + p.get_width() / 2 for p in container.patches]
+            elif container.lines[0] is not None:
+                xs = list(container.lines[0].get_xdata())
+            else:
+                continue
+            for x in xs:
+                centres.setdefault(round(x), []).append(x)
+        assert sorted(centres) == list(ax.get_xticks()) == [0, 1]
+        for tick, xs in centres.items():
+            assert sum(xs) / len(xs) == pytest.approx(tick)
+            assert len(set(xs)) == len(xs)  # side by side, not on top of each other
+    legend = [t.get_text() for t in fig.legends[0].get_texts()]
+    assert "whiskers of a difference:\n95% Student-t interval over the paired seeds" in legend
+
+
+def test_overhead_bars_are_centred_on_their_graph() -> None:
+    """ring-8 has ccl and ccl-mv beside qgm, ring-16 only ccl: its one bar sits on its tick."""
+    runs = [_metrics(m, 0, 0.1, 70.0, 60.0) for m in ("qgm", "ccl", "ccl-mv")]
+    runs += [_graph(_metrics(m, 0, 0.1, 70.0, 60.0), "ring", 16, 0.05) for m in ("qgm", "ccl")]
+    from benchmark.report import overhead_figure
+
+    fig = overhead_figure(overhead_table(runs_frame(_loaded(runs))))
+    for ax in fig.axes:
+        labels = [t.get_text() for t in ax.get_xticklabels()]
+        assert labels == ["ring-8", "ring-16"]
+        centres: dict[int, list[float]] = {}
+        for container in ax.containers:
+            for p in container.patches:
+                centres.setdefault(round(p.get_x() + p.get_width() / 2), []).append(
+                    p.get_x() + p.get_width() / 2)
+        assert {k: len(v) for k, v in centres.items()} == {0: 2, 1: 1}
+        assert [sum(v) / len(v) for _, v in sorted(centres.items())] == pytest.approx([0, 1])
+
+
+def test_scaling_and_spectral_gap_figures_lead_with_the_paired_difference() -> None:
+    """qgm and ccl on ring-8 (gap 0.2) and ring-16 (0.05): a row of ccl − qgm above the
+    accuracies, whiskers = the table's 95% interval, a zero line."""
+    runs = [_graph(_metrics(m, s, 0.1, 70.0 + s + (n / 8) * (m == "ccl") * (1 + s / 4), 60.0),
+                   "ring", n, gap)
+            for n, gap in ((8, 0.2), (16, 0.05)) for m in ("qgm", "ccl") for s in range(3)]
+    summary = _table(runs)
+    paired = summary[summary["method"] == "ccl"]
+    for figure, x in ((scaling_agents_figure(summary), "n_agents"),
+                      (spectral_gap_figure(summary), "spectral_gap")):
+        top, bottom = figure.axes[0], figure.axes[1]
+        assert top.get_ylabel() == "CCL preset − its base (points)"
+        assert bottom.get_ylabel() == "consensus test accuracy (%)"
+        assert any(list(line.get_ydata()) == [0, 0] for line in top.get_lines())
+        (container,) = top.containers
+        assert container.get_label() == "ccl − qgm"
+        mine = paired.sort_values(x)
+        assert list(container.lines[0].get_xdata()) == list(mine[x])
+        assert list(container.lines[0].get_ydata()) == pytest.approx(list(mine["paired_diff_mean"]))
+        assert _whisker_ends(container) == pytest.approx(_intervals(mine))
+        assert {c.get_label() for c in bottom.containers} == {"qgm", "ccl"}
+
+
+def _overlapping_tick_labels(fig) -> list[tuple[str, str]]:
+    """Pairs of tick labels (drawn, non-empty, inside the view) whose text boxes intersect."""
+    fig.draw_without_rendering()
+    overlaps = []
+    for ax in fig.axes:
+        for axis, view in ((ax.xaxis, ax.get_xlim()), (ax.yaxis, ax.get_ylim())):
+            lo, hi = sorted(view)
+            shown = []
+            for locs, labels in ((axis.get_majorticklocs(), axis.get_majorticklabels()),
+                                 (axis.get_minorticklocs(), axis.get_minorticklabels())):
+                shown += [label for loc, label in zip(locs, labels, strict=False)
+                          if lo <= loc <= hi and label.get_visible() and label.get_text()]
+            boxes = [(label.get_text(), label.get_window_extent()) for label in shown]
+            overlaps += [(a, b) for i, (a, box_a) in enumerate(boxes)
+                         for b, box_b in boxes[i + 1:] if box_a.overlaps(box_b)]
+    return overlaps
+
+
+@pytest.mark.parametrize("gaps", [(0.013, 0.051, 0.195, 0.5), (1e-4, 0.003, 0.2, 1.0),
+                                  (0.3, 0.35, 0.5)])
+def test_spectral_gap_tick_labels_do_not_overlap(gaps) -> None:
+    runs = [_graph(_metrics(m, s, 0.1, 70.0 + s + i, 60.0), "ring", 8 * (i + 1), gap)
+            for i, gap in enumerate(gaps) for m in ("qgm", "ccl") for s in range(2)]
+    fig = spectral_gap_figure(_table(runs))
+    assert _overlapping_tick_labels(fig) == []
+    labelled = [t.get_text() for t in fig.axes[0].get_xticklabels()]
+    assert all("\\times" not in text for text in labelled)  # plain numbers, not 2×10⁻²
+
+
+def test_family_figures_have_no_overlapping_tick_labels() -> None:
+    summary = _table(ABLATION_RUNS)
+    figures = family_figures(_loaded(ABLATION_RUNS), summary,
+                             overhead_table(runs_frame(_loaded(ABLATION_RUNS))))
+    for name, fig in figures.items():
+        assert _overlapping_tick_labels(fig) == [], name

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import subprocess
 import sys
 import textwrap
@@ -18,6 +19,7 @@ from mlflow.tracking import MlflowClient  # noqa: E402
 
 from benchmark import tracking  # noqa: E402
 from benchmark.config import build_config  # noqa: E402
+from benchmark.errors import UserError  # noqa: E402
 from benchmark.metrics import RunMetrics  # noqa: E402
 from benchmark.tracking import NullTracker, prepare_store, track_run  # noqa: E402
 
@@ -347,7 +349,7 @@ def test_a_trained_run_logs_its_dataset_and_keeps_a_loadable_model(store: str, t
     """A real tiny run: the dataset input is logged with a partition digest, the consensus model
     is in the run folder and in MLflow, and loading it gives metrics.json's test accuracy."""
     from benchmark.data import eval_batches, load_dataset
-    from benchmark.saved import load_model
+    from benchmark.saved import evaluate, load_model
     from benchmark.train import run
 
     config = _config(method="dsgdm-n", epochs=1, batch_size=8, threads=1, device="cpu",
@@ -376,6 +378,13 @@ def test_a_trained_run_logs_its_dataset_and_keeps_a_loadable_model(store: str, t
         correct = sum(int((model(x)[1].argmax(1) == y).sum())
                       for x, y in eval_batches(bundle.test, model.input_mean, model.input_std))
         assert 100 * correct / 40 == pytest.approx(metrics.final.consensus_acc, abs=1e-9)
+    # in one call, from the store: the model's file, or the whole run (its consensus model)
+    for source in (f"runs:/{stored.info.run_id}/models/model_consensus.pt",
+                   f"runs:/{stored.info.run_id}"):
+        assert evaluate(source) == pytest.approx(metrics.final.consensus_acc, abs=1e-6)
+    with pytest.raises(UserError, match=rf"no saved model at runs:/0+ in the MLflow store "
+                       rf"{re.escape(store)}: "):
+        evaluate("runs:/" + "0" * 32)
     # same config and seed, other folder: same partition digest
     run(config, tmp_path / "again")
     digests = {MlflowClient(store).get_run(r).inputs.dataset_inputs[0].dataset.digest

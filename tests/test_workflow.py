@@ -414,18 +414,25 @@ def test_tiny_grid_runs_are_in_mlflow(tiny_grid: dict, monkeypatch) -> None:
     assert url in tiny_grid["log"] and "--workers 1" in tiny_grid["log"]
 
 
-def test_snakemake_html_report_shows_the_tables(tiny_grid: dict) -> None:
+@pytest.fixture(scope="module")
+def html_report(tiny_grid: dict) -> str:
+    """`snakemake --report report.html` of the tiny grid: the page's text."""
+    work = tiny_grid["work"]
+    proc = subprocess.run([*SNAKEMAKE, "-d", str(work), "--report", "report.html",
+                           "reports/table_tiny.csv"], capture_output=True, text=True,
+                          env=tiny_grid["env"], timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return (work / "report.html").read_text()
+
+
+def test_snakemake_html_report_shows_the_tables(tiny_grid: dict, html_report: str) -> None:
     """`snakemake --report`: the family's table is inside the page (not a download only)."""
     import base64
 
     from test_report import html_cells
 
     work = tiny_grid["work"]
-    proc = subprocess.run([*SNAKEMAKE, "-d", str(work), "--report", "report.html",
-                           "reports/table_tiny.csv"], capture_output=True, text=True,
-                          env=tiny_grid["env"], timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    page = (work / "report.html").read_text()
+    page = html_report
     embedded = re.findall(r"data:text/html;[^,]*base64,([A-Za-z0-9+/=]+)", page)
     tables = [base64.b64decode(e).decode() for e in embedded]
     table = next(t for t in tables if "final test accuracy" in t)
@@ -435,6 +442,49 @@ def test_snakemake_html_report_shows_the_tables(tiny_grid: dict) -> None:
     row = next(r for r in cells if r[:4] == ["synthetic", "mlp", "ring-4", "0.1"])
     assert f"{ccl['consensus_acc_mean']:.2f}" in " ".join(row)
     assert any("completed" in r for r in cells)  # the status counts are there too
+
+
+def _page_variable(page: str, name: str):
+    """A JSON value the report page assigns to a JavaScript variable (``var name = ...;``)."""
+    value = re.search(rf"<script id=\"[\w-]+\">\s*var {name} = (.*?);\s*</script>", page,
+                      re.DOTALL)
+    assert value is not None, name
+    return json.loads(value.group(1))
+
+
+def test_snakemake_report_opens_on_the_answer(html_report: str) -> None:
+    """The landing page (workflow/report/workflow.rst) names the family and opens, in one click
+    each, the paired differences (the table at its #paired section, which says why it is empty
+    here: the tiny grid has ccl without its base qgm), the table and every figure, each figure
+    with the first paragraph of its caption."""
+    import base64
+    import html
+
+    from benchmark.report import FIGURES
+
+    landing = _page_variable(html_report, "workflow_desc")
+    results = _page_variable(html_report, "results")
+    assert '<h3 id="landing-tiny">tiny</h3>' in landing
+    clicks = {}
+    for link in re.finditer(r"<a href=\"#\" onclick='([^']*)'>([^<]*)</a>", landing):
+        call, text = html.unescape(link.group(1)), link.group(2)
+        opened = re.fullmatch(r'app\.setView\(\{navbarMode: "resultinfo", resultPath: "([^"]+)", '
+                              r'content: "(html|img)", contentPath: results\["([^"]+)"\]'
+                              r'\.data_uri \+ "(#\w+)?"\}\); return false;', call)
+        assert opened is not None, call
+        path, _, key, anchor = opened.groups()
+        assert key == path and results[path]["data_uri"].startswith("data:")
+        clicks[text] = (path, anchor)
+    assert clicks["the paired differences"] == ("reports/table_tiny.html", "#paired")
+    assert clicks["the accuracy table"] == ("reports/table_tiny.html", None)
+    table = base64.b64decode(results["reports/table_tiny.html"]["data_uri"].split(",")[1]).decode()
+    assert "<h2 id='paired'>" in table and "add the base to grid.methods" in table
+    for name in FIGURES:
+        assert clicks[f"{name}.png"] == (f"reports/figures/tiny/{name}.png", None)
+        caption = (REPO / "workflow" / "report" / f"{name}.rst").read_text().split("\n\n")[0]
+        first_words = " ".join(caption.replace("*", "").replace("``", "").split()[:6])
+        item = next(li for li in landing.split("<li>") if f">{name}.png</a>" in li)
+        assert first_words in " ".join(item.split())
 
 
 def _free_port() -> int:

@@ -1,10 +1,16 @@
 """The figures of a report, and of one run (MLflow artifacts).
 
-Reading rules every figure follows: a method has one colour everywhere (:func:`method_color`,
-fixed by the preset table, not by which methods a figure happens to show); the tuned protocol is
-the same colour, dashed or hatched; one legend per figure, outside the panels; bands and whiskers
-say in the legend what they are; panels that are compared share their y-range; a figure the grid
-cannot fill says which axis of the family file would fill it.
+Reading rules every figure follows: a method has one colour and one marker everywhere
+(:func:`method_color`, :func:`method_marker`, fixed by the preset table, not by which methods a
+figure happens to show); the tuned protocol is the same colour, dashed, hatched or hollow; one
+legend per figure, outside the panels; bands and whiskers say in the legend what they are;
+panels that are compared (a row) share their y-range; a figure the grid cannot fill says which
+axis of the family file would fill it.
+
+Where the question is "does CCL help", the headline is the paired difference of each CCL preset
+from its base optimiser (the table's ``paired_*`` columns: mean over seeds, 95% Student-t
+interval), drawn against a zero line, with the absolute accuracies in the row below: CCL presets
+differ from their base by a point or less, which is invisible on an axis of absolute accuracies.
 """
 
 from __future__ import annotations
@@ -21,7 +27,8 @@ from matplotlib import colormaps
 from matplotlib.figure import Figure  # the OO API: no pyplot state, no display, thread-safe
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
-from matplotlib.ticker import MaxNLocator
+from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullFormatter
+from matplotlib.transforms import ScaledTranslation
 
 from ..methods import METHODS
 from ..metrics import EpochRecord, RunMetrics
@@ -30,6 +37,7 @@ from .tables import (
     base_method,
     label_order,
     method_order,
+    paired_label,
     unstable_epochs,
     with_labels,
 )
@@ -39,28 +47,58 @@ ABLATION = ("ccl-mv", "ccl-dv", "ccl")
 FIGURES = ("learning_curves", "ablation", "heterogeneity", "scaling_agents", "spectral_gap",
            "overhead")
 ACC_LABEL = "consensus test accuracy (%)"
+DIFF_LABEL = "CCL preset − its base (points)"
 BAND = "band: mean ± 1 std over seeds"
 WHISKER = "whiskers: mean ± 1 std over seeds"
+CI_WHISKER = "whiskers of a difference:\n95% Student-t interval over the paired seeds"
+Y_FIT = "y range of a row: its curves\nover the second half of the epochs"
 _PALETTE = colormaps["tab10"]
+# one marker per palette colour, open so that markers drawn on the same point all show ("x" is
+# left for the flagged epochs of unstable runs)
+_MARKERS = ("o", "s", "^", "D", "v", "P", "p", "*", "h", "<")
+_MARKERS_PER_LINE = 12  # a longer curve carries about this many, staggered per method
+
+
+def _method_index(method: str) -> int:
+    """A method's place in the preset table (other names: one of the two spare places), for
+    labels such as ``ccl (tuned)``, ``ccl ÷ qgm`` or ``ccl − qgm`` too (their first method)."""
+    name = re.split(r" \(| ÷ | − ", method)[0]
+    names = list(METHODS)
+    return names.index(name) if name in names else len(names) + zlib.crc32(name.encode()) % 2
 
 
 def method_color(method: str) -> tuple[float, float, float, float]:
     """The colour of a method (or ``method (protocol)`` label) in every figure: its place in the
     preset table picks a tab10 colour; other names take one of the two spare colours. Labels
     such as ``ccl (tuned)`` or ``ccl ÷ qgm`` take the colour of their first method."""
-    name = re.split(r" \(| ÷ ", method)[0]
-    names = list(METHODS)
-    index = names.index(name) if name in names else len(names) + zlib.crc32(name.encode()) % 2
-    return _PALETTE(index % _PALETTE.N)
+    return _PALETTE(_method_index(method) % _PALETTE.N)
+
+
+def method_marker(method: str) -> str:
+    """The marker of a method in every figure, picked like its colour: methods whose curves
+    coincide (qgm, ccl-mv, ccl-dv and ccl often do) stay told apart by their markers."""
+    return _MARKERS[_method_index(method) % len(_MARKERS)]
 
 
 def _style(label: str) -> dict[str, Any]:
-    tuned = label.endswith("(tuned)")
+    tuned = "(tuned)" in label
     return {"color": method_color(label), "linestyle": "--" if tuned else "-"}
 
 
+def _curve_style(label: str, points: int, rank: int, count: int) -> dict[str, Any]:
+    """A learning curve that stays visible under the methods drawn after it: the ``rank``-th of
+    ``count`` lines of a panel is drawn wider than the next (a curve hidden under another shows
+    as its rim), with open markers of its own shape; on long curves about
+    :data:`_MARKERS_PER_LINE` of them, staggered between the methods so they do not coincide."""
+    step = max(1, math.ceil(points / _MARKERS_PER_LINE))
+    width = 1.2 + 2.0 * (count - 1 - rank) / max(count - 1, 1)
+    return {**_style(label), "linewidth": width, "marker": method_marker(label),
+            "markerfacecolor": "none", "markersize": 6,
+            "markevery": ((rank * step) // count, step)}
+
+
 def _bar_style(label: str) -> dict[str, Any]:
-    return {"color": method_color(label), "hatch": "//" if label.endswith("(tuned)") else None}
+    return {"color": method_color(label), "hatch": "//" if "(tuned)" in label else None}
 
 
 # --------------------------------------------------------------------------- layout helpers
@@ -76,7 +114,7 @@ def placeholder(title: str, message: str) -> Figure:
 def _grid(rows: list, cols: list, width: float = 4.6, height: float = 3.4,
           sharey: bool | str = "row") -> tuple[Figure, dict[tuple, Any]]:
     """Panels rows x cols (e.g. graph x alpha), y shared per row; returns {(row, col): ax}."""
-    fig = Figure(figsize=(width * len(cols) + 2.2, height * len(rows)), layout="constrained")
+    fig = Figure(figsize=(width * len(cols) + 3.0, height * len(rows)), layout="constrained")
     axes = fig.subplots(len(rows), len(cols), squeeze=False, sharey=sharey)
     return fig, {(r, c): axes[i, j] for i, r in enumerate(rows) for j, c in enumerate(cols)}
 
@@ -105,12 +143,14 @@ def _unused(axes: dict[tuple, Any], used: set[tuple]) -> None:
             ax.axis("off")
 
 
-def _epoch_panels(frame: pd.DataFrame, ylabel: str) -> tuple[Figure, list[tuple[Any, Any]]]:
-    """Per-epoch figures: a panel per (graph, alpha) (rows = graphs, columns = alpha, y shared),
-    titled, with epoch on x; returns the figure and (panel, its rows) pairs; empty panels off."""
+def _epoch_panels(frame: pd.DataFrame, ylabel: str, sharey: bool | str = True
+                  ) -> tuple[Figure, list[tuple[Any, Any]]]:
+    """Per-epoch figures: a panel per (graph, alpha) (rows = graphs, columns = alpha, y shared
+    as ``sharey`` says), titled, with epoch on x; returns the figure and (panel, its rows)
+    pairs; empty panels off."""
     graphs = sorted(frame.groupby(GRAPH).groups)
     alphas = sorted(frame["alpha"].unique())
-    fig, axes = _grid(graphs, alphas, sharey=True)
+    fig, axes = _grid(graphs, alphas, sharey=sharey)
     panels, used = [], set()
     for (*graph, alpha), sub in frame.groupby([*GRAPH, "alpha"], sort=True):
         ax = axes[(tuple(graph), alpha)]
@@ -129,27 +169,55 @@ def _epoch_panels(frame: pd.DataFrame, ylabel: str) -> tuple[Figure, list[tuple[
 def learning_curves_figure(results: Sequence[RunResult]) -> Figure:
     """Consensus test accuracy per epoch: rows = graphs, columns = alpha; mean line and ± std
     band over the completed seeds per method; unstable runs drawn alone (dotted, x at the
-    flagged epochs)."""
+    flagged epochs).
+
+    Methods stay in one panel (they are compared there) and stay visible where their curves
+    coincide: each has its own open marker and the lines drawn first are wider
+    (:func:`_curve_style`). The y range of a row (its panels are compared) fits what the row
+    draws over the second half of the epochs, with a margin: that is where methods differ by a
+    point or less, which an axis from 20 to 100 squeezes into a few pixels; the early epochs
+    run off the bottom of the panel, as the legend says."""
     runs = _curves(results)
     if runs.empty:
         return placeholder("Learning curves", "no completed run with evaluations")
-    fig, panels = _epoch_panels(runs, ACC_LABEL)
+    fig, panels = _epoch_panels(runs, ACC_LABEL, sharey="row")
+    late: dict[tuple, list[float]] = {}  # per row (graph): values drawn in the second half
     for ax, sub in panels:
-        for label in label_order(sub):
+        labels = label_order(sub)
+        row = late.setdefault(tuple(sub[GRAPH].iloc[0]), [])
+        half = max(float(c.index.max()) for c in sub["curve"]) / 2
+        for rank, label in enumerate(labels):
             mine = sub[sub["label"] == label]
             curves = pd.concat(list(mine["curve"]), axis=1)
             mean, std = curves.mean(axis=1), curves.std(axis=1, ddof=1).fillna(0)
-            ax.plot(mean.index, mean.values, label=label, **_style(label))
+            ax.plot(mean.index, mean.values, label=label,
+                    **_curve_style(label, len(mean), rank, len(labels)))
             ax.fill_between(mean.index, mean - std, mean + std, alpha=0.15,
                             color=method_color(label), linewidth=0)
+            row += [*(mean - std)[mean.index >= half], *(mean + std)[mean.index >= half]]
             for _, run in mine[mine["unstable_epochs"].map(bool)].iterrows():
                 _mark_unstable(ax, run["curve"], run["unstable_epochs"], label)
+                row += list(run["curve"][run["curve"].index >= half])
+    by_row = {tuple(sub[GRAPH].iloc[0]): ax for ax, sub in panels}
+    for key, values in late.items():
+        by_row[key].set_ylim(*_fit(values))  # the row's panels share y
     extra = [Patch(facecolor="grey", alpha=0.3, label=BAND)]
     if runs["unstable_epochs"].map(bool).any():
         extra.append(Line2D([], [], color="black", linestyle=":", marker="x",
                             label="unstable run (loss jumped; x = flagged epoch)"))
+    extra.append(Line2D([], [], linestyle="none", label=Y_FIT))
     _legend(fig, extra)
     return fig
+
+
+def _fit(values: Sequence[float], lowest: float = 0.0, highest: float = 100.0
+         ) -> tuple[float, float]:
+    """y limits around ``values`` (accuracies): a margin of 10% of their span, at least half
+    a point, kept within [lowest, highest]."""
+    finite = [v for v in values if math.isfinite(v)]
+    lo, hi = (min(finite), max(finite)) if finite else (lowest, highest)
+    margin = max(0.1 * (hi - lo), 0.5)
+    return max(lo - margin, lowest), min(hi + margin, highest)
 
 
 def _curves(results: Sequence[RunResult]) -> pd.DataFrame:
@@ -171,41 +239,105 @@ def _mark_unstable(ax, curve: pd.Series, epochs: list[int], label: str) -> None:
             label=f"_unstable {label}")
 
 
-def _bars(ax, table: pd.DataFrame, x_key: str, labels: list[str]) -> None:
+def _slots(groups: Sequence[Sequence[str]], order: Sequence[str]) -> tuple[dict, float]:
+    """Positions of grouped bars or points: group ``i`` (an x tick at ``i``) holds the labels
+    ``groups[i]``, drawn side by side in ``order`` and centred on the tick (a group with fewer
+    labels than another is centred too, not left in the slots of absent ones); returns
+    ``{(i, label): x}`` and the width of one slot."""
+    width = 0.8 / max((len(g) for g in groups), default=1)
+    slots = {}
+    for i, group in enumerate(groups):
+        here = [label for label in order if label in group]
+        for j, label in enumerate(here):
+            slots[(i, label)] = i + (j - (len(here) - 1) / 2) * width
+    return slots, width
+
+
+def _interval(table: pd.DataFrame, kind: str) -> pd.DataFrame:
+    """Each summary row's drawn value ``y`` and whisker ends ``lo``, ``hi``: for ``difference``
+    the CCL preset's paired difference from its base with the 95% interval (labels become
+    ``ccl − qgm``), for ``accuracy`` the mean consensus accuracy ± 1 std over seeds."""
+    if kind == "difference":
+        return table.assign(y=table["paired_diff_mean"], lo=table["paired_ci_low"],
+                            hi=table["paired_ci_high"], label=table["label"].map(paired_label))
+    std = table["consensus_acc_std"].fillna(0)
+    mean = table["consensus_acc_mean"]
+    return table.assign(y=mean, lo=mean - std, hi=mean + std)
+
+
+def _errors(frame: pd.DataFrame) -> np.ndarray:
+    """Whisker lengths below and above ``y`` (NaN where there is no interval: no whisker)."""
+    return np.vstack([frame["y"] - frame["lo"], frame["hi"] - frame["y"]]).astype(float)
+
+
+def _grouped(ax, table: pd.DataFrame, x_key: str, bars: bool) -> None:
+    """One group per value of ``x_key`` (ticks labelled with it), one bar (``bars``) or point
+    per label of the group with its whisker (``table`` from :func:`_interval`), centred."""
     xs = sorted(table[x_key].unique())
-    width = 0.8 / len(labels)
-    for i, label in enumerate(labels):
-        sub = table[table["label"] == label].set_index(x_key).reindex(xs)
-        pos = np.arange(len(xs)) + (i - (len(labels) - 1) / 2) * width
-        ax.bar(pos, sub["consensus_acc_mean"], width, yerr=sub["consensus_acc_std"].fillna(0),
-               label=label, capsize=3, **_bar_style(label))
+    order = list(dict.fromkeys(table.sort_values("_rank")["label"]))
+    slots, width = _slots([list(table.loc[table[x_key] == x, "label"]) for x in xs], order)
+    for label in order:
+        mine = table[table["label"] == label].set_index(x_key)
+        keys = [(i, x) for i, x in enumerate(xs) if x in mine.index]
+        pos = [slots[(i, label)] for i, _ in keys]
+        rows = mine.loc[[x for _, x in keys]]
+        if bars:
+            ax.bar(pos, rows["y"], width, yerr=_errors(rows), label=label, capsize=3,
+                   **_bar_style(label))
+        else:
+            ax.errorbar(pos, rows["y"], yerr=_errors(rows), label=label, capsize=3,
+                        linestyle="none", marker=method_marker(label), color=method_color(label),
+                        markerfacecolor="none" if "(tuned)" in label else None)  # hollow: tuned
     ax.set_xticks(np.arange(len(xs)), [f"{x:g}" for x in xs])
 
 
-def _whisker() -> Line2D:
+def _whisker(label: str = WHISKER) -> Line2D:
     return Line2D([], [], color="black", marker="|", linestyle="none", markersize=10,
-                  label=WHISKER)
+                  label=label)
+
+
+def _ranked(table: pd.DataFrame) -> pd.DataFrame:
+    """The rows with ``_rank``: their label's place in the legend order."""
+    rank = {label: i for i, label in enumerate(label_order(table))}
+    return table.assign(_rank=table["label"].map(rank))
+
+
+def _no_pairs(ax, base: str) -> None:
+    ax.text(0.5, 0.5, f"no paired runs: the base optimiser {base} did not run here",
+            ha="center", va="center", transform=ax.transAxes, fontsize=8, wrap=True)
 
 
 def ablation_figure(summary: pd.DataFrame) -> Figure:
-    """Base optimiser vs ``ccl-mv`` vs ``ccl-dv`` vs ``ccl``, per alpha (grouped bars), one
-    panel per graph, one y-range."""
-    methods = [m for m in (base_method("ccl"), *ABLATION) if m in set(summary["method"])]
+    """``ccl-mv``, ``ccl-dv`` and ``ccl`` against their base optimiser (qgm), per alpha, one
+    column per graph. Top row, the headline: each preset's paired difference from the base
+    (bars from zero, whiskers = 95% Student-t interval over the paired seeds). Bottom row: the
+    absolute consensus accuracies (points, ± 1 std), base included. Each row shares its y."""
+    base = base_method("ccl")
+    methods = [m for m in (base, *ABLATION) if m in set(summary["method"])]
     if not {"ccl-mv", "ccl-dv"} & set(methods):
         return placeholder("CCL ablation", "the grid has neither ccl-mv nor ccl-dv: add them "
                            "(with ccl and qgm) to grid.methods to fill it, as the digits and "
                            "cifar10 families do")
-    table = summary[summary["method"].isin(methods)]
+    table = _ranked(summary[summary["method"].isin(methods)])
     groups = list(table.groupby(GRAPH, sort=True))
-    fig, axes = _grid([0], [key for key, _ in groups], sharey=True)
+    fig, axes = _grid(["difference", "accuracy"], [key for key, _ in groups])
     for key, sub in groups:
-        ax = axes[(0, key)]
-        _bars(ax, sub, "alpha", label_order(table))
-        ax.set_title(_graph_title(key), fontsize=9)
-        ax.set_xlabel("Dirichlet alpha")
-        ax.set_ylabel(ACC_LABEL)
-        ax.grid(axis="y", alpha=0.3)
-    _legend(fig, [_whisker()])
+        diff_ax, acc_ax = axes[("difference", key)], axes[("accuracy", key)]
+        paired = sub[sub["paired_base"].notna()]
+        if paired.empty:
+            _no_pairs(diff_ax, base)
+        else:
+            _grouped(diff_ax, _interval(paired, "difference"), "alpha", bars=True)
+        diff_ax.axhline(0.0, color="black", lw=0.8)
+        diff_ax.set_title(f"{_graph_title(key)}\npaired difference from {base}", fontsize=9)
+        diff_ax.set_ylabel(f"preset − {base} (points)")
+        _grouped(acc_ax, _interval(sub, "accuracy"), "alpha", bars=False)
+        acc_ax.set_title(f"{_graph_title(key)}\naccuracy", fontsize=9)
+        acc_ax.set_ylabel(ACC_LABEL)
+        for ax in (diff_ax, acc_ax):
+            ax.set_xlabel("Dirichlet alpha")
+            ax.grid(axis="y", alpha=0.3)
+    _legend(fig, [_whisker(CI_WHISKER), _whisker()])
     return fig
 
 
@@ -247,12 +379,79 @@ def _accuracy_lines(ax, sub: pd.DataFrame, x: str) -> None:
     for label in label_order(sub):
         line = sub[sub["label"] == label].sort_values(x)
         ax.errorbar(line[x], line["consensus_acc_mean"], yerr=line["consensus_acc_std"].fillna(0),
-                    marker="o", capsize=3, label=label, **_style(label))
+                    marker=method_marker(label), capsize=3, label=label, **_style(label))
+
+
+def _difference_lines(ax, sub: pd.DataFrame, x: str) -> None:
+    """One line per CCL preset: its paired difference from its base (95% interval) against
+    column ``x``. The presets' points are shifted a few pixels apart (the data stay where they
+    are), so whiskers at the same x do not hide each other."""
+    paired = sub[sub["paired_base"].notna()]
+    labels = label_order(paired) if len(paired) else []
+    for k, label in enumerate(labels):
+        line = _interval(paired[paired["label"] == label].sort_values(x), "difference")
+        shift = ScaledTranslation((k - (len(labels) - 1) / 2) * 4 / 72, 0,
+                                  ax.figure.dpi_scale_trans)
+        ax.errorbar(line[x], line["y"], yerr=_errors(line), marker=method_marker(label),
+                    capsize=3, label=paired_label(label), transform=ax.transData + shift,
+                    **_style(label))
+        # a shifted artist does not widen the data limits by itself
+        ends = pd.concat([line[[x, end]].set_axis([x, "y"], axis=1) for end in ("lo", "hi", "y")])
+        ax.update_datalim(ends.dropna().to_numpy(dtype=float))
+    ax.axhline(0.0, color="black", lw=0.8)
+    ax.autoscale_view()
+
+
+def _versus_figure(table: pd.DataFrame, rows: list[str], x: str, xlabel: str,
+                   title: Callable[[tuple], str], log_x: bool = False,
+                   mark: Callable[[Any, pd.DataFrame], None] | None = None) -> Figure:
+    """Accuracy against a graph property ``x``: columns = alpha, one row of panels per value
+    of ``rows``; above each, when the grid has CCL presets beside their base, the row of their
+    paired differences (the headline). Each row of panels shares its y; ``mark(panel, rows)``
+    adds to every panel."""
+    keys = sorted(table.groupby(rows).groups)
+    alphas = sorted(table["alpha"].unique())
+    kinds = ["difference", "accuracy"] if table["paired_base"].notna().any() else ["accuracy"]
+    fig, axes = _grid([(key, kind) for key in keys for kind in kinds], alphas)
+    used = set()
+    for (*row, alpha), sub in table.groupby([*rows, "alpha"]):
+        for kind in kinds:
+            ax = axes[((tuple(row), kind), alpha)]
+            used.add(((tuple(row), kind), alpha))
+            if kind == "difference":
+                _difference_lines(ax, sub, x)
+                ax.set_ylabel(DIFF_LABEL)
+            else:
+                _accuracy_lines(ax, sub, x)
+                ax.set_ylabel(ACC_LABEL)
+            what = "paired difference from the base" if kind == "difference" else "accuracy"
+            ax.set_title(f"{title(tuple(row))}, alpha={alpha:g}\n{what}", fontsize=9)
+            ax.set_xlabel(xlabel)
+            ax.grid(alpha=0.3)
+            if log_x:
+                _log_axis(ax, sub[x])
+            if mark is not None:
+                mark(ax, sub)
+    _unused(axes, used)
+    _legend(fig, [*([_whisker(CI_WHISKER)] if "difference" in kinds else []), _whisker()])
+    return fig
+
+
+def _log_axis(ax, values: pd.Series) -> None:
+    """A log x axis with plain decimal labels (0.01, 0.02, 0.05, ...; decades only beyond two
+    decades) and no labelled minor ticks: over less than two decades matplotlib labels its minor
+    ticks too (2×10⁻², 3×10⁻², ...) and they overlap."""
+    ax.set_xscale("log")
+    decades = math.log10(values.max() / values.min()) if values.min() > 0 else math.inf
+    ax.xaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0) if decades <= 2 else (1.0,),
+                                          numticks=5))
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    ax.xaxis.set_minor_formatter(NullFormatter())
 
 
 def scaling_agents_figure(summary: pd.DataFrame) -> Figure:
     """Consensus accuracy vs agent count, for graphs run at two or more sizes: rows = graph
-    family, columns = alpha."""
+    family (with a row of the CCL presets' paired differences above), columns = alpha."""
     sizes = summary.groupby(["dataset", "model", "topology"])["n_agents"].nunique()
     scaled = sizes[sizes > 1]
     if scaled.empty:
@@ -260,47 +459,27 @@ def scaling_agents_figure(summary: pd.DataFrame) -> Figure:
                            "topology at several n_agents in grid.topologies to fill it (e.g. "
                            "the cifar10 family's ring at 8 to 40 agents)")
     table = summary.set_index(["dataset", "model", "topology"]).loc[scaled.index].reset_index()
-    rows = sorted(table.groupby(["dataset", "model", "topology"]).groups)
-    alphas = sorted(table["alpha"].unique())
-    fig, axes = _grid(rows, alphas)
-    used = set()
-    for (*row, alpha), sub in table.groupby(["dataset", "model", "topology", "alpha"]):
-        ax = axes[(tuple(row), alpha)]
-        used.add((tuple(row), alpha))
-        _accuracy_lines(ax, sub, "n_agents")
-        ax.set_title(f"{row[0]}/{row[1]}, {row[2]}, alpha={alpha:g}", fontsize=9)
-        ax.set_xlabel("number of agents")
-        ax.set_ylabel(ACC_LABEL)
-        ax.grid(alpha=0.3)
-    _unused(axes, used)
-    _legend(fig, [_whisker()])
-    return fig
+    return _versus_figure(table, ["dataset", "model", "topology"], "n_agents",
+                          "number of agents", lambda r: f"{r[0]}/{r[1]}, {r[2]}")
 
 
 def spectral_gap_figure(summary: pd.DataFrame) -> Figure:
     """Consensus accuracy vs the spectral gap of the mixing matrix (one point per graph and
-    size): rows = dataset/model, columns = alpha."""
+    size, named at the bottom of each panel): rows = dataset/model (with a row of the
+    CCL presets' paired differences above), columns = alpha."""
     if summary[["topology", "n_agents"]].drop_duplicates().shape[0] < 2:
         return placeholder("Accuracy vs spectral gap", "the grid has a single graph: add graphs "
                            "of different connectivity to grid.topologies to fill it (e.g. the "
                            "cifar10 family's ring, paper-dyck and paper-torus)")
-    rows = sorted(summary.groupby(["dataset", "model"]).groups)
-    alphas = sorted(summary["alpha"].unique())
-    fig, axes = _grid(rows, alphas)
-    for (*row, alpha), sub in summary.groupby(["dataset", "model", "alpha"]):
-        ax = axes[(tuple(row), alpha)]
-        _accuracy_lines(ax, sub, "spectral_gap")
+    def name_graphs(ax, sub: pd.DataFrame) -> None:
         for _, g in sub.drop_duplicates(["topology", "n_agents"]).iterrows():
             ax.annotate(f"{g['topology']}-{g['n_agents']}", (g["spectral_gap"], 0),
                         xycoords=("data", "axes fraction"), fontsize=7, rotation=90,
                         va="bottom", ha="right", alpha=0.6)
-        ax.set_xscale("log")
-        ax.set_title(f"{row[0]}/{row[1]}, alpha={alpha:g}", fontsize=9)
-        ax.set_xlabel("spectral gap of W (log)")
-        ax.set_ylabel(ACC_LABEL)
-        ax.grid(alpha=0.3)
-    _legend(fig, [_whisker()])
-    return fig
+
+    return _versus_figure(summary, ["dataset", "model"], "spectral_gap",
+                          "spectral gap of W (log)", lambda r: f"{r[0]}/{r[1]}", log_x=True,
+                          mark=name_graphs)
 
 
 def overhead_figure(overhead: pd.DataFrame) -> Figure:
@@ -315,16 +494,16 @@ def overhead_figure(overhead: pd.DataFrame) -> Figure:
     graphs = list(compared.sort_values(["topology", "n_agents"])["graph"].unique())
     labels = [label for m in method_order(compared["method"])
               for label in sorted(compared.loc[compared["method"] == m, "label"].unique())]
+    slots, width = _slots([list(compared.loc[compared["graph"] == g, "label"]) for g in graphs],
+                          labels)
     fig = Figure(figsize=(2 * max(4.0, 0.5 * len(graphs) * len(labels) + 1.5) + 2.2, 3.8),
                  layout="constrained")
-    width = 0.8 / len(labels)
     for ax, col, what in zip(fig.subplots(1, 2), ("time_ratio", "bytes_ratio"),
                              ("time per iteration", "bytes per agent per iteration"), strict=True):
-        for i, label in enumerate(labels):
+        for label in labels:
             sub = compared[compared["label"] == label].groupby("graph")[col].mean()
-            pos = np.arange(len(graphs)) + (i - (len(labels) - 1) / 2) * width
-            ax.bar(pos, sub.reindex(graphs).values, width, label=label,
-                   color=method_color(label))
+            here = [(slots[(i, label)], sub[g]) for i, g in enumerate(graphs) if g in sub.index]
+            ax.bar(*zip(*here, strict=True), width, label=label, color=method_color(label))
         ax.axhline(1.0, color="black", lw=0.8)
         ax.set_xticks(np.arange(len(graphs)), graphs)
         ax.set_ylabel("method ÷ its base optimiser")

@@ -227,7 +227,7 @@ def paired_layout(summary: pd.DataFrame) -> tuple[list[str], list[tuple[list[str
     """Per setting, one cell per (CCL preset - base) pair: mean difference [95% CI], wins."""
     paired = summary[summary["paired_base"].notna()]
     labels = label_order(paired) if len(paired) else []
-    columns = [f"{label} − {base_method(label.split(' (')[0])}" for label in labels]
+    columns = [paired_label(label) for label in labels]
     rows = []
     for key, grp in paired.groupby(SETTING, sort=False):
         by_label = {r["label"]: r for _, r in grp.iterrows()}
@@ -236,6 +236,12 @@ def paired_layout(summary: pd.DataFrame) -> tuple[list[str], list[tuple[list[str
         dataset, model, topo, n, alpha = key
         rows.append(([dataset, model, f"{topo}-{n}", f"{alpha:g}"], cells))
     return columns, rows
+
+
+def paired_label(label: str) -> str:
+    """The name of a CCL preset's paired difference, in tables and figures: ``ccl − qgm``
+    (``ccl (tuned) − qgm``: within the tuned protocol)."""
+    return f"{label} − {base_method(label.split(' (')[0])}"
 
 
 def _paired_cell(row: pd.Series) -> str:
@@ -250,6 +256,15 @@ def _paired_cell(row: pd.Series) -> str:
 
 
 HEAD = ["dataset", "model", "graph", "alpha"]
+
+
+def no_pairs_note() -> str:
+    """What the paired section says when no CCL preset ran beside its base optimiser."""
+    pairs = "; ".join(f"{m} beside {base_method(m)}" for m in METHODS if base_method(m) != m)
+    return (f"No CCL preset ran beside its base optimiser ({pairs}): add the base to "
+            "grid.methods to compare them seed by seed.")
+
+
 NOTES = {
     "cells": "Cells: mean ± sample std over the completed seeds; bold = best of the row; "
              "(k div.) = k seeds diverged and are left out; (k unst.) = k completed seeds whose "
@@ -316,19 +331,26 @@ def html_table(summary: pd.DataFrame, family: str = "") -> str:
             body.append("<tr>" + "".join(tds) + "</tr>")
         return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
 
-    parts = [f"<h1>{html.escape(family)}: final test accuracy (%)</h1>"]
-    for acc, label in ACCURACIES.items():
-        parts += [f"<h2>{html.escape(label.capitalize())}</h2>", table(*layout(summary, acc))]
-    if summary["paired_base"].notna().any():
-        parts += ["<h2>Paired difference with the base optimiser (consensus model, points)</h2>",
-                  table(*paired_layout(summary))]
     columns = list(summary.columns)  # seeds, one column per status, unstable: the counts
     counts = columns[columns.index("seeds"):columns.index("unstable") + 1]
     status = summary[[*SETTING, "label", *counts, "plateau", "last_change"]].assign(
         alpha=summary["alpha"].map("{:g}".format),
         last_change=summary["last_change"].map(lambda v: "" if math.isnan(v) else f"{v:+.2f}"))
-    parts += ["<h2>Status counts and plateau check</h2>",
-              status.rename(columns={"label": "method"}).to_html(index=False, na_rep="")]
+    # (anchor, title, body); the report's landing page links straight to #paired
+    sections = [(acc, label.capitalize(), table(*layout(summary, acc)))
+                for acc, label in ACCURACIES.items()]
+    # always there (the report's landing page links to it), saying so when there is no pair
+    sections.append(("paired", "Paired difference with the base optimiser (consensus model, "
+                     "points)", table(*paired_layout(summary))
+                     if summary["paired_base"].notna().any()
+                     else f"<p>{html.escape(no_pairs_note())}</p>"))
+    sections.append(("status", "Status counts and plateau check",
+                     status.rename(columns={"label": "method"}).to_html(index=False, na_rep="")))
+    contents = " · ".join(f"<a href='#{key}'>{html.escape(title.split(' (')[0])}</a>"
+                          for key, title, _ in sections)
+    parts = [f"<h1>{html.escape(family)}: final test accuracy (%)</h1>", f"<p>{contents}</p>"]
+    for key, title, body in sections:
+        parts += [f"<h2 id='{key}'>{html.escape(title)}</h2>", body]
     parts += [f"<p>{html.escape(note)}</p>" for note in _notes(summary, paired=True)]
     style = ("body{font-family:sans-serif;font-size:14px} table{border-collapse:collapse;"
              "margin-bottom:1em} td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}")
