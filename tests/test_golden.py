@@ -27,9 +27,10 @@ RUNS = [*(("digits", m) for m in sorted(METHODS)), *(("mnist1d", m) for m in MNI
 
 
 def _is_timing(key: str) -> bool:
-    """Timings, and the process's peak memory (its resident set on a CPU): the machine's."""
+    """Timings, and the memory block: the process's peak (its resident set on a CPU) and the
+    estimate, which counts the copies the machine's convolution kernels make: the machine's."""
     return (key == "resumed_after_epochs" or key.endswith("_s") or "time" in key
-            or "phase" in key or key == "peak_bytes")
+            or "phase" in key or key == "memory")
 
 
 def _golden_part(golden: Any, got: Any, where: str = "") -> None:
