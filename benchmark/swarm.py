@@ -227,6 +227,8 @@ class Swarm:
     def _gradients(self, xs: torch.Tensor, ys: torch.Tensor) -> dict[str, torch.Tensor]:
         """Forward/backward of every agent on its own batch; gradients land in ``self.grads``."""
         cross = self.cross_features
+        if cross is not None and not cross.active and self.iteration % cross.log_every:
+            cross = None  # only logged, and not at this iteration (log_cross_features_every)
         fb = self.forward_backward = self.forward_backward.settle(xs, ys, cross)
         if cross is not None:
             with self.timer.phase("cross_features"):

@@ -149,20 +149,25 @@ def train_epoch(exp: Experiment, epoch: int, progress: tqdm | None = None) -> di
     if swarm.cross_features is not None:
         swarm.cross_features.set_weight_scale(exp.config.lambda_scale_at(epoch))
     swarm.timer.reset()  # this epoch's phases only (written by _epoch as record["phases"])
-    keys: list[str] = []
-    sums: torch.Tensor | None = None  # float64 on the device: the same sums as Python floats
+    # per statistic, float64 on the device (the same sums as Python floats) and the iterations
+    # that reported it: L_mv / L_dv only logged may be computed at some iterations only
+    sums: dict[str, torch.Tensor] = {}
+    counts: dict[str, int] = {}
     count = 0
     for xs, ys in timed(exp.batches.epoch(epoch), swarm.timer, "data"):
         stats = swarm.step(xs, ys)
-        values = torch.stack(list(stats.values())).double()
-        keys, sums = list(stats), values if sums is None else sums + values
+        for key, value in stats.items():
+            sums[key] = sums[key] + value.double() if key in sums else value.double()
+            counts[key] = counts.get(key, 0) + 1
         count += 1
         if progress is not None:
             progress.update(1)
-        if count % CHECK_EVERY == 0 and not bool(sums.isfinite().all()):
+        if count % CHECK_EVERY == 0 and not bool(torch.stack(list(sums.values())).isfinite()
+                                                 .all()):
             break  # diverged: no point in finishing the epoch
-    totals = dict(zip(keys, sums.tolist() if sums is not None else [], strict=True))
-    means = {("train_ce" if k == "ce" else k): v / count for k, v in totals.items()}
+    totals = dict(zip(sums, torch.stack(list(sums.values())).tolist() if sums else [],
+                      strict=True))
+    means = {("train_ce" if k == "ce" else k): v / counts[k] for k, v in totals.items()}
     means["lr"] = swarm.lr
     # communication of the iterations actually run (a diverged epoch stops early), by kind
     sent = swarm.bytes_sent()

@@ -89,6 +89,60 @@ def test_baseline_logs_the_heterogeneity_measure_only_when_asked():
     assert not logged.cross_features.active
 
 
+def test_logging_every_k_iterations_samples_the_measure_and_trains_the_same():
+    """log_cross_features_every=3 (CCLOptions.log_every): the baseline computes L_mv / L_dv at
+    iterations 0, 3, 6 only, with exactly the values of the every-iteration run there, and
+    trains bit-identically (the logged terms never reach a gradient); a CCL run ignores it."""
+    data = _batches(4, steps=7)
+    options = {"lambda_m": 0.0, "lambda_d": 0.0}
+    every = _swarm(algorithm="qgm", ccl=CCLOptions(**options))
+    sampled = _swarm(algorithm="qgm", ccl=CCLOptions(**options, log_every=3))
+    for t, (xs, ys) in enumerate(data):
+        all_stats, some = every.step(xs, ys), sampled.step(xs, ys)
+        if t % 3 == 0:
+            assert set(some) == {"ce", "l_mv", "l_dv"}
+            assert t == 0 or float(some["l_mv"]) > 0  # the agents have trained apart
+            assert torch.equal(some["l_mv"], all_stats["l_mv"])
+            assert torch.equal(some["l_dv"], all_stats["l_dv"])
+        else:
+            assert set(some) == {"ce"}
+        assert torch.equal(some["ce"], all_stats["ce"])
+    assert torch.equal(every.params, sampled.params)
+    active = _swarm(algorithm="qgm", ccl=CCLOptions(lambda_m=0.1, lambda_d=0.1, log_every=3))
+    assert all(set(active.step(xs, ys)) == {"ce", "l_mv", "l_dv"} for xs, ys in data[:2])
+
+
+def test_an_epoch_s_logged_measure_is_the_mean_over_the_iterations_that_computed_it(tmp_path):
+    """train_epoch divides each statistic by the iterations that reported it: the epoch's L_mv
+    of a sampled run equals the mean of the every-iteration run's values at those iterations."""
+    from benchmark.config import build_config
+    from benchmark.train import build_experiment, train_epoch
+
+    def experiment(every: int):
+        return build_experiment(build_config({
+            "dataset": "digits", "model": "mlp", "image_size": 8, "n_agents": 4, "batch_size": 32,
+            "method": "qgm", "log_cross_features": True, "log_cross_features_every": every,
+            "tracking": False, "device": "cpu", "threads": 1}))
+
+    sampled = train_epoch(experiment(4), 0)
+    exp = experiment(1)
+    per_iteration = []
+    original_step = exp.swarm.step
+
+    def recording_step(xs, ys):
+        stats = original_step(xs, ys)
+        per_iteration.append(float(stats["l_mv"]))
+        return stats
+
+    exp.swarm.step = recording_step
+    full = train_epoch(exp, 0)
+    assert len(per_iteration) == exp.batches.iterations_per_epoch == 12  # 359 signals / 32
+    picked = per_iteration[::4]
+    assert sampled["l_mv"] == pytest.approx(sum(picked) / len(picked), rel=1e-12)
+    assert full["l_mv"] == pytest.approx(sum(per_iteration) / 12, rel=1e-12)
+    assert sampled["train_ce"] == full["train_ce"]  # the training itself is the same
+
+
 def _features(model: nn.Module, params: torch.Tensor, x: torch.Tensor, buffers=None):
     """Brute force: a fresh copy of the model holding ``params`` (and ``buffers``), eval mode."""
     m = copy.deepcopy(model)

@@ -48,6 +48,8 @@ class CCLOptions(Options):
     lambda_m: float = Field(0.0, ge=0)
     lambda_d: float = Field(0.0, ge=0)
     feature_distance: FeatureDistance = "squared"
+    # with both weights 0 (the terms only logged): computed every this many iterations
+    log_every: int = Field(1, ge=1)
 
 
 def one_hot(y: torch.Tensor, num_classes: int, dtype: torch.dtype) -> torch.Tensor:
@@ -94,6 +96,7 @@ class CrossFeatureLoss:
         self.lambda_m, self.lambda_d = self.weights
         self.normalized = options.feature_distance == "normalized"
         self.active = self.lambda_m > 0 or self.lambda_d > 0
+        self.log_every = options.log_every  # logging only: the iterations that compute them
         heads = [m for m in state.models[0].modules() if isinstance(m, nn.Linear)]
         # classifier = last linear layer: its input is the feature vector (models/__init__.py)
         self.feature_dim = heads[-1].in_features if heads else None
