@@ -37,7 +37,14 @@ from .algorithms import (
 from .algorithms.ccl import FEATURE_DISTANCES, CCLOptions
 from .data.partition import SCHEMES
 from .data.registry import dataset_row
-from .errors import ConfigError, UserError, no_bool_for_numbers, unknown_key, validation_error
+from .errors import (
+    ConfigError,
+    UserError,
+    check_distinct,
+    no_bool_for_numbers,
+    unknown_key,
+    validation_error,
+)
 from .methods import METHODS, resolve_method, zeroed_lambdas
 from .models.norms import EVONORM_STYLES, NORMS
 from .schema import MACHINE, changes_results
@@ -252,7 +259,7 @@ class RunConfig(BaseModel):
             raise ConfigError(
                 "lr_milestones", v, "fractions of the epochs strictly between 0 and 1"
             )
-        return sorted(v)
+        return sorted(check_distinct("lr_milestones", v))  # one given twice decays twice
 
     @field_validator("device")
     @classmethod

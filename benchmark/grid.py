@@ -45,7 +45,13 @@ from pydantic import (
 )
 
 from .config import RunConfig, TunedFrom, build_config, graph_label, graph_of, read_yaml
-from .errors import ConfigError, UserError, no_bool_for_numbers, validation_error
+from .errors import (
+    ConfigError,
+    UserError,
+    check_distinct,
+    no_bool_for_numbers,
+    validation_error,
+)
 from .io import read_text
 from .methods import METHODS
 from .topology import GRAPH_OPTIONS, TOPOLOGIES, build_topology
@@ -159,12 +165,7 @@ class Grid(BaseModel):
     @classmethod
     def _distinct(cls, v: list, info: ValidationInfo) -> list:
         """``alpha: [0.1, 1.0e-1]`` would be one run path twice: name the axis and the value."""
-        for i, value in enumerate(v):
-            if value in v[:i]:
-                raise ConfigError(f"grid.{info.field_name}", v, "distinct values",
-                                  hint=f"{value!r} is listed twice, at positions "
-                                  f"{v.index(value)} and {i}")
-        return v
+        return check_distinct(f"grid.{info.field_name}", v)
 
     @field_validator("seeds")
     @classmethod
