@@ -112,7 +112,10 @@ def _fetch(args: argparse.Namespace) -> int:
 
 def _families(args: argparse.Namespace) -> list:
     from .grid import load_families
+    from .names import check_name
 
+    for name in args.family:
+        check_name("--family", name)
     families = load_families(args.config_dir)
     unknown = [name for name in args.family if name not in families]
     if unknown:

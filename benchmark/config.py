@@ -47,6 +47,7 @@ from .errors import (
 )
 from .methods import METHODS, resolve_method, zeroed_lambdas
 from .models.norms import EVONORM_STYLES, NORMS
+from .names import check_name
 from .schema import MACHINE, changes_results
 from .schema import result_fields as _model_result_fields
 from .strict_yaml import Refused, load_yaml, read_yaml
@@ -251,6 +252,13 @@ class RunConfig(BaseModel):
             raise ConfigError("method", v, allowed, hint=f"a plugin's method? name its module "
                               f"in the environment variable {PLUGINS}")
         return _choice(info.field_name, v, allowed)
+
+    @field_validator("family")
+    @classmethod
+    def _family_name(cls, v: str) -> str:
+        """A folder under results/ and studies/, a part of report file names, an MLflow
+        experiment and a word in the workflow's shell commands: an identifier."""
+        return check_name("family", v)
 
     @field_validator("lr_milestones")
     @classmethod

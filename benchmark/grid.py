@@ -54,6 +54,7 @@ from .errors import (
 )
 from .io import read_text
 from .methods import METHODS
+from .names import ALLOWED, check_name, inside
 from .topology import GRAPH_OPTIONS, TOPOLOGIES, build_topology
 from .tuning.spec import PROTOCOLS, Tuning, build_spec
 
@@ -320,19 +321,23 @@ def run_path(config: RunConfig, protocol: str = "fixed") -> str:
     """``<family>/<dataset>/<model>/<topology>-n<agents>/alpha<a>/<method>/seed<s>``; the tuned
     protocol's runs under ``<family>/tuned/``."""
     family = f"{config.family}/{TUNED_DIR}" if protocol == "tuned" else config.family
-    return RUN_PATH.format(
+    path = RUN_PATH.format(
         family=family, dataset=config.dataset, model=config.model,
         topology=config.topology, n_agents=config.n_agents, alpha=format_float(config.alpha),
         method=config.method, seed=config.seed,
     )
+    inside(RESULTS_ROOT, path, "run path")
+    return path
 
 
 def study_path(family: str, method: str, graph: str, alpha: float,
                suffix: str = ".journal") -> str:
     """``studies/<family>/<method>/<graph>/alpha<a>.journal`` (``suffix="/best.json"``: its
     result), ``graph`` as in run paths (``ring-n16``)."""
-    return f"{STUDIES_ROOT}/" + STUDY_PATH.format(
-        family=family, method=method, graph=graph, alpha=format_float(alpha)) + suffix
+    path = STUDY_PATH.format(family=family, method=method, graph=graph,
+                             alpha=format_float(alpha)) + suffix
+    inside(STUDIES_ROOT, path, "study path")
+    return f"{STUDIES_ROOT}/{path}"
 
 
 def tuned_from(best_json: str | Path, config: RunConfig) -> dict[str, Any]:
@@ -401,8 +406,14 @@ def _load_family(path: str | Path, protocol: str | None = None) -> Family:
     run = dict(spec.run)
     named = "family" in run  # if the file does not name its family, every job must say it
     name = run.setdefault("family", path.stem)
-    if not isinstance(name, str) or not name or "/" in name:
-        raise ConfigError("run.family", name, "a non-empty name without '/'")
+    try:
+        check_name("run.family", name)
+    except ConfigError:
+        if named:
+            raise
+        raise ConfigError("run.family", name, ALLOWED, hint=f"unset, so the file name "
+                          f"{path.name} names the family; rename the file or set run.family"
+                          ) from None
     protocols = ["fixed", "tuned"] if spec.tuning.protocol == "both" else [spec.tuning.protocol]
     if "tuned" in protocols:
         for method in {s.method: None for s in _studies(name, str(path), spec.grid)}:
