@@ -491,7 +491,8 @@ def _write(path: Path, data) -> Path:
 
 @pytest.mark.parametrize(("case", "expected"), [
     ("list", ["stray/metrics.json", "a JSON list, expected an object", "--skip-invalid"]),
-    ("missing", ["stray/metrics.json", "not a run's metrics.json", "invalid value '(missing)'"]),
+    ("missing", ["stray/metrics.json", "not a valid run's metrics.json",
+                 "invalid value '(missing)'"]),
     ("duplicate", ["copy/metrics.json", "same run (config and seed) as",
                    "seed0/metrics.json"]),
     ("glob", ["report: results/*/nothing* matches no file or folder"]),
