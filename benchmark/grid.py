@@ -369,6 +369,25 @@ def tuned_from(best_json: str | Path, config: RunConfig) -> dict[str, Any]:
     return tuned.model_dump()
 
 
+def tuned_config(config: RunConfig, best_json: str | Path,
+                 explicit: dict[str, Any] | None = None) -> RunConfig:
+    """``config`` with the values of a study's ``best.json`` (:func:`tuned_from`), which replace
+    those of its config file (the family's ``run:`` values are the fixed protocol's).
+
+    A value given explicitly (``explicit``: the command line's ``key=value``) for a key the study
+    tuned is refused, never silently dropped: a run at ``lr=0.3`` is not a tuned run, and a tuned
+    run labelled with an lr it did not use misleads."""
+    tuned = tuned_from(best_json, config)
+    both = [key for key in (explicit or {}) if key in tuned["values"]]
+    if both:
+        key = both[0]
+        raise ConfigError(key, (explicit or {})[key], f"no value with --tuned, whose study "
+                          f"tuned {', '.join(tuned['values'])} ({best_json})",
+                          hint=f"drop {key}=... to train at the tuned value, or drop --tuned "
+                          "for a run of the fixed protocol")
+    return build_config({**config.model_dump(), **tuned["values"], "tuned": tuned})
+
+
 def load_family(path: str | Path, protocol: str | None = None) -> Family:
     """Read, validate and expand one family file; every run's config is validated too.
 
@@ -438,6 +457,10 @@ def _load_family(path: str | Path, protocol: str | None = None) -> Family:
                     config = _run_config(run, overrides, ctx, path)
                     tuned = (study_path(name, method, topo.label, alpha, "/best.json")
                              if protocol == "tuned" else None)
+                    if tuned is not None:
+                        entries = {where: topo.options,
+                                   f"{prefix}.datasets[{d_idx}]": data.options if data else {}}
+                        _check_not_tuned(entries, spec.tuning.params_for(method), method)
                     spec_ = RunSpec(name, str(path), overrides, config, tuned)
                     if spec_.run_dir in seen:
                         raise ConfigError(
@@ -527,6 +550,19 @@ def _check_graph(topo: TopologyEntry, run: dict[str, Any], where: str) -> None:
         )
     except ConfigError as err:
         raise ConfigError(f"{where}.{err.field}", err.value, err.allowed) from None
+
+
+def _check_not_tuned(entries: dict[str, dict[str, Any]], tuned: tuple[str, ...],
+                     method: str) -> None:
+    """An axis entry (``entries``: where -> its options) may not set what a tuned run takes from
+    its study (``train --tuned`` refuses the pair): refused when the family is planned."""
+    for where, options in entries.items():
+        for key in tuned:
+            if key in options:
+                raise ConfigError(f"{where}.{key}", options[key], f"no value on an axis entry "
+                                  f"of a tuned grid: the tuned runs of {method} take {key} from "
+                                  "their study", hint="set it under run: (a study's first "
+                                  "point) or use tuning.protocol: fixed")
 
 
 def _run_config(run: dict[str, Any], overrides: dict[str, Any], ctx: str,
