@@ -516,6 +516,13 @@ def test_class4_the_report_never_averages_unlike_runs(capsys, tmp_path, monkeypa
     assert main(["report", str(results), "--out", "reports"]) == 2
     assert f"{grid[0]} is the same run (config and seed) as {copy}" in _one_line(capsys)
     copy.unlink()
+    # the issue's: seed 0 again, with options dsgdm-n does not use (held at their defaults), is
+    # that same run, never a second "seed"
+    again = _write(results / "again" / METRICS, _metrics(0, epochs=50, qgm_variant="lin",
+                                                         degree=5, relay_tree="bfs"))
+    assert main(["report", str(results), "--out", "reports"]) == 2
+    assert f"{grid[0]} is the same run (config and seed) as {again}" in _one_line(capsys)
+    again.unlink()
     # options the method does not use never split nor mix a cell: a fourth seed that set
     # qgm_variant and degree (held at their defaults for dsgdm-n on a ring) joins the cell
     _write(results / "extra" / METRICS, _metrics(3, epochs=50, qgm_variant="lin", degree=5))
