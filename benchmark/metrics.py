@@ -20,7 +20,7 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     BaseModel,
@@ -49,8 +49,7 @@ class NotRunMetrics(UserError):
         self.source, self.problem = source, problem
 
 
-Accuracy = Field(ge=0, le=100)  # percent
-OptionalAccuracy = Field(None, ge=0, le=100)
+Percent = Annotated[float, Field(ge=0, le=100)]  # an accuracy
 
 
 class _Section(BaseModel):
@@ -68,9 +67,9 @@ class TopologySummary(_Section):
 class Evaluation(_Section):
     """Accuracies (%) of the local models and the consensus model on one split."""
 
-    local_acc_mean: float = Accuracy
-    local_acc_std: float = Accuracy
-    consensus_acc: float = Accuracy
+    local_acc_mean: Percent
+    local_acc_std: Percent
+    consensus_acc: Percent
     consensus_distance: float = Field(ge=0)
 
 
@@ -93,9 +92,9 @@ class EpochRecord(BaseModel):
     bytes_per_agent: float | None = None  # this epoch's, every kind
     phases: dict[str, float] | None = None  # seconds per phase (benchmark/timing.py)
     time_s: float | None = None
-    local_acc_mean: float | None = OptionalAccuracy  # the evaluation (Evaluation's fields)
-    local_acc_std: float | None = OptionalAccuracy
-    consensus_acc: float | None = OptionalAccuracy
+    local_acc_mean: Percent | None = None  # the evaluation (Evaluation's fields)
+    local_acc_std: Percent | None = None
+    consensus_acc: Percent | None = None
     consensus_distance: float | None = None
 
     @model_serializer(mode="wrap")
