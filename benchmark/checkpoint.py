@@ -15,7 +15,15 @@ The folder ``<out>/`` holds, over a run's life:
 - ``metrics.json`` once it is finished (completed or diverged); the checkpoint is then deleted
   because the result says everything and checkpoints of a large swarm are gigabytes;
 - ``.lock``, held (``flock``) while a process trains into the folder, so two processes never
-  interleave their checkpoints. The kernel drops the lock when a process dies, even by SIGKILL.
+  interleave their checkpoints. The kernel drops the lock when a process dies, even by SIGKILL;
+- ``.benchmark-run``, the marker written first (the sha256 of the run's fingerprint): the
+  folder is the suite's, so a later run may replace what is in it. A folder without it that
+  holds anything but what a run writes before its marker (the lock, the workflow's ``log.txt``)
+  is refused, unless it is a run folder of an earlier version (a ``metrics.json`` or
+  ``checkpoint.pt`` of this suite): a run never replaces files the suite did not write.
+
+A checkpoint carries the checksum of its content (:mod:`benchmark.checksum`), verified before
+anything is restored from it: a damaged file is refused, never trained on.
 
 Every saved state carries the *result-relevant* part of the config (:func:`fingerprint`). A
 checkpoint or ``metrics.json`` written by another config is never loaded or kept silently: it is
@@ -25,6 +33,7 @@ a :class:`~benchmark.errors.CheckpointError` naming the differing fields and off
 
 from __future__ import annotations
 
+import hashlib
 import json
 import random
 import time
@@ -37,15 +46,27 @@ from typing import Any
 import numpy as np
 import torch
 
+from .checksum import checksum_matches, with_checksum
 from .config import RunConfig, option_defaults, result_fields
 from .errors import CheckpointError, ConfigError, UserError
-from .io import WriteError, atomic_open, check_writable_dir, check_writable_file, try_lock
+from .io import (
+    WriteError,
+    atomic_open,
+    atomic_write_text,
+    check_writable_dir,
+    check_writable_file,
+    try_lock,
+)
 from .metrics import RunMetrics
 
 CHECKPOINT = "checkpoint.pt"
 METRICS = "metrics.json"
 LOCK = ".lock"
-FORMAT = 1
+MARKER = ".benchmark-run"
+# what a run folder may hold before its marker: the lock (taken before the marker is written)
+# and the workflow's log, which the job's shell opens before the run starts
+BEFORE_MARKER = frozenset({LOCK, "log.txt"})
+FORMAT = 2  # 2: with a checksum; 1 (no checksum, earlier versions) is still read
 RESTART_HINT = "run the same command with --restart to discard it and start over"
 
 
@@ -127,8 +148,9 @@ class RunDir:
         self.config = config
         self.checkpoint = self.path / CHECKPOINT
         self.metrics = self.path / METRICS
-        for name in (CHECKPOINT, METRICS, LOCK):  # what is there must be what a run writes
+        for name in (CHECKPOINT, METRICS, LOCK, MARKER):  # what is there must be what a run writes
             check_writable_file(self.path / name, "out")
+        _check_ours(self.path)
 
     # -- reading (before any work) --------------------------------------------------------------
     def finished(self) -> RunMetrics | None:
@@ -167,10 +189,16 @@ class RunDir:
             raise CheckpointError(
                 f"{where}: cannot be read, truncated or corrupted ({reason}); {RESTART_HINT}"
             ) from None
-        if not isinstance(state, dict) or state.get("format") != FORMAT:
+        if not isinstance(state, dict) or state.get("format") not in (1, FORMAT):
             found = state.get("format") if isinstance(state, dict) else type(state).__name__
             raise CheckpointError(
-                f"{where}: format {found!r}, this version reads format {FORMAT}; {RESTART_HINT}"
+                f"{where}: format {found!r}, this version reads formats 1 and {FORMAT}; "
+                f"{RESTART_HINT}"
+            )
+        if state["format"] == FORMAT and checksum_matches(state) is not True:
+            raise CheckpointError(
+                f"{where}: damaged (its content no longer matches the checksum written with it, "
+                f"so no epoch is resumed from it); {RESTART_HINT}"
             )
         changes = config_difference(state["config"], self.config)
         if changes:
@@ -215,6 +243,7 @@ class RunDir:
                     f"out: {self.path} is in use by another running process; wait for it or "
                     f"choose another --out"
                 )
+            self._mark()
             for stale in self.path.glob(f".{CHECKPOINT}.*.tmp"):  # a write killed mid-way
                 stale.unlink(missing_ok=True)
             for stale in self.path.glob(f".{METRICS}.*.tmp"):
@@ -225,6 +254,18 @@ class RunDir:
             yield self
         finally:
             lock.close()  # releases the flock
+
+    def _mark(self) -> None:
+        """Write the marker (:data:`MARKER`) before anything else: the folder is the suite's
+        from now on. It names the config's fingerprint by its sha256 (a few bytes: it is
+        written even where a checkpoint would not fit)."""
+        text = json.dumps(fingerprint(self.config), sort_keys=True)
+        marker = json.dumps({"written_by": "benchmark", "fingerprint_sha256":
+                             hashlib.sha256(text.encode()).hexdigest()}) + "\n"
+        path = self.path / MARKER
+        if not path.is_file() or path.read_text(errors="replace") != marker:
+            with self.writing():
+                atomic_write_text(path, marker)
 
     def save(self, swarm_state: dict[str, Any], progress: Progress) -> None:
         """Checkpoint ``Swarm.state_dict()`` after ``progress.epoch`` completed epochs
@@ -243,7 +284,7 @@ class RunDir:
             "rng": capture_rng(),
         }
         with self.writing(), atomic_open(self.checkpoint) as fh:
-            torch.save(state, fh)
+            torch.save(with_checksum(state), fh)
 
     def finish(self, metrics: RunMetrics) -> None:
         """Write ``metrics.json`` atomically, then drop the checkpoint it supersedes."""
@@ -277,3 +318,34 @@ def _relevant(config: dict[str, Any]) -> dict[str, Any]:
     it shows up as a difference)."""
     machine = RunConfig.model_fields.keys() - result_fields()
     return {k: v for k, v in config.items() if k not in machine}
+
+
+def _check_ours(path: Path) -> None:
+    """Refuse an ``--out`` folder holding files the suite did not write (module docstring)."""
+    if not path.is_dir() or (path / MARKER).is_file():
+        return
+    found = sorted(p.name for p in path.iterdir() if p.name not in BEFORE_MARKER)
+    if not found or _earlier_run(path):
+        return
+    shown = ", ".join(found[:3]) + (f" and {len(found) - 3} more" if len(found) > 3 else "")
+    raise ConfigError("out", str(path), f"a new or empty folder, or a run folder of this suite "
+                      f"(with {MARKER})", hint=f"it holds {shown} and nothing says a run wrote "
+                      "them; a run would replace files there")
+
+
+def _earlier_run(path: Path) -> bool:
+    """A run folder of a version before the marker: a ``metrics.json`` or ``checkpoint.pt`` in
+    the suite's layout (whether it can be used is for :meth:`RunDir.finished` and
+    :meth:`RunDir.load` to say)."""
+    try:
+        metrics = json.loads((path / METRICS).read_text())
+        if isinstance(metrics, dict) and {"status", "config", "history"} <= metrics.keys():
+            return True
+    except (OSError, ValueError):
+        pass
+    try:  # memory-mapped: the tensors are not read
+        state = torch.load(path / CHECKPOINT, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:  # noqa: BLE001 - not a checkpoint this suite can read: not one of its own
+        return False
+    return isinstance(state, dict) and {"format", "config", "swarm"} <= state.keys()
+

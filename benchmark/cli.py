@@ -24,11 +24,10 @@ def _train(args: argparse.Namespace) -> int:
 
     config = load_config(args.config, args.overrides)
     if args.tuned:  # the values of the family's study of this method, alpha and graph
-        from .config import build_config
-        from .grid import tuned_from
+        from .config import parse_overrides
+        from .grid import tuned_config
 
-        tuned = tuned_from(args.tuned, config)
-        config = build_config({**config.model_dump(), **tuned["values"], "tuned": tuned})
+        config = tuned_config(config, args.tuned, parse_overrides(args.overrides))
     args.run_config = config  # what an interrupt left depends on it (_after_interrupt)
     metrics = run(config, args.out, restart=args.restart)
     final = metrics.final
@@ -112,7 +111,10 @@ def _fetch(args: argparse.Namespace) -> int:
 
 def _families(args: argparse.Namespace) -> list:
     from .grid import load_families
+    from .names import check_name
 
+    for name in args.family:
+        check_name("--family", name)
     families = load_families(args.config_dir)
     unknown = [name for name in args.family if name not in families]
     if unknown:

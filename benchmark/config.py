@@ -37,9 +37,17 @@ from .algorithms import (
 from .algorithms.ccl import FEATURE_DISTANCES, CCLOptions
 from .data.partition import SCHEMES
 from .data.registry import dataset_row
-from .errors import ConfigError, UserError, no_bool_for_numbers, unknown_key, validation_error
+from .errors import (
+    ConfigError,
+    UserError,
+    check_distinct,
+    no_bool_for_numbers,
+    unknown_key,
+    validation_error,
+)
 from .methods import METHODS, resolve_method, zeroed_lambdas
 from .models.norms import EVONORM_STYLES, NORMS
+from .names import check_name
 from .schema import MACHINE, changes_results
 from .schema import result_fields as _model_result_fields
 from .strict_yaml import Refused, load_yaml, read_yaml
@@ -251,6 +259,13 @@ class RunConfig(BaseModel):
                               f"in the environment variable {PLUGINS}")
         return _choice(info.field_name, v, allowed)
 
+    @field_validator("family")
+    @classmethod
+    def _family_name(cls, v: str) -> str:
+        """A folder under results/ and studies/, a part of report file names, an MLflow
+        experiment and a word in the workflow's shell commands: an identifier."""
+        return check_name("family", v)
+
     @field_validator("lr_milestones")
     @classmethod
     def _fractions(cls, v: list[float]) -> list[float]:
@@ -258,7 +273,7 @@ class RunConfig(BaseModel):
             raise ConfigError(
                 "lr_milestones", v, "fractions of the epochs strictly between 0 and 1"
             )
-        return sorted(v)
+        return sorted(check_distinct("lr_milestones", v))  # one given twice decays twice
 
     @field_validator("device")
     @classmethod

@@ -126,6 +126,20 @@ def no_bool_for_numbers(cls: type[BaseModel], value: object, info: ValidationInf
     return value
 
 
+def check_distinct(field: str, values: list) -> list:
+    """``values`` if no value is listed twice, else one line naming ``field`` and both positions.
+
+    For every list whose duplicates would silently change its meaning: a learning-rate
+    milestone given twice decays twice, a hyperparameter listed twice is searched twice, an
+    axis value twice is one run path twice."""
+    for i, value in enumerate(values):
+        if value in values[:i]:
+            raise ConfigError(field, values, "distinct values",
+                              hint=f"{value!r} is listed twice, at positions "
+                              f"{values.index(value)} and {i}")
+    return values
+
+
 def _is_number(annotation: object) -> bool:
     """``int``, ``float``, ``int | None``, ``list[float]``...: a number type, never ``bool``."""
     if annotation is bool:

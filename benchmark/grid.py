@@ -45,9 +45,16 @@ from pydantic import (
 )
 
 from .config import RunConfig, TunedFrom, build_config, graph_label, graph_of, read_yaml
-from .errors import ConfigError, UserError, no_bool_for_numbers, validation_error
+from .errors import (
+    ConfigError,
+    UserError,
+    check_distinct,
+    no_bool_for_numbers,
+    validation_error,
+)
 from .io import read_text
 from .methods import METHODS
+from .names import ALLOWED, check_name, inside
 from .topology import GRAPH_OPTIONS, TOPOLOGIES, build_topology
 from .tuning.spec import PROTOCOLS, Tuning, build_spec
 
@@ -159,12 +166,7 @@ class Grid(BaseModel):
     @classmethod
     def _distinct(cls, v: list, info: ValidationInfo) -> list:
         """``alpha: [0.1, 1.0e-1]`` would be one run path twice: name the axis and the value."""
-        for i, value in enumerate(v):
-            if value in v[:i]:
-                raise ConfigError(f"grid.{info.field_name}", v, "distinct values",
-                                  hint=f"{value!r} is listed twice, at positions "
-                                  f"{v.index(value)} and {i}")
-        return v
+        return check_distinct(f"grid.{info.field_name}", v)
 
     @field_validator("seeds")
     @classmethod
@@ -319,19 +321,23 @@ def run_path(config: RunConfig, protocol: str = "fixed") -> str:
     """``<family>/<dataset>/<model>/<topology>-n<agents>/alpha<a>/<method>/seed<s>``; the tuned
     protocol's runs under ``<family>/tuned/``."""
     family = f"{config.family}/{TUNED_DIR}" if protocol == "tuned" else config.family
-    return RUN_PATH.format(
+    path = RUN_PATH.format(
         family=family, dataset=config.dataset, model=config.model,
         topology=config.topology, n_agents=config.n_agents, alpha=format_float(config.alpha),
         method=config.method, seed=config.seed,
     )
+    inside(RESULTS_ROOT, path, "run path")
+    return path
 
 
 def study_path(family: str, method: str, graph: str, alpha: float,
                suffix: str = ".journal") -> str:
     """``studies/<family>/<method>/<graph>/alpha<a>.journal`` (``suffix="/best.json"``: its
     result), ``graph`` as in run paths (``ring-n16``)."""
-    return f"{STUDIES_ROOT}/" + STUDY_PATH.format(
-        family=family, method=method, graph=graph, alpha=format_float(alpha)) + suffix
+    path = STUDY_PATH.format(family=family, method=method, graph=graph,
+                             alpha=format_float(alpha)) + suffix
+    inside(STUDIES_ROOT, path, "study path")
+    return f"{STUDIES_ROOT}/{path}"
 
 
 def tuned_from(best_json: str | Path, config: RunConfig) -> dict[str, Any]:
@@ -361,6 +367,25 @@ def tuned_from(best_json: str | Path, config: RunConfig) -> dict[str, Any]:
                           f"({study_path(config.family, config.method, label, config.alpha)})",
                           hint=elsewhere)
     return tuned.model_dump()
+
+
+def tuned_config(config: RunConfig, best_json: str | Path,
+                 explicit: dict[str, Any] | None = None) -> RunConfig:
+    """``config`` with the values of a study's ``best.json`` (:func:`tuned_from`), which replace
+    those of its config file (the family's ``run:`` values are the fixed protocol's).
+
+    A value given explicitly (``explicit``: the command line's ``key=value``) for a key the study
+    tuned is refused, never silently dropped: a run at ``lr=0.3`` is not a tuned run, and a tuned
+    run labelled with an lr it did not use misleads."""
+    tuned = tuned_from(best_json, config)
+    both = [key for key in (explicit or {}) if key in tuned["values"]]
+    if both:
+        key = both[0]
+        raise ConfigError(key, (explicit or {})[key], f"no value with --tuned, whose study "
+                          f"tuned {', '.join(tuned['values'])} ({best_json})",
+                          hint=f"drop {key}=... to train at the tuned value, or drop --tuned "
+                          "for a run of the fixed protocol")
+    return build_config({**config.model_dump(), **tuned["values"], "tuned": tuned})
 
 
 def load_family(path: str | Path, protocol: str | None = None) -> Family:
@@ -400,8 +425,14 @@ def _load_family(path: str | Path, protocol: str | None = None) -> Family:
     run = dict(spec.run)
     named = "family" in run  # if the file does not name its family, every job must say it
     name = run.setdefault("family", path.stem)
-    if not isinstance(name, str) or not name or "/" in name:
-        raise ConfigError("run.family", name, "a non-empty name without '/'")
+    try:
+        check_name("run.family", name)
+    except ConfigError:
+        if named:
+            raise
+        raise ConfigError("run.family", name, ALLOWED, hint=f"unset, so the file name "
+                          f"{path.name} names the family; rename the file or set run.family"
+                          ) from None
     protocols = ["fixed", "tuned"] if spec.tuning.protocol == "both" else [spec.tuning.protocol]
     if "tuned" in protocols:
         for method in {s.method: None for s in _studies(name, str(path), spec.grid)}:
@@ -426,6 +457,10 @@ def _load_family(path: str | Path, protocol: str | None = None) -> Family:
                     config = _run_config(run, overrides, ctx, path)
                     tuned = (study_path(name, method, topo.label, alpha, "/best.json")
                              if protocol == "tuned" else None)
+                    if tuned is not None:
+                        entries = {where: topo.options,
+                                   f"{prefix}.datasets[{d_idx}]": data.options if data else {}}
+                        _check_not_tuned(entries, spec.tuning.params_for(method), method)
                     spec_ = RunSpec(name, str(path), overrides, config, tuned)
                     if spec_.run_dir in seen:
                         raise ConfigError(
@@ -515,6 +550,19 @@ def _check_graph(topo: TopologyEntry, run: dict[str, Any], where: str) -> None:
         )
     except ConfigError as err:
         raise ConfigError(f"{where}.{err.field}", err.value, err.allowed) from None
+
+
+def _check_not_tuned(entries: dict[str, dict[str, Any]], tuned: tuple[str, ...],
+                     method: str) -> None:
+    """An axis entry (``entries``: where -> its options) may not set what a tuned run takes from
+    its study (``train --tuned`` refuses the pair): refused when the family is planned."""
+    for where, options in entries.items():
+        for key in tuned:
+            if key in options:
+                raise ConfigError(f"{where}.{key}", options[key], f"no value on an axis entry "
+                                  f"of a tuned grid: the tuned runs of {method} take {key} from "
+                                  "their study", hint="set it under run: (a study's first "
+                                  "point) or use tuning.protocol: fixed")
 
 
 def _run_config(run: dict[str, Any], overrides: dict[str, Any], ctx: str,

@@ -8,6 +8,11 @@ file fails there, in one line naming the file and the field, instead of deep in 
 The file's layout is the one the suite always wrote; sections added later are optional (absent
 in older files, ``null`` when a run has nothing to say). Add a new section here, optional with a
 default, and the file stays readable both ways.
+
+Its values are checked on every read, not only its shape, since a hand-edited or damaged file
+would otherwise be tabled or taken for a finished run: every number is finite (except the
+losses of the epoch a diverged run stopped in), accuracies lie in [0, 100], and a completed run
+has its final figures and its last epoch.
 """
 
 from __future__ import annotations
@@ -15,7 +20,7 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     BaseModel,
@@ -44,8 +49,11 @@ class NotRunMetrics(UserError):
         self.source, self.problem = source, problem
 
 
+Percent = Annotated[float, Field(ge=0, le=100)]  # an accuracy
+
+
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 class TopologySummary(_Section):
@@ -59,10 +67,10 @@ class TopologySummary(_Section):
 class Evaluation(_Section):
     """Accuracies (%) of the local models and the consensus model on one split."""
 
-    local_acc_mean: float
-    local_acc_std: float
-    consensus_acc: float
-    consensus_distance: float
+    local_acc_mean: Percent
+    local_acc_std: Percent
+    consensus_acc: Percent
+    consensus_distance: float = Field(ge=0)
 
 
 class EpochRecord(BaseModel):
@@ -84,14 +92,21 @@ class EpochRecord(BaseModel):
     bytes_per_agent: float | None = None  # this epoch's, every kind
     phases: dict[str, float] | None = None  # seconds per phase (benchmark/timing.py)
     time_s: float | None = None
-    local_acc_mean: float | None = None  # the evaluation (Evaluation's fields)
-    local_acc_std: float | None = None
-    consensus_acc: float | None = None
+    local_acc_mean: Percent | None = None  # the evaluation (Evaluation's fields)
+    local_acc_std: Percent | None = None
+    consensus_acc: Percent | None = None
     consensus_distance: float | None = None
 
     @model_serializer(mode="wrap")
     def _absent_not_null(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
         return {k: v for k, v in handler(self).items() if v is not None}
+
+    def non_finite(self) -> list[str]:
+        """The keys of this record's numbers that are NaN or infinite."""
+        numbers = {**self.model_dump(exclude={"phases"}),
+                   **{f"phases.{k}": v for k, v in (self.phases or {}).items()}}
+        return [k for k, v in numbers.items()
+                if isinstance(v, float | int) and not math.isfinite(v)]
 
     @property
     def bytes_by_kind(self) -> dict[str, float]:
@@ -126,7 +141,7 @@ class Instability(_Section):
     threshold: float
     min_rise: float | None = None
     epochs: list[int]
-    max_jump: float | None = None
+    max_jump: float | None = Field(None, allow_inf_nan=True)  # inf: a rise from a loss of 0
 
 
 class Environment(_Section):
@@ -177,7 +192,7 @@ class RunMetrics(_Section):
     final: Evaluation | None  # the last evaluation; none for a diverged run (written as {})
     partition: PartitionSummary
     communication: Communication
-    wall_time_s: float
+    wall_time_s: float = Field(ge=0)
     resumed_after_epochs: list[int] = []
     # optional sections (absent in files of older versions)
     distributed: DistributedLayout | None = None
@@ -199,6 +214,23 @@ class RunMetrics(_Section):
     @field_serializer("final")
     def _none_is_empty(self, v: Evaluation | None) -> dict[str, float]:
         return v.model_dump() if v is not None else {}
+
+    def _check_values(self) -> None:
+        """What a reader relies on besides the types: finite history numbers (a diverged run's
+        last epoch aside), and a completed run's final figures and last epoch."""
+        last = len(self.history) - 1
+        for i, record in enumerate(self.history):
+            bad = record.non_finite()
+            if bad and not (self.status == "diverged" and i == last):
+                raise ConfigError(f"history[{i}].{bad[0]}", math.nan, "a finite number (only "
+                                  "the epoch a diverged run stopped in may hold NaN or inf)")
+        if self.status == "completed":
+            if self.final is None:
+                raise ConfigError("final", {}, "the final figures of a completed run")
+            ran = self.history[-1].epoch if self.history else 0
+            if ran != self.config.epochs:
+                raise ConfigError("history", f"{ran} epochs", f"the {self.config.epochs} "
+                                  "epochs of a completed run (config.epochs)")
 
     # -- derived views -------------------------------------------------------------------------
     @property
@@ -239,10 +271,14 @@ class RunMetrics(_Section):
             raise NotRunMetrics(source, f"not a run's metrics (a JSON {type(data).__name__}, "
                                 "expected an object)")
         try:
-            return cls.model_validate(data, context=STORED)
+            metrics = cls.model_validate(data, context=STORED)
         except ValidationError as err:
-            raise NotRunMetrics(source, "not a run's metrics.json of this version: "
+            raise NotRunMetrics(source, "not a valid run's metrics.json: "
                                 f"{validation_error(err, cls)}") from None
         except ConfigError as err:  # one of RunConfig's own checks, on the stored config
-            raise NotRunMetrics(source, "not a run's metrics.json of this version: "
-                                f"config.{err}") from None
+            raise NotRunMetrics(source, f"not a valid run's metrics.json: config.{err}") from None
+        try:
+            metrics._check_values()
+        except ConfigError as err:
+            raise NotRunMetrics(source, f"not a valid run's metrics.json: {err}") from None
+        return metrics

@@ -14,7 +14,9 @@ A file holds the weights, what rebuilds the architecture, the input normalisatio
 :data:`FORMAT` 2, what rebuilds its test data (``data``: the dataset, its options, the data
 folder and the digest of the data it was trained on). The model returns ``(features, logits)``
 like every model of the suite. Older files load; ``evaluate`` says what they lack. Files written
-before ``sample_shape`` existed name ``in_channels`` and ``image_size`` instead; both load.
+before ``sample_shape`` existed name ``in_channels`` and ``image_size`` instead; both load. Since
+format 3 a file carries the checksum of its content (:mod:`benchmark.checksum`), verified
+whenever it is read: a damaged file is refused, never a model (older files have none).
 
 Why the data travel with the model: the model alone does not say what to feed it (digits at
 8 px for the default MLP, 28 px for LeNet-5; synthetic sets are defined by their options), and a
@@ -31,12 +33,13 @@ from typing import Any
 import torch
 from torch import nn
 
+from .checksum import checksum_matches, with_checksum
 from .errors import UserError
 from .io import atomic_open
 
 CONSENSUS_FILE = "model_consensus.pt"
-FORMAT = 2  # 2: the ``data`` block
-# what rebuilds a model's test split (FORMAT 2); the file names those it lacks
+FORMAT = 3  # 2: the ``data`` block; 3: the checksum of the content
+# what rebuilds a model's test split (since format 2); the file names those it lacks
 DATA_FIELDS = ("dataset", "data_dir", "project", "image_size", "synthetic", "sample_shape",
                "test_size", "digest")
 
@@ -93,7 +96,7 @@ def _write(path: Path, payload: dict[str, Any]) -> None:
     payload = {**payload, "state_dict": {k: v.detach().cpu().clone()
                                          for k, v in payload["state_dict"].items()}}
     with atomic_open(path) as fh:
-        torch.save(payload, fh)
+        torch.save(with_checksum(payload), fh)
 
 
 def load_model(path: str | Path, device: str | torch.device = "cpu") -> nn.Module:
@@ -204,6 +207,11 @@ def _read(file: Path) -> dict[str, Any]:
     if not isinstance(saved, dict) or not {"spec", "state_dict"} <= set(saved):
         raise UserError(f"{file} is not a saved model (no spec and state_dict: a checkpoint or "
                         "another torch file?)")
+    intact = checksum_matches(saved)
+    if intact is False or (intact is None and saved.get("format") not in (None, 1, 2)):
+        raise UserError(f"{file}: damaged (its content no longer matches the checksum written "
+                        "with it); copy it again from its run's MLflow artifacts (models/), or "
+                        "train the run again with --restart")
     return saved
 
 

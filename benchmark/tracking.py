@@ -45,6 +45,7 @@ import yaml
 
 from .errors import UserError
 from .io import unwritable
+from .names import inside
 
 if TYPE_CHECKING:
     from .metrics import RunMetrics
@@ -252,7 +253,7 @@ def existing_store(uri: str | None = None) -> str:
 def _artifact_location(uri: str, name: str) -> str | None:
     """Artifacts beside the database (``mlartifacts/<experiment>``), not under the cwd."""
     db = _sqlite_path(uri)
-    return (db.resolve().parent / "mlartifacts" / name).as_uri() if db else None
+    return inside(db.resolve().parent / "mlartifacts", name, "experiment").as_uri() if db else None
 
 
 def experiment_id(store, name: str) -> str:
@@ -380,7 +381,7 @@ def family_difference(config) -> dict[str, Any]:
     (``config/<family>.yaml``), leaving out the axes the name shows; empty without a file."""
     from .config import build_config, read_yaml, result_fields
 
-    path = repo_root() / "config" / f"{config.family}.yaml"
+    path = inside(repo_root() / "config", f"{config.family}.yaml", "family")
     try:
         base = build_config({**(read_yaml(path).get("run") or {}), "family": config.family})
     except Exception:  # no such family file, or one that does not validate: nothing to compare

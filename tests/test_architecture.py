@@ -21,7 +21,8 @@ PACKAGE = Path(__file__).resolve().parents[1] / "benchmark"
 # RunConfig: train turns the config into their typed options.
 LAYERS: list[tuple[str, set[str]]] = [
     ("foundations", {"benchmark", "errors", "io", "strict_yaml", "interrupts", "schema",
-                     "timing", "distributed", "gpu_slots", "device", "opcount", "samples"}),
+                     "timing", "distributed", "gpu_slots", "device", "opcount", "samples",
+                     "names", "checksum"}),
     ("data, topology, models", {"data", "topology", "models"}),
     ("swarm state", {"swarm_state"}),
     # methods: the presets, every registered algorithm being one (it reads the registry)

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from benchmark.checkpoint import CHECKPOINT, LOCK, METRICS
+from benchmark.checkpoint import CHECKPOINT, LOCK, MARKER, METRICS
 from benchmark.cli import main
 from benchmark.config import load_config
 from benchmark.train import run
@@ -154,10 +154,12 @@ def test_mismatched_checkpoint_names_the_fields_and_offers_restart(capsys, tmp_p
 def test_fields_that_do_not_change_results_may_differ_on_resume(capsys, tmp_path):
     out = tmp_path / "run"
     _checkpointed(out, "vectorize=auto", "agent_threads=1")
-    # a checkpoint of an older version also fingerprinted machine options: still resumable
+    # a checkpoint of an older version (format 1: no checksum) also fingerprinted machine
+    # options: still resumable
     state = torch.load(out / CHECKPOINT, weights_only=True)
     state["config"].update(vectorize="auto", agent_threads=1, device="cpu")
-    torch.save(state, out / CHECKPOINT)
+    del state["sha256"]
+    torch.save({**state, "format": 1}, out / CHECKPOINT)
     assert main(["train", "--out", str(out), *SYNTH, "epochs=3", "threads=2", "family=x",
                  "vectorize=loop", "agent_threads=2"]) == 0
     assert json.loads((out / METRICS).read_text())["resumed_after_epochs"] == [1]
@@ -424,7 +426,8 @@ def test_class4_a_full_disk_keeps_the_last_checkpoint_and_the_run_resumes(tmp_pa
             "again")
     assert proc.stderr == f"error: cannot write {out / failing}: File too large; {then}\n"
     assert not (out / METRICS).exists()
-    assert sorted(p.name for p in out.iterdir()) == sorted([LOCK, *([CHECKPOINT] if saved else [])])
+    assert sorted(p.name for p in out.iterdir()) == sorted([LOCK, MARKER,
+                                                            *([CHECKPOINT] if saved else [])])
     if saved:
         assert (out / CHECKPOINT).read_bytes() == before
     assert main(args) == 0  # space is back
@@ -488,7 +491,8 @@ def _write(path: Path, data) -> Path:
 
 @pytest.mark.parametrize(("case", "expected"), [
     ("list", ["stray/metrics.json", "a JSON list, expected an object", "--skip-invalid"]),
-    ("missing", ["stray/metrics.json", "not a run's metrics.json", "invalid value '(missing)'"]),
+    ("missing", ["stray/metrics.json", "not a valid run's metrics.json",
+                 "invalid value '(missing)'"]),
     ("duplicate", ["copy/metrics.json", "same run (config and seed) as",
                    "seed0/metrics.json"]),
     ("glob", ["report: results/*/nothing* matches no file or folder"]),

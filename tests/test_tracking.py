@@ -41,7 +41,7 @@ def _config(**kw):
 
 
 def _metrics(history: list[dict]) -> RunMetrics:
-    config = _config()
+    config = _config(epochs=history[-1]["epoch"])  # a completed run holds all its epochs
     return RunMetrics.parse({
         "status": "completed", "diverged_epoch": None, "config": config, "history": history,
         "method": config.method, "algorithm": config.algorithm, "ccl": config.ccl,

@@ -21,6 +21,7 @@ from matplotlib.figure import Figure
 
 from ..errors import UserError
 from ..io import atomic_write_bytes, atomic_write_text
+from ..names import check_name, inside
 from .figures import (
     FIGURES,
     ablation_figure,
@@ -69,6 +70,8 @@ def build_report(paths: Iterable[str | Path], out_dir: str | Path = "reports",
                  family: str | None = None, skip_invalid: bool = False) -> dict[str, Path]:
     """Write the tables and figures of one family; returns what was written, by name."""
     out = check_out_dir(out_dir)
+    if family is not None:  # a name in file names: refused before any result is read
+        check_name("--family", family)
     results = load_results(paths, skip_invalid=skip_invalid)
     runs = runs_frame(results)
     families = sorted(set(runs["family"].dropna()))
@@ -76,16 +79,23 @@ def build_report(paths: Iterable[str | Path], out_dir: str | Path = "reports",
         if len(families) != 1:
             raise UserError(f"report: results of several families {families}; pass --family")
         family = families[0]
+    names = output_names(family)
     summary = summary_table(runs)
     overhead = overhead_table(runs)
-    written = {name: out / f"{stem}_{family}.{ext}" for name, stem, ext in (
-        ("table_csv", "table", "csv"), ("table_md", "table", "md"),
-        ("table_html", "table", "html"), ("overhead_csv", "overhead", "csv"))}
+    written = {name: inside(out, path, "--family") for name, path in names.items()}
     atomic_write_text(written["table_csv"], summary.to_csv(index=False))
     atomic_write_text(written["table_md"], markdown_table(summary, family))
     atomic_write_text(written["table_html"], html_table(summary, family))
     atomic_write_text(written["overhead_csv"], overhead.to_csv(index=False))
     for name, fig in family_figures(results, summary, overhead).items():
-        written[name] = out / "figures" / family / f"{name}.png"
         save_png(fig, written[name])
     return written
+
+
+def output_names(family: str) -> dict[str, str]:
+    """Every file a report of ``family`` writes, relative to its ``--out`` folder, by name: the
+    report writes these and nothing else there (it deletes nothing)."""
+    tables = {name: f"{stem}_{family}.{ext}" for name, stem, ext in (
+        ("table_csv", "table", "csv"), ("table_md", "table", "md"),
+        ("table_html", "table", "html"), ("overhead_csv", "overhead", "csv"))}
+    return {**tables, **{name: f"figures/{family}/{name}.png" for name in FIGURES}}

@@ -17,7 +17,15 @@ import math
 import operator
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 from pydantic.fields import FieldInfo
 
 from ..config import (
@@ -28,7 +36,7 @@ from ..config import (
     parse_overrides,
     read_run_file,
 )
-from ..errors import ConfigError, no_bool_for_numbers, validation_error
+from ..errors import ConfigError, check_distinct, no_bool_for_numbers, validation_error
 from ..methods import METHODS
 
 # The paper's CCL weights (METHOD.md section 5): the first point of every CCL study.
@@ -132,6 +140,11 @@ class Tuning(BaseModel):
                 raise ConfigError(f"tuning.space.{name}", [rng.low, rng.high], allowed)
             _within_limits(name, rng, numeric[name])
         return space
+
+    @field_validator("baseline", "ccl")
+    @classmethod
+    def _searched_once(cls, v: list[str], info: ValidationInfo) -> list[str]:
+        return check_distinct(f"tuning.{info.field_name}", v)  # twice: one name, two draws
 
     @model_validator(mode="after")
     def _declared(self) -> Tuning:

@@ -1,6 +1,7 @@
 """Shared helpers: wildcard -> run spec lookup, GPU detection, MLflow store preparation."""
 
 import os
+import shlex
 
 from benchmark.config import result_fields
 
@@ -117,8 +118,8 @@ def gpu_launcher(config):
     take the same locks). Every GPU rule (train, tune) starts its command with this."""
     if not on_gpu(config) or CLUSTER:  # SLURM sets CUDA_VISIBLE_DEVICES for --gpus itself
         return ""
-    return (f"{PYTHON} -m benchmark.gpu_slots --gpus {','.join(GPUS)} "
-            f"--slots {slots_per_device(config)} -- ")
+    return shlex.join([PYTHON, "-m", "benchmark.gpu_slots", "--gpus", ",".join(GPUS),
+                       "--slots", str(slots_per_device(config)), "--"]) + " "
 
 
 def job_threads(config):

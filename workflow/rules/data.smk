@@ -31,5 +31,5 @@ rule fetch_data:
         item=r"[^/]+",
     localrule: True
     shell:
-        "{PYTHON} -m benchmark fetch {wildcards.item:q} --data-dir {wildcards.data_dir:q} "
-        "> {log} 2>&1 && touch {output:q}"
+        "{PYTHON:q} -m benchmark fetch {wildcards.item:q} --data-dir {wildcards.data_dir:q} "
+        "> {log:q} 2>&1 && touch {output:q}"

@@ -47,4 +47,5 @@ rule report_family:
     log:
         "reports/logs/report_{family}.txt",
     shell:
-        "{PYTHON} -m benchmark report --family {wildcards.family} --out reports {input.metrics} > {log} 2>&1"
+        "{PYTHON:q} -m benchmark report --family {wildcards.family:q} --out reports "
+        "{input.metrics:q} > {log:q} 2>&1"

@@ -38,4 +38,5 @@ rule train:
     resources:
         gpu=lambda wildcards: 1 if uses_gpu(wildcards) else 0,
     shell:
-        "{params.command} > {log} 2>&1"
+        # params.command is built with shlex by benchmark.grid; every other field is quoted
+        "{params.command} > {log:q} 2>&1"

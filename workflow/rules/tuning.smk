@@ -80,7 +80,8 @@ rule tune:
     resources:
         gpu=lambda wildcards: 1 if on_gpu(tuning_base(wildcards)) else 0,
     shell:
-        "{params.command} 2>&1 | tee -a {params.study_log} > {log}"
+        # params.command is built with shlex by benchmark.grid; every other field is quoted
+        "{params.command} 2>&1 | tee -a {params.study_log:q} > {log:q}"
 
 
 def tuned_best_files(wildcards):
@@ -102,8 +103,9 @@ rule tuning_table:
     log:
         "reports/logs/tuning_{family}.txt",
     shell:
-        "{PYTHON} -m benchmark tune-table {input} --out reports/tuning_{wildcards.family} "
-        "> {log} 2>&1"
+        # every field quoted (the name alone after "tuning_": the shell joins the two)
+        "{PYTHON:q} -m benchmark tune-table {input:q} --out reports/tuning_{wildcards.family:q} "
+        "> {log:q} 2>&1"
 
 
 def warn_old_layout_studies():
