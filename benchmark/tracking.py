@@ -456,9 +456,10 @@ class MlflowTracker:
     @classmethod
     def create(cls, store, experiment: str, name: str, tags: dict[str, Any], config,
                out_dir: str | Path | None = None) -> MlflowTracker:
-        """A new run in ``experiment`` (an id) named ``name``, tag values as strings."""
+        """A new run in ``experiment`` (an id) named ``name``, tag values as strings (numbers
+        spelt by :func:`number`, as every tag and param of every run)."""
         run = retry(lambda: store.create_run(experiment, run_name=name,
-                                             tags={k: str(v) for k, v in tags.items()}),
+                                             tags={k: _param(v) for k, v in tags.items()}),
                     "create_run")
         return cls(store, run.info.run_id, config, out_dir)
 
@@ -468,8 +469,10 @@ class MlflowTracker:
 
         now = int(time.time() * 1000)
         metrics = [Metric(k, v, now, step) for k, v, step in metrics]
-        params = [Param(k, str(v)) for k, v in params]
-        tags = [RunTag(k, str(v)) for k, v in tags]
+        # one spelling of numbers in every run's params and tags, a study's and its trials'
+        # too (alpha 1 is `1` whoever logs it: a filter `tags.alpha = '1'` finds them all)
+        params = [Param(k, _param(v)) for k, v in params]
+        tags = [RunTag(k, _param(v)) for k, v in tags]
         # MLflow caps a batch at 1000 metrics, 100 params, 100 tags and 1000 values in all
         sizes = (800, 100, 100)
         parts = (metrics, params, tags)

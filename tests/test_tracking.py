@@ -342,6 +342,17 @@ def test_one_spelling_of_numbers_in_names_tags_and_params(store: str) -> None:
     assert run["tags.mlflow.runName"] == "ccl ring-4 a1 s3"
     assert run["tags.alpha"] == run["params.alpha"] == "1"
     assert tracking.number(0.01) == "0.01" and tracking.number(1e-5) == "1e-05"
+    # every other writer goes through the same tracker: a study's parent and trial runs logged
+    # alpha 1 as "1.0" (tags and params given as floats)
+    client = MlflowClient()
+    experiment = client.get_experiment_by_name("fam").experiment_id
+    study = tracking.MlflowTracker.create(client, experiment, "ccl ring-4 a1 study",
+                                          {"alpha": 1.0, "n_agents": 4, "kind": "study"},
+                                          _config(alpha=1.0))
+    study.log_batch(params=[("alpha", 1.0), ("lr", 0.05)], tags=[("gamma", 1.0)])
+    logged = client.get_run(study.run_id).data
+    assert logged.tags["alpha"] == logged.params["alpha"] == logged.tags["gamma"] == "1"
+    assert logged.params["lr"] == "0.05" and logged.tags["n_agents"] == "4"
 
 
 def test_a_trained_run_logs_its_dataset_and_keeps_a_loadable_model(store: str, tmp_path: Path
