@@ -416,10 +416,11 @@ def test_save_models_all_and_none(store: str, tmp_path: Path) -> None:
     assert not list((tmp_path / "none").glob("*.pt"))
 
 
-def test_ui_hint_names_the_runs_url_and_one_worker(store: str) -> None:
+def test_ui_hint_names_the_runs_url_and_a_light_ui(store: str) -> None:
     assert tracking.ui_hint(["fam"]) == ""  # no store yet: nothing to show, nothing created
     prepare_store(["fam"])
     exp_id = MlflowClient(store).get_experiment_by_name("fam").experiment_id
     hint = tracking.ui_hint(["fam"])
     assert f"#/experiments/{exp_id}/runs?workflowType=machine_learning" in hint
-    assert f"mlflow ui --backend-store-uri {store} --workers 1" in hint
+    assert ("start the UI with `MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false mlflow ui "
+            f"--backend-store-uri {store} --workers 1`") in hint  # as README "Viewing results"
