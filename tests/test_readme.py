@@ -459,3 +459,27 @@ def test_the_family_example_validates(tmp_path):
         path.write_text(text)
         family = load_family(path)
         assert family.name == data["run"]["family"], f"README.md:{number}"
+
+
+def test_paths_and_names_spell_numbers_as_the_code_does():
+    """README "Paths and names", the one place that says how alpha and graphs are spelt, shows
+    what the code writes for a MNIST-1D `ccl` run at alpha 1 on ring-16, seed 0."""
+    from benchmark import tracking
+    from benchmark.config import load_config
+    from benchmark.grid import run_path, study_path
+    from benchmark.tuning.study import study_name
+
+    text = (ROOT / "README.md").read_text()
+    section = re.search(r"^### Paths and names\n(.*?)^## ", text, flags=re.S | re.M)
+    assert section, "README.md has no '### Paths and names' section"
+    config = load_config(ROOT / "config" / "mnist1d.yaml",
+                         ["method=ccl", "alpha=1.0", "seed=0", "topology=ring", "n_agents=16"])
+    shown = {
+        f"results/{run_path(config)}/": "run folder",
+        study_path("mnist1d", "ccl", "ring-n16", 1.0): "study journal",
+        study_name(config): "study name",
+        tracking.run_name(config): "MLflow run name",
+        f"tags.alpha = '{tracking.number(config.alpha)}'": "MLflow tag",
+    }
+    for spelling, what in shown.items():
+        assert f"`{spelling}" in section.group(1), f"{what}: the code writes {spelling!r}"
