@@ -491,3 +491,38 @@ def test_paths_and_names_spell_numbers_as_the_code_does():
     }
     for spelling, what in shown.items():
         assert f"`{spelling}" in section.group(1), f"{what}: the code writes {spelling!r}"
+
+
+# phrases the README quotes that are what a program prints, not section names
+QUOTED_MESSAGES = {"No data", "Directory cannot be locked"}
+
+
+def _headings(doc: str) -> list[str]:
+    return re.findall(r"^#{2,4} (.+)$", (ROOT / doc).read_text(), flags=re.M)
+
+
+def _names_a_section(name: str, headings: list[str]) -> bool:
+    return any(h == name or h.startswith((f"{name} ", f"{name}:")) for h in headings)
+
+
+def test_section_references_name_sections_that_exist():
+    """A section the README refers to by name ("Tuning", "On a GPU box"), and one a message,
+    comment or doc elsewhere sends the reader to (README "Several runs per GPU"), is a heading
+    of the README (or, for the README's own references, of docs/DESIGN.md); a renamed section
+    breaks no pointer silently."""
+    readme = _headings("README.md")
+    missing = []
+    text = (ROOT / "README.md").read_text()
+    for name in set(re.findall(r'"([A-Z][^"`\n]{2,60})"', text)) - QUOTED_MESSAGES:
+        if not _names_a_section(name, readme + _headings("docs/DESIGN.md")):
+            missing.append(f"README.md: \"{name}\"")
+    sources = [p for folder in ("benchmark", "benchmarks", "workflow", "config", "profiles",
+                                "docs", "reports", "studies", "tests")
+               for p in (ROOT / folder).rglob("*") if p.is_file() and p.suffix in
+               {".py", ".smk", ".rst", ".yaml", ".md", ".sh"}] + [ROOT / "Snakefile"]
+    pointer = re.compile(r"""README(?:'s)?[ ,:]{0,3}\\?["']([A-Z][^"'\\\n]{2,60})\\?["']""")
+    for path in sources:
+        for name in pointer.findall(path.read_text(errors="replace")):
+            if not _names_a_section(name, readme):
+                missing.append(f"{path.relative_to(ROOT)}: README \"{name}\"")
+    assert not missing, "no such section:\n" + "\n".join(sorted(missing))
