@@ -1,6 +1,7 @@
 """The benchmark workflow: experiment families (config/*.yaml) -> one job per run -> reports.
 
-    snakemake --cores 2 reports/table_digits.csv       # the embedded default, offline
+    snakemake --cores 2 reports/table_mnist1d.csv      # the README's first command, offline
+    snakemake --cores 2 reports/table_digits.csv       # the smoke family (default target), offline
     snakemake -n --cores 8 reports/table_cifar10.csv   # plan the paper's grid (reads no data)
     snakemake --report reports/report.html             # tables + figures, opens on the answer
     snakemake --cores 2 reports/table_digits.csv reports/tuning_digits.csv --config protocol=both

@@ -108,7 +108,7 @@ def cpu_fallback_warning() -> str | None:
     fix = (f"pip install --force-reinstall torch=={version} torchvision --index-url "
            f"{WHEEL_INDEX.format(tag=tag)}" if tag else "update the NVIDIA driver")
     return (f"device auto: running on the CPU although a GPU is present ({what or 'nvidia'}): "
-            f"{cause}; install a matching build: {fix} (README: 'GPU: which torch build'), "
+            f"{cause}; install a matching build: {fix} (README: 'On a GPU box'), "
             f"or set device: cpu to use the CPU on purpose")
 
 

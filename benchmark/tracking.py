@@ -28,6 +28,7 @@ import hashlib
 import json
 import os
 import random
+import shlex
 import sqlite3
 import tempfile
 import threading
@@ -304,10 +305,17 @@ def runs_url(experiment: str, host: str = f"http://127.0.0.1:{UI_PORT}") -> str:
     return f"{host.rstrip('/')}/#/experiments/{experiment}/runs?workflowType=machine_learning"
 
 
+# The UI as the README's "Viewing results" starts it. MLflow 3.17's plain `mlflow ui` starts 15
+# processes (~2.0 GiB): 4 web workers, and a job runner with 7 huey consumers for GenAI jobs the
+# suite never submits. One worker leaves 10 (~1.3 GiB); without job execution 2 remain (~0.4 GiB).
+UI_COMMAND = ("MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false mlflow ui --backend-store-uri {uri} "
+              "--workers 1")
+
+
 def ui_hint(families: Iterable[str], uri: str | None = None) -> str:
-    """How to look at the runs: the UI command (one worker: ``mlflow ui`` starts four and
-    about 2 GiB of processes otherwise) and each family's runs URL. Reads the store, creates
-    nothing (empty when there is no store yet)."""
+    """How to look at the runs: the UI command (:data:`UI_COMMAND`, light enough for a laptop)
+    and each family's runs URL. Reads the store, creates nothing (empty when there is no store
+    yet)."""
     uri = uri or tracking_uri()
     db = _sqlite_path(uri)
     if db is not None and not db.is_file():
@@ -322,7 +330,7 @@ def ui_hint(families: Iterable[str], uri: str | None = None) -> str:
     if not lines:
         return ""
     start = ("" if db is None else
-             f"start the UI with `mlflow ui --backend-store-uri {uri} --workers 1`, then ")
+             f"start the UI with `{UI_COMMAND.format(uri=shlex.quote(uri))}`, then ")
     return f"MLflow: {start}open the runs:\n" + "\n".join(lines)
 
 
@@ -456,9 +464,10 @@ class MlflowTracker:
     @classmethod
     def create(cls, store, experiment: str, name: str, tags: dict[str, Any], config,
                out_dir: str | Path | None = None) -> MlflowTracker:
-        """A new run in ``experiment`` (an id) named ``name``, tag values as strings."""
+        """A new run in ``experiment`` (an id) named ``name``, tag values as strings (numbers
+        spelt by :func:`number`, as every tag and param of every run)."""
         run = retry(lambda: store.create_run(experiment, run_name=name,
-                                             tags={k: str(v) for k, v in tags.items()}),
+                                             tags={k: _param(v) for k, v in tags.items()}),
                     "create_run")
         return cls(store, run.info.run_id, config, out_dir)
 
@@ -468,8 +477,10 @@ class MlflowTracker:
 
         now = int(time.time() * 1000)
         metrics = [Metric(k, v, now, step) for k, v, step in metrics]
-        params = [Param(k, str(v)) for k, v in params]
-        tags = [RunTag(k, str(v)) for k, v in tags]
+        # one spelling of numbers in every run's params and tags, a study's and its trials'
+        # too (alpha 1 is `1` whoever logs it: a filter `tags.alpha = '1'` finds them all)
+        params = [Param(k, _param(v)) for k, v in params]
+        tags = [RunTag(k, _param(v)) for k, v in tags]
         # MLflow caps a batch at 1000 metrics, 100 params, 100 tags and 1000 values in all
         sizes = (800, 100, 100)
         parts = (metrics, params, tags)

@@ -3,7 +3,7 @@ CUDA build match? Prints the facts and one verdict line; exit 1 if ``--device cu
 
 The driver supports CUDA up to the version ``nvidia-smi`` prints; a torch wheel built for a newer
 CUDA finds no GPU (``torch.cuda.is_available()`` is False) although ``nvidia-smi`` shows one:
-install the wheel for the driver's CUDA (README, "Installing torch for your driver").
+install the wheel for the driver's CUDA (README, "On a GPU box", step 1).
 """
 
 from __future__ import annotations

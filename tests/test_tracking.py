@@ -342,6 +342,17 @@ def test_one_spelling_of_numbers_in_names_tags_and_params(store: str) -> None:
     assert run["tags.mlflow.runName"] == "ccl ring-4 a1 s3"
     assert run["tags.alpha"] == run["params.alpha"] == "1"
     assert tracking.number(0.01) == "0.01" and tracking.number(1e-5) == "1e-05"
+    # every other writer goes through the same tracker: a study's parent and trial runs logged
+    # alpha 1 as "1.0" (tags and params given as floats)
+    client = MlflowClient()
+    experiment = client.get_experiment_by_name("fam").experiment_id
+    study = tracking.MlflowTracker.create(client, experiment, "ccl ring-4 a1 study",
+                                          {"alpha": 1.0, "n_agents": 4, "kind": "study"},
+                                          _config(alpha=1.0))
+    study.log_batch(params=[("alpha", 1.0), ("lr", 0.05)], tags=[("gamma", 1.0)])
+    logged = client.get_run(study.run_id).data
+    assert logged.tags["alpha"] == logged.params["alpha"] == logged.tags["gamma"] == "1"
+    assert logged.params["lr"] == "0.05" and logged.tags["n_agents"] == "4"
 
 
 def test_a_trained_run_logs_its_dataset_and_keeps_a_loadable_model(store: str, tmp_path: Path
@@ -405,10 +416,11 @@ def test_save_models_all_and_none(store: str, tmp_path: Path) -> None:
     assert not list((tmp_path / "none").glob("*.pt"))
 
 
-def test_ui_hint_names_the_runs_url_and_one_worker(store: str) -> None:
+def test_ui_hint_names_the_runs_url_and_a_light_ui(store: str) -> None:
     assert tracking.ui_hint(["fam"]) == ""  # no store yet: nothing to show, nothing created
     prepare_store(["fam"])
     exp_id = MlflowClient(store).get_experiment_by_name("fam").experiment_id
     hint = tracking.ui_hint(["fam"])
     assert f"#/experiments/{exp_id}/runs?workflowType=machine_learning" in hint
-    assert f"mlflow ui --backend-store-uri {store} --workers 1" in hint
+    assert ("start the UI with `MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false mlflow ui "
+            f"--backend-store-uri {store} --workers 1`") in hint  # as README "Viewing results"
