@@ -39,6 +39,8 @@ FeatureDistance = Literal["squared", "normalized"]
 FEATURE_DISTANCES: tuple[str, ...] = get_args(FeatureDistance)
 # ``(features, logits)`` of the models whose stacked parameter rows are given, each on its own
 # batch, in one vectorised pass (the forward/backward strategy's, when it uses vmap)
+# samples per vectorised cross-feature pass on a CPU (benchmarks/r8_small_models.py)
+CPU_CHUNK_SAMPLES = 512
 RowsForward = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, ...]]
 
 
@@ -263,8 +265,15 @@ class CrossFeatureLoss:
         rows_forward: RowsForward | None,
     ) -> torch.Tensor:
         """``c_{j->i} = F(x_j^-; X_i)`` for every edge ``e = (i <- j)``: ``[E, B, D]``."""
-        if rows_forward is not None and len(senders):  # every edge in one vmap pass (a GPU)
-            return rows_forward(self.state.pre_params_ext[senders], xs[receivers])[0]
+        if rows_forward is not None and len(senders):  # the vectorised path
+            rows = self.state.pre_params_ext
+            if rows.device.type != "cpu":  # every edge in one pass: the fewest kernels
+                return rows_forward(rows[senders], xs[receivers])[0]
+            # on a CPU in chunks of ~CPU_CHUNK_SAMPLES samples, whose activations stay in the
+            # cache: MNIST-1D's 112 edges of exponential-16 at once took 1.4x as long
+            step = max(1, CPU_CHUNK_SAMPLES // xs.shape[1])
+            return torch.cat([rows_forward(rows[senders[a:a + step]], xs[receivers[a:a + step]])[0]
+                              for a in range(0, len(senders), step)])
         cross: torch.Tensor | None = None
         for model, edges, receiver_id in self._passes():
             features = self._receivers_pass(model, xs[receivers[edges]], receiver_id)

@@ -18,6 +18,7 @@ from __future__ import annotations
 from functools import lru_cache
 
 import torch
+import torch.nn.functional as F
 
 
 def linear_rows(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
@@ -46,11 +47,19 @@ def conv1d_rows(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, strid
 
     Two matrix products: the selection matrix gathers every output position's ``K`` input
     positions (im2col, zero padding included), then each model's ``[K * C, O]`` weight maps them
-    to its outputs. Channels-last keeps both products free of transposes between layers.
+    to its outputs. Channels-last keeps both products free of transposes between layers. A
+    one-channel input (the signal itself) is gathered as a strided view instead: there the
+    product would be ``B`` matrix-vector products per model, 17% of a MNIST-1D step, while
+    the input needs no gradient (benchmarks/r8_small_models.py).
     """
     k, batch, length, channels = x.shape
     out_channels, kernel = weight.shape[1], weight.shape[3]
-    select, out = _selection(length, kernel, stride, padding, x.device, x.dtype)
-    columns = torch.matmul(select, x).reshape(k, batch * out, kernel * channels)  # rows (b, o)
+    if channels == 1:
+        windows = F.pad(x, (0, 0, padding, padding)).unfold(2, kernel, stride)  # [k, B, Lo, 1, K]
+        out = windows.shape[2]
+        columns = windows.reshape(k, batch * out, kernel)
+    else:
+        select, out = _selection(length, kernel, stride, padding, x.device, x.dtype)
+        columns = torch.matmul(select, x).reshape(k, batch * out, kernel * channels)  # (b, o)
     taps = weight.permute(0, 3, 2, 1).reshape(k, kernel * channels, out_channels)  # (t, c) rows
     return torch.baddbmm(bias.unsqueeze(1), columns, taps).view(k, batch, out, out_channels)
