@@ -21,9 +21,9 @@ SUMMARY_PREFIX = "BENCH "
 
 def run_options(device: str, tiny: bool, epochs: int) -> list[str]:
     """A CCL run of 16 EvoNorm ResNet-20 agents on 8,192 random CIFAR-shaped images (--tiny: 4
-    MLP agents on 256 8-px images)."""
+    MLP agents on 2,048 8-px images: an epoch of 64 iterations, long enough to be killed in)."""
     if tiny:
-        data = {"train_size": 256, "test_size": 64, "image_size": 8, "channels": 3}
+        data = {"train_size": 2048, "test_size": 64, "image_size": 8, "channels": 3}
         size = ["model=mlp", "n_agents=4", "batch_size=8"]
     else:
         data = {"train_size": 8192, "test_size": 1000, "image_size": 32, "channels": 3,
@@ -51,13 +51,15 @@ def resume(args: argparse.Namespace) -> dict:
     """Start, SIGKILL once the epoch-1 checkpoint exists, start again: it must resume and end."""
     out = Path(args.out) / "resume"
     shutil.rmtree(out, ignore_errors=True)
-    options = run_options(args.device, args.tiny, epochs=2)
+    # --tiny: epochs take ~0.1 s, so a third epoch leaves the watcher a whole epoch to kill in
+    # (a loaded machine can delay it past one epoch; the run must still be cut before its end)
+    options = run_options(args.device, args.tiny, epochs=3 if args.tiny else 2)
     first = _train(out, options)
     start = time.time()
     while not (out / "checkpoint.pt").exists():
         if first.poll() is not None:
             raise SystemExit(f"the run ended before its first checkpoint:\n{first.stdout.read()}")
-        time.sleep(0.05)
+        time.sleep(0.005)
     first.send_signal(signal.SIGKILL)
     first.wait()
     killed_after = time.time() - start

@@ -89,12 +89,14 @@ def test_gpu_check_runs_every_step_at_toy_sizes_on_the_cpu(tmp_path):
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     lines = [json.loads(line) for line in (tmp_path / "gpu_check.jsonl").read_text().splitlines()]
     assert [line["step"] for line in lines if "step" in line] == list(STEPS)
-    assert all(line["rc"] == 0 for line in lines if "step" in line), lines
+    failed = [line["step"] for line in lines if "step" in line and line["rc"] != 0]
+    assert not failed, {step: (tmp_path / f"{step}.out").read_text()[-2000:] for step in failed}
     assert lines[0]["verdict"] == "device cpu: no GPU needed"
     found = {line["benchmark"]: line for line in lines if "benchmark" in line}
     resume = found["e2e_resume"]
     assert resume["status"] == "completed" and resume["resumed"]
-    assert resume["resumed_after_epochs"] == [1] and resume["memory"]["estimated_bytes"] > 0
+    # killed once, after epoch 1 or 2 of 3 (the watcher may be late by an epoch on a loaded CI)
+    assert resume["resumed_after_epochs"] in ([1], [2]) and resume["memory"]["estimated_bytes"] > 0
     assert found["e2e_torchrun"]["status"] == "completed" and found["e2e_torchrun"]["distributed"]
     for n in (4, 8):
         assert found["vmap_ratio"][f"n{n}"]["loop_over_vmap_ccl"]["median"] > 0
