@@ -82,7 +82,7 @@ def main(argv: list[str] | None = None) -> dict:
         args.agents, args.batch = 4, 4
     n, b, shape = args.agents, args.batch, SHAPES[args.model]
     topology = build_topology("ring", n)
-    model = build_model(args.model, 10, shape[0], image_size=shape[-1]).to(device)
+    model = build_model(args.model, 10, sample_shape=shape).to(device)
     g = torch.Generator().manual_seed(1)
     xs = torch.randn(n, b, *shape, generator=g).to(device)
     ys = torch.randint(0, 10, (n, b), generator=g).to(device)

@@ -19,7 +19,7 @@ import pytest
 
 BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
 SCRIPTS = ("r1_overhead", "r2_ccl", "r3_scaling", "r4_memory", "r5_input", "r6_eval", "rpeer",
-           "r7_dispatch")
+           "r7_dispatch", "r8_small_models")
 COUNTS_ONLY = ("r4_memory", "r7_dispatch")  # figures that are counts, not timed spreads
 TINY = ["--tiny", "--threads", "1", "--device", "cpu"]
 
