@@ -8,8 +8,9 @@ The suite runs the same iteration with all agents' parameters as rows of one ten
 path ``vectorize: auto`` picks (on a CPU: the model's own stacked forward when it has one).
 Also timed: the suite on the per-agent loop path, the suite's ``ccl`` iteration (QGM + both CCL
 terms: what CCL adds on top of the DSGDm-N iteration), and (MNIST-1D) the plain loop on the
-paper's ``nn.Conv1d`` CNN, which is what the plain loop costs with off-the-shelf layers. Printed: each
-time per iteration, the ratios (medians of interleaved rounds), and the aten ops per iteration.
+paper's ``nn.Conv1d`` CNN, which is what the plain loop costs with off-the-shelf layers.
+Printed: each time per iteration, the ratios (medians of interleaved rounds), and the aten ops
+per iteration.
 
     python benchmarks/r8_small_models.py --threads 1                    # convbase1d, 16 agents
     python benchmarks/r8_small_models.py --threads 1 --model mlp        # the digits MLP
