@@ -197,7 +197,8 @@ class _FakeComm(Communicator):
 
 @pytest.mark.skipif(shutil.which("torchrun", path=str(Path(sys.executable).parent)) is None,
                     reason="torchrun not installed next to the interpreter")
-def test_torchrun_train_resumes_a_checkpoint_and_writes_the_single_process_metrics(tmp_path):
+def test_torchrun_train_resumes_a_checkpoint_and_writes_the_single_process_metrics(
+        tmp_path, interrupted_run):
     """The real command: 2 gloo ranks, CCL on digits, resuming a single-process checkpoint after
     epoch 1 (loaded as shards), checkpointing epoch 2 (gathered), finishing epoch 3: the
     metrics equal an uninterrupted single-process run."""
@@ -209,15 +210,7 @@ def test_torchrun_train_resumes_a_checkpoint_and_writes_the_single_process_metri
                "tracking=false", "device=cpu", "save_models=all"]
     single = run(load_config(None, options), tmp_path / "single").to_dict()
 
-    class Stop(Exception):
-        pass
-
-    def stop(epoch, record):
-        raise Stop
-
-    with pytest.raises(Stop):
-        run(load_config(None, options), tmp_path / "sharded", on_epoch=stop)
-    assert (tmp_path / "sharded" / "checkpoint.pt").is_file()
+    interrupted_run(tmp_path / "sharded", options)
     torchrun = Path(sys.executable).parent / "torchrun"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(

@@ -17,8 +17,6 @@ import torch
 
 from benchmark.checkpoint import CHECKPOINT, LOCK, MARKER, METRICS
 from benchmark.cli import main
-from benchmark.config import load_config
-from benchmark.train import run
 
 # 128 training images over 4 agents: 32 per agent, 4 iterations of 8 per epoch
 SYNTH = ["dataset=synthetic", "synthetic={train_size: 128, test_size: 64, image_size: 8}",
@@ -124,23 +122,16 @@ def test_unwritable_output_directory(capsys, tmp_path):
                       "cannot write in /proc")
 
 
-def _checkpointed(out: Path, *overrides: str) -> None:
-    """A run folder left by a run that died after epoch 1 (checkpoint, no metrics.json)."""
-
-    class Died(Exception):
-        pass
-
-    def die(epoch: int, record: dict) -> None:
-        raise Died
-
-    with pytest.raises(Died):
-        run(load_config(None, [*SYNTH, "epochs=3", *overrides]), out, on_epoch=die)
-    assert (out / CHECKPOINT).is_file() and not (out / METRICS).exists()
+@pytest.fixture
+def checkpointed(interrupted_run):
+    """``checkpointed(out, *overrides)``: a run folder left by a 3-epoch SYNTH run that died
+    after epoch 1 (checkpoint, no metrics.json)."""
+    return lambda out, *overrides: interrupted_run(out, [*SYNTH, "epochs=3", *overrides])
 
 
-def test_mismatched_checkpoint_names_the_fields_and_offers_restart(capsys, tmp_path):
+def test_mismatched_checkpoint_names_the_fields_and_offers_restart(capsys, tmp_path, checkpointed):
     out = tmp_path / "run"
-    _checkpointed(out)
+    checkpointed(out)
     line = _fail(capsys, out, *SYNTH, "epochs=3", "lr=0.1", "alpha=0.5")
     _assert_parts(line, f"checkpoint {out / CHECKPOINT}", "different config",
                   "alpha: 1.0 -> 0.5", "lr: 0.05 -> 0.1", "--restart")
@@ -151,9 +142,9 @@ def test_mismatched_checkpoint_names_the_fields_and_offers_restart(capsys, tmp_p
     assert not (out / CHECKPOINT).exists()
 
 
-def test_fields_that_do_not_change_results_may_differ_on_resume(capsys, tmp_path):
+def test_fields_that_do_not_change_results_may_differ_on_resume(capsys, tmp_path, checkpointed):
     out = tmp_path / "run"
-    _checkpointed(out, "vectorize=auto", "agent_threads=1")
+    checkpointed(out, "vectorize=auto", "agent_threads=1")
     # a checkpoint of an older version (format 1: no checksum) also fingerprinted machine
     # options: still resumable
     state = torch.load(out / CHECKPOINT, weights_only=True)
@@ -179,9 +170,9 @@ def test_machine_options_are_exactly_the_fields_marked_so():
 
 
 @pytest.mark.parametrize("damage", ["garbage", "truncated", "empty"])
-def test_corrupted_checkpoint(capsys, tmp_path, damage):
+def test_corrupted_checkpoint(capsys, tmp_path, damage, checkpointed):
     out = tmp_path / "run"
-    _checkpointed(out)
+    checkpointed(out)
     path = out / CHECKPOINT
     data = path.read_bytes()
     path.write_bytes({"garbage": os.urandom(4096), "truncated": data[: len(data) // 2],
@@ -313,12 +304,13 @@ def test_class2_cheap_checks_come_before_expensive_ones(capsys, tmp_path, store,
 
 
 @pytest.mark.parametrize("saved", [False, True])
-def test_class2_resume_hint_only_when_an_epoch_was_saved(capsys, tmp_path, monkeypatch, saved):
+def test_class2_resume_hint_only_when_an_epoch_was_saved(capsys, tmp_path, monkeypatch, saved,
+                                                         checkpointed):
     import benchmark.train
 
     out = tmp_path / "run"
     if saved:
-        _checkpointed(out)
+        checkpointed(out)
 
     def interrupted(config):
         raise KeyboardInterrupt
@@ -408,14 +400,15 @@ sys.exit(main(sys.argv[2:]))
     (2, False, CHECKPOINT, "none"),  # the first checkpoint: nothing to resume from
 ])
 def test_class4_a_full_disk_keeps_the_last_checkpoint_and_the_run_resumes(tmp_path, epochs,
-                                                                          saved, failing, models):
+                                                                          saved, failing, models,
+                                                                          checkpointed):
     import subprocess
     import sys
 
     out = tmp_path / "run"
     args = ["train", "--out", str(out), *SYNTH, f"epochs={epochs}", f"save_models={models}"]
     if saved:
-        _checkpointed(out, f"epochs={epochs}", f"save_models={models}")
+        checkpointed(out, f"epochs={epochs}", f"save_models={models}")
     before = (out / CHECKPOINT).read_bytes() if saved else None
     limit = len(before) // 2 if failing == CHECKPOINT and saved else 1000
     proc = subprocess.run([sys.executable, "-c", FULL_DISK, str(limit), *args],

@@ -32,7 +32,6 @@ from benchmark.metrics import NotRunMetrics, RunMetrics
 from benchmark.names import MAX_NAME, check_name, inside
 from benchmark.report import output_names
 from benchmark.saved import CONSENSUS_FILE, load_model
-from benchmark.train import run
 
 REPO = Path(__file__).resolve().parents[1]
 # 128 training images over 4 agents: 32 per agent, 4 iterations of 8 per epoch
@@ -265,7 +264,7 @@ def test_class2_a_folder_the_suite_did_not_write_is_refused(capsys, tmp_path, fi
     assert _tree(out) == before
 
 
-def test_class2_run_folders_new_and_old_are_recognised(capsys, tmp_path):
+def test_class2_run_folders_new_and_old_are_recognised(capsys, tmp_path, interrupted_run):
     # a new folder, an empty one, and the workflow's (its shell opened log.txt first) all train
     for name, files in (("new", {}), ("empty", None), ("workflow", {"log.txt": b"epoch 1"})):
         out = tmp_path / name
@@ -285,15 +284,7 @@ def test_class2_run_folders_new_and_old_are_recognised(capsys, tmp_path):
     assert "nothing to do" in capsys.readouterr().out
     # an earlier version's interrupted run (a checkpoint, no marker): resumed, then marked
     out = tmp_path / "old-checkpoint"
-
-    class Stop(Exception):
-        pass
-
-    def stop(epoch: int, record: dict) -> None:
-        raise Stop
-
-    with pytest.raises(Stop):
-        run(load_config(None, [*SYNTH, "epochs=2"]), out, on_epoch=stop)
+    interrupted_run(out, [*SYNTH, "epochs=2"])
     (out / MARKER).unlink()
     (out / LOCK).unlink()
     assert main(["train", "--out", str(out), *SYNTH, "epochs=2"]) == 0
@@ -331,17 +322,10 @@ def _flip(path: Path, at: float, count: int) -> None:
 
 
 @pytest.mark.parametrize(("at", "count"), [(0.5, 400), (0.8, 1), (0.3, 16)])
-def test_class3_a_damaged_checkpoint_is_refused_never_trained_on(capsys, tmp_path, at, count):
+def test_class3_a_damaged_checkpoint_is_refused_never_trained_on(capsys, tmp_path, at, count,
+                                                                 interrupted_run):
     out = tmp_path / "run"
-
-    class Stop(Exception):
-        pass
-
-    def stop(epoch: int, record: dict) -> None:
-        raise Stop
-
-    with pytest.raises(Stop):
-        run(load_config(None, [*SYNTH, "epochs=3"]), out, on_epoch=stop)
+    interrupted_run(out, [*SYNTH, "epochs=3"])
     _flip(out / CHECKPOINT, at, count)  # the case: 400 bytes flipped inside
     before = _tree(out)
     assert main(["train", "--out", str(out), *SYNTH, "epochs=3"]) == 2
